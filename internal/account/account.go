@@ -1,0 +1,296 @@
+// Package account owns accounts, contacts, CSMs and the usage data ingested for
+// them (events, daily rollups, metric snapshots), and computes each account's
+// profile: the predicate environment that segments are evaluated against.
+//
+// Every write that can change a profile bumps the account's change_version in
+// the same statement, so the segment engine can find dirty accounts in
+// PostgreSQL without trusting the queue to have delivered a signal.
+package account
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
+)
+
+// Limits on ingested values.
+const (
+	MaxBatch      = 10000 // items per request
+	maxIDLen      = 200
+	maxTextLen    = 1000
+	maxFutureSkew = 5 * time.Minute // how far ahead of the clock an event may be stamped
+)
+
+// Store reads and writes accounts and their usage.
+type Store struct {
+	db    *sqlx.DB
+	clock clock.Clock
+}
+
+// NewStore returns an account store.
+func NewStore(db *sqlx.DB, clk clock.Clock) *Store { return &Store{db: db, clock: clk} }
+
+// Account is an account as stored.
+type Account struct {
+	ID         int64           `db:"id" json:"-"`
+	ExternalID string          `db:"external_id" json:"id"`
+	Name       string          `db:"name" json:"name"`
+	Plan       string          `db:"plan" json:"plan"`
+	MRR        float64         `db:"mrr" json:"mrr"`
+	Seats      int             `db:"seats" json:"seats"`
+	SignupAt   time.Time       `db:"signup_at" json:"signup_at"`
+	Stage      string          `db:"stage" json:"stage"`
+	Tier       string          `db:"tier" json:"tier"`
+	Region     string          `db:"region" json:"region"`
+	CSMEmail   string          `db:"csm_email" json:"csm_email"`
+	Timezone   string          `db:"timezone" json:"timezone"`
+	Traits     json.RawMessage `db:"traits" json:"traits"`
+	CreatedAt  time.Time       `db:"created_at" json:"created_at"`
+	UpdatedAt  time.Time       `db:"updated_at" json:"updated_at"`
+}
+
+// AccountInput is one account to upsert. A field left out (nil) keeps its
+// stored value, or its default for a new account. Traits are merged into the
+// stored traits; a trait set to null is removed.
+type AccountInput struct {
+	ID       string          `json:"id"`
+	Name     *string         `json:"name,omitempty"`
+	Plan     *string         `json:"plan,omitempty"`
+	MRR      *float64        `json:"mrr,omitempty"`
+	Seats    *int            `json:"seats,omitempty"`
+	SignupAt *time.Time      `json:"signup_at,omitempty"`
+	Stage    *string         `json:"stage,omitempty"`
+	Tier     *string         `json:"tier,omitempty"`
+	Region   *string         `json:"region,omitempty"`
+	CSMEmail *string         `json:"csm_email,omitempty"`
+	Timezone *string         `json:"timezone,omitempty"`
+	Traits   json.RawMessage `json:"traits,omitempty"`
+}
+
+func checkID(items *errs.Items, i int, field, id string) {
+	switch {
+	case strings.TrimSpace(id) == "":
+		items.Add(i, field, "is required")
+	case len(id) > maxIDLen:
+		items.Add(i, field, "is longer than %d characters", maxIDLen)
+	}
+}
+
+func checkText(items *errs.Items, i int, field string, s *string) {
+	if s != nil && len(*s) > maxTextLen {
+		items.Add(i, field, "is longer than %d characters", maxTextLen)
+	}
+}
+
+func checkTimezone(items *errs.Items, i int, field string, tz *string) {
+	if tz == nil || *tz == "" {
+		return
+	}
+	if _, err := time.LoadLocation(*tz); err != nil || *tz == "Local" {
+		items.Add(i, field, "%q is not an IANA time zone such as Europe/Paris", *tz)
+	}
+}
+
+func checkObject(items *errs.Items, i int, field string, raw json.RawMessage) {
+	if len(raw) == 0 {
+		return
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+		items.Add(i, field, "must be a JSON object")
+	}
+}
+
+func checkBatchSize(n int, what string) error {
+	if n == 0 {
+		return errs.E(errs.Invalid, "empty_batch", "no %s given", what)
+	}
+	if n > MaxBatch {
+		return errs.E(errs.TooLarge, "batch_too_large", "at most %d %s per request, got %d", MaxBatch, what, n)
+	}
+	return nil
+}
+
+// checkDuplicates reports ids that stand more than once in a batch.
+func checkDuplicates(items *errs.Items, field string, ids []string) {
+	seen := make(map[string]int, len(ids))
+	for i, id := range ids {
+		if first, ok := seen[id]; ok && id != "" {
+			items.Add(i, field, "repeats item %d; send each %s once per batch", first, field)
+			continue
+		}
+		seen[id] = i
+	}
+}
+
+// lockKeys takes transaction-scoped advisory locks on the given keys, in a
+// fixed order, so that concurrent upserts of the same new or existing row
+// serialise instead of overwriting each other's merged fields.
+func lockKeys(ctx context.Context, tx *sqlx.Tx, namespace string, keys []string) error {
+	_, err := tx.ExecContext(ctx, `
+		SELECT pg_advisory_xact_lock(h)
+		FROM (SELECT DISTINCT hashtextextended($1 || k, 0) AS h FROM unnest($2::text[]) AS k) s
+		ORDER BY h`, namespace, pq.Array(keys))
+	return err
+}
+
+// UpsertAccounts creates or updates accounts by their external id and returns
+// the internal ids of those whose data actually changed.
+func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64, error) {
+	if err := checkBatchSize(len(in), "accounts"); err != nil {
+		return nil, err
+	}
+	var items errs.Items
+	ids := make([]string, len(in))
+	var csmEmails []string
+	for i, a := range in {
+		ids[i] = a.ID
+		checkID(&items, i, "id", a.ID)
+		for field, v := range map[string]*string{"name": a.Name, "plan": a.Plan, "stage": a.Stage, "tier": a.Tier, "region": a.Region} {
+			checkText(&items, i, field, v)
+		}
+		if a.MRR != nil && *a.MRR < 0 {
+			items.Add(i, "mrr", "must not be negative")
+		}
+		if a.Seats != nil && *a.Seats < 0 {
+			items.Add(i, "seats", "must not be negative")
+		}
+		if a.SignupAt != nil && a.SignupAt.After(s.clock.Now().Add(maxFutureSkew)) {
+			items.Add(i, "signup_at", "is in the future")
+		}
+		checkTimezone(&items, i, "timezone", a.Timezone)
+		checkObject(&items, i, "traits", a.Traits)
+		if a.CSMEmail != nil && *a.CSMEmail != "" {
+			in[i].CSMEmail = ptr(strings.ToLower(strings.TrimSpace(*a.CSMEmail)))
+			csmEmails = append(csmEmails, *in[i].CSMEmail)
+		}
+	}
+	checkDuplicates(&items, "id", ids)
+	var changed []int64
+	err := postgres.InTx(ctx, s.db, func(tx *sqlx.Tx) error {
+		if len(csmEmails) > 0 {
+			var known []string
+			if err := tx.SelectContext(ctx, &known, `SELECT email FROM csm WHERE email = ANY($1)`, pq.Array(csmEmails)); err != nil {
+				return fmt.Errorf("account: upsert: %w", err)
+			}
+			have := make(map[string]bool, len(known))
+			for _, e := range known {
+				have[e] = true
+			}
+			for i, a := range in {
+				if a.CSMEmail != nil && *a.CSMEmail != "" && !have[*a.CSMEmail] {
+					items.Add(i, "csm_email", "no CSM %q; create it with POST /v1/csms first", *a.CSMEmail)
+				}
+			}
+		}
+		if err := items.Err("accounts"); err != nil {
+			return err
+		}
+		if err := lockKeys(ctx, tx, "account:", ids); err != nil {
+			return fmt.Errorf("account: upsert: lock: %w", err)
+		}
+		payload, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("account: upsert: %w", err)
+		}
+		// The input is merged with the stored row (x.f NULL = keep) in one
+		// statement; the conflict branch only writes, and bumps
+		// change_version, when a value really differs.
+		err = tx.SelectContext(ctx, &changed, `
+			WITH input AS (
+				SELECT x.id AS external_id,
+				       coalesce(x.name, a.name, '') AS name,
+				       coalesce(x.plan, a.plan, '') AS plan,
+				       coalesce(x.mrr, a.mrr, 0) AS mrr,
+				       coalesce(x.seats, a.seats, 0) AS seats,
+				       coalesce(x.signup_at, a.signup_at, $2) AS signup_at,
+				       coalesce(x.stage, a.stage, '') AS stage,
+				       coalesce(x.tier, a.tier, '') AS tier,
+				       coalesce(x.region, a.region, '') AS region,
+				       CASE WHEN x.csm_email IS NULL THEN a.csm_id ELSE c.id END AS csm_id,
+				       coalesce(x.timezone, a.timezone, '') AS timezone,
+				       jsonb_strip_nulls(coalesce(a.traits, '{}') || coalesce(x.traits, '{}')) AS traits
+				FROM jsonb_to_recordset($1::jsonb) AS x(id text, name text, plan text, mrr double precision,
+				       seats integer, signup_at timestamptz, stage text, tier text, region text,
+				       csm_email text, timezone text, traits jsonb)
+				LEFT JOIN account a ON a.external_id = x.id
+				LEFT JOIN csm c ON c.email = x.csm_email
+			)
+			INSERT INTO account AS a (external_id, name, plan, mrr, seats, signup_at, stage, tier, region,
+			                          csm_id, timezone, traits, created_at, updated_at)
+			SELECT external_id, name, plan, mrr, seats, signup_at, stage, tier, region,
+			       csm_id, timezone, traits, $2, $2
+			FROM input
+			ON CONFLICT (external_id) DO UPDATE SET
+				name = EXCLUDED.name, plan = EXCLUDED.plan, mrr = EXCLUDED.mrr, seats = EXCLUDED.seats,
+				signup_at = EXCLUDED.signup_at, stage = EXCLUDED.stage, tier = EXCLUDED.tier,
+				region = EXCLUDED.region, csm_id = EXCLUDED.csm_id, timezone = EXCLUDED.timezone,
+				traits = EXCLUDED.traits, updated_at = EXCLUDED.updated_at,
+				change_version = a.change_version + 1
+			WHERE (a.name, a.plan, a.mrr, a.seats, a.signup_at, a.stage, a.tier, a.region, a.csm_id, a.timezone, a.traits)
+			      IS DISTINCT FROM
+			      (EXCLUDED.name, EXCLUDED.plan, EXCLUDED.mrr, EXCLUDED.seats, EXCLUDED.signup_at, EXCLUDED.stage,
+			       EXCLUDED.tier, EXCLUDED.region, EXCLUDED.csm_id, EXCLUDED.timezone, EXCLUDED.traits)
+			RETURNING a.id`, payload, s.clock.Now())
+		if err != nil {
+			return fmt.Errorf("account: upsert: %w", err)
+		}
+		return nil
+	})
+	return changed, err
+}
+
+// Get returns one account by its external id.
+func (s *Store) Get(ctx context.Context, externalID string) (Account, error) {
+	var a Account
+	err := s.db.GetContext(ctx, &a, `
+		SELECT a.id, a.external_id, a.name, a.plan, a.mrr, a.seats, a.signup_at, a.stage, a.tier,
+		       a.region, coalesce(c.email, '') AS csm_email, a.timezone, a.traits, a.created_at, a.updated_at
+		FROM account a LEFT JOIN csm c ON c.id = a.csm_id
+		WHERE a.external_id = $1`, externalID)
+	if err != nil {
+		return Account{}, postgres.NotFound(err, "account: get", errs.E(errs.NotFound, "account_not_found", "no account with id %q", externalID))
+	}
+	return a, nil
+}
+
+// ResolveIDs maps external account ids to internal ones; unknown ids are absent.
+func (s *Store) ResolveIDs(ctx context.Context, q postgres.Queryer, externalIDs []string) (map[string]int64, error) {
+	rows := []struct {
+		ID         int64  `db:"id"`
+		ExternalID string `db:"external_id"`
+	}{}
+	if err := q.SelectContext(ctx, &rows, `SELECT id, external_id FROM account WHERE external_id = ANY($1)`, pq.Array(externalIDs)); err != nil {
+		return nil, fmt.Errorf("account: resolve ids: %w", err)
+	}
+	m := make(map[string]int64, len(rows))
+	for _, r := range rows {
+		m[r.ExternalID] = r.ID
+	}
+	return m, nil
+}
+
+func checkEmail(items *errs.Items, i int, field string, email *string, required bool) {
+	if email == nil || *email == "" {
+		if required {
+			items.Add(i, field, "is required")
+		}
+		return
+	}
+	a, err := mail.ParseAddress(*email)
+	if err != nil || a.Address != *email {
+		items.Add(i, field, "%q is not an email address", *email)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

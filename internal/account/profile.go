@@ -1,0 +1,217 @@
+package account
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/lib/pq"
+
+	"github.com/tendhq/tend/internal/postgres"
+)
+
+// StartingHealthScore is the score of an account that has never been scored.
+const StartingHealthScore = 50
+
+// Profile is one account's predicate environment: every name a segment
+// predicate may use (DESIGN.md, "The predicate environment"). Field names are
+// the contract: add, never rename.
+type Profile struct {
+	Plan   string  `expr:"plan" json:"plan"`
+	Stage  string  `expr:"stage" json:"stage"`
+	Tier   string  `expr:"tier" json:"tier"`
+	Region string  `expr:"region" json:"region"`
+	CSM    string  `expr:"csm" json:"csm"`
+	MRR    float64 `expr:"mrr" json:"mrr"`
+
+	Seats              int     `expr:"seats" json:"seats"`
+	ActiveUsers        int     `expr:"active_users" json:"active_users"`
+	LicenseUtilization float64 `expr:"license_utilization" json:"license_utilization"`
+
+	DaysSinceSignup    int `expr:"days_since_signup" json:"days_since_signup"`
+	DaysSinceLastLogin int `expr:"days_since_last_login" json:"days_since_last_login"`
+	Logins7d           int `expr:"logins_7d" json:"logins_7d"`
+	Logins30d          int `expr:"logins_30d" json:"logins_30d"`
+
+	Features map[string]int `expr:"features" json:"features"`
+	Events   map[string]int `expr:"events" json:"events"`
+
+	HealthScore     int `expr:"health_score" json:"health_score"`
+	HealthChange30d int `expr:"health_change_30d" json:"health_change_30d"`
+	NPS             int `expr:"nps" json:"nps"`
+	OpenTickets     int `expr:"open_tickets" json:"open_tickets"`
+
+	Emails30d          int `expr:"emails_30d" json:"emails_30d"`
+	Opens30d           int `expr:"opens_30d" json:"opens_30d"`
+	Clicks30d          int `expr:"clicks_30d" json:"clicks_30d"`
+	Replies30d         int `expr:"replies_30d" json:"replies_30d"`
+	NudgesDismissed30d int `expr:"nudges_dismissed_30d" json:"nudges_dismissed_30d"`
+
+	Traits map[string]any `expr:"traits" json:"traits"`
+
+	SignupAt time.Time `expr:"signup_at" json:"signup_at"`
+	// LastLoginAt is the latest login; an account that never logged in reads
+	// its signup time, so that days_since(last_login_at) agrees with
+	// days_since_last_login.
+	LastLoginAt time.Time `expr:"last_login_at" json:"last_login_at"`
+}
+
+// profileBase is the stored state a profile is computed from.
+type profileBase struct {
+	ID          int64           `db:"id"`
+	Plan        string          `db:"plan"`
+	Stage       string          `db:"stage"`
+	Tier        string          `db:"tier"`
+	Region      string          `db:"region"`
+	CSM         string          `db:"csm"`
+	MRR         float64         `db:"mrr"`
+	Seats       int             `db:"seats"`
+	SignupAt    time.Time       `db:"signup_at"`
+	LastLoginAt *time.Time      `db:"last_login_at"`
+	Traits      json.RawMessage `db:"traits"`
+}
+
+type usageSum struct {
+	AccountID int64  `db:"account_id"`
+	Kind      string `db:"kind"`
+	Key       string `db:"key"`
+	N7        int    `db:"n7"`
+	N30       int    `db:"n30"`
+}
+
+type metricRow struct {
+	AccountID int64     `db:"account_id"`
+	Name      string    `db:"name"`
+	Value     float64   `db:"value"`
+	At        time.Time `db:"at"`
+}
+
+// Window bounds: the last 7 and 30 UTC days including today.
+func windowStart(now time.Time, days int) time.Time {
+	y, m, d := now.UTC().Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC).AddDate(0, 0, -(days - 1))
+}
+
+// Profiles computes the profiles of the given accounts at now, in four
+// batched queries whatever the number of accounts. Unknown ids are absent.
+func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Time) (map[int64]*Profile, error) {
+	now = now.UTC()
+	var bases []profileBase
+	err := q.SelectContext(ctx, &bases, `
+		SELECT a.id, a.plan, a.stage, a.tier, a.region, coalesce(c.email, '') AS csm, a.mrr, a.seats,
+		       a.signup_at, a.last_login_at, a.traits
+		FROM account a LEFT JOIN csm c ON c.id = a.csm_id
+		WHERE a.id = ANY($1)`, pq.Array(ids))
+	if err != nil {
+		return nil, fmt.Errorf("account: profiles: %w", err)
+	}
+	out := make(map[int64]*Profile, len(bases))
+	for _, b := range bases {
+		p := &Profile{
+			Plan: b.Plan, Stage: b.Stage, Tier: b.Tier, Region: b.Region, CSM: b.CSM, MRR: b.MRR, Seats: b.Seats,
+			SignupAt: b.SignupAt.UTC(), LastLoginAt: b.SignupAt.UTC(),
+			Features: map[string]int{}, Events: map[string]int{}, Traits: map[string]any{},
+			NPS: -1, HealthScore: StartingHealthScore,
+		}
+		if b.LastLoginAt != nil {
+			p.LastLoginAt = b.LastLoginAt.UTC()
+		}
+		if err := json.Unmarshal(b.Traits, &p.Traits); err != nil {
+			return nil, fmt.Errorf("account: profiles: traits of %d: %w", b.ID, err)
+		}
+		out[b.ID] = p
+	}
+	if len(out) == 0 {
+		return out, nil
+	}
+
+	start7, start30 := windowStart(now, 7), windowStart(now, 30)
+	var sums []usageSum
+	err = q.SelectContext(ctx, &sums, `
+		SELECT account_id, kind::text AS kind, key,
+		       coalesce(sum(n) FILTER (WHERE day >= $2::date), 0) AS n7, sum(n) AS n30
+		FROM usage_daily
+		WHERE account_id = ANY($1) AND day >= $3::date AND day <= $4::date
+		GROUP BY account_id, kind, key`, pq.Array(ids), start7, start30, now)
+	if err != nil {
+		return nil, fmt.Errorf("account: profiles: usage: %w", err)
+	}
+	for _, s := range sums {
+		p := out[s.AccountID]
+		switch s.Kind {
+		case "e":
+			p.Events[s.Key] = s.N30
+			if s.Key == EventLogin {
+				p.Logins7d, p.Logins30d = s.N7, s.N30
+			}
+		case "f":
+			p.Features[s.Key] = s.N30
+		}
+	}
+
+	var active []struct {
+		AccountID int64 `db:"account_id"`
+		N         int   `db:"n"`
+	}
+	err = q.SelectContext(ctx, &active, `
+		SELECT account_id, count(*) AS n FROM account_user_activity
+		WHERE account_id = ANY($1) AND last_seen_at >= $2
+		GROUP BY account_id`, pq.Array(ids), start30)
+	if err != nil {
+		return nil, fmt.Errorf("account: profiles: active users: %w", err)
+	}
+	for _, a := range active {
+		out[a.AccountID].ActiveUsers = a.N
+	}
+
+	var metrics []metricRow
+	err = q.SelectContext(ctx, &metrics, `SELECT account_id, name, value, at FROM account_metric WHERE account_id = ANY($1)`, pq.Array(ids))
+	if err != nil {
+		return nil, fmt.Errorf("account: profiles: metrics: %w", err)
+	}
+	for _, m := range metrics {
+		p := out[m.AccountID]
+		switch m.Name {
+		case MetricActiveUsers:
+			// A snapshot under 30 days old wins over the count from events.
+			if now.Sub(m.At) < 30*24*time.Hour {
+				p.ActiveUsers = int(m.Value)
+			}
+		case MetricOpenTickets:
+			p.OpenTickets = int(m.Value)
+		case MetricNPS:
+			p.NPS = int(m.Value)
+		}
+	}
+
+	for _, p := range out {
+		p.DaysSinceSignup = wholeDays(now.Sub(p.SignupAt))
+		p.DaysSinceLastLogin = wholeDays(now.Sub(p.LastLoginAt))
+		if p.Seats > 0 {
+			p.LicenseUtilization = float64(p.ActiveUsers) / float64(p.Seats)
+		}
+	}
+	return out, nil
+}
+
+// wholeDays is the number of whole days in d, never negative.
+func wholeDays(d time.Duration) int {
+	if d < 0 {
+		return 0
+	}
+	return int(d / (24 * time.Hour))
+}
+
+// ProfileOf computes one account's profile at the store's clock.
+func (s *Store) ProfileOf(ctx context.Context, id int64) (*Profile, error) {
+	m, err := Profiles(ctx, s.db, []int64{id}, s.clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	p, ok := m[id]
+	if !ok {
+		return nil, fmt.Errorf("account: profile of %d: account vanished", id)
+	}
+	return p, nil
+}

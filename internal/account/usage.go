@@ -1,0 +1,320 @@
+package account
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
+)
+
+// Event names with a meaning of their own in the profile.
+const (
+	EventLogin       = "login"        // counts in logins_7d/logins_30d and sets last_login_at
+	EventFeatureUsed = "feature_used" // properties.feature counts in features
+)
+
+const maxPropertiesLen = 32 << 10
+
+// EventInput is one usage event. An event must name an account that exists:
+// events for unknown accounts are refused (see IngestEvents).
+type EventInput struct {
+	AccountID  string          `json:"account_id"`
+	ContactID  string          `json:"contact_id,omitempty"`
+	Name       string          `json:"name"`
+	Properties json.RawMessage `json:"properties,omitempty"`
+	Timestamp  *time.Time      `json:"timestamp,omitempty"`
+	// MessageID is an optional idempotency key: an event whose MessageID was
+	// seen before is counted once.
+	MessageID string `json:"message_id,omitempty"`
+}
+
+// IngestResult says what an ingest call did.
+type IngestResult struct {
+	Accepted   int        `json:"accepted"`
+	Duplicates int        `json:"duplicates"`
+	Rejected   errs.Items `json:"rejected,omitempty"`
+	// Changed lists the internal ids of the accounts whose data changed.
+	Changed []int64 `json:"-"`
+}
+
+// storedEvent is an event ready to insert.
+type storedEvent struct {
+	AccountID  int64           `json:"account_id"`
+	UserKey    string          `json:"user_key"`
+	Name       string          `json:"name"`
+	Properties json.RawMessage `json:"properties"`
+	OccurredAt time.Time       `json:"occurred_at"`
+	MessageID  *string         `json:"message_id"`
+}
+
+// IngestEvents stores usage events, their daily rollups and user activity, and
+// marks their accounts changed, in one transaction.
+//
+// An event naming an unknown account is a bad item: accounts are created by
+// POST /v1/accounts (or a Segment "group" call), never implied by an event, so
+// a typo in an id cannot create a phantom account. With partial false (the
+// /v1/events contract) any bad item refuses the whole batch; with partial true
+// (Segment's contract) the good items are kept and the bad ones reported in
+// the result.
+func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool) (IngestResult, error) {
+	if err := checkBatchSize(len(in), "events"); err != nil {
+		return IngestResult{}, err
+	}
+	now := s.clock.Now()
+	var items errs.Items
+	accIDs := make([]string, 0, len(in))
+	for i, e := range in {
+		checkID(&items, i, "account_id", e.AccountID)
+		if len(e.ContactID) > maxIDLen {
+			items.Add(i, "contact_id", "is longer than %d characters", maxIDLen)
+		}
+		checkID(&items, i, "name", e.Name)
+		if len(e.Properties) > maxPropertiesLen {
+			items.Add(i, "properties", "is larger than %d bytes", maxPropertiesLen)
+		} else {
+			checkObject(&items, i, "properties", e.Properties)
+		}
+		if e.Name == EventFeatureUsed {
+			var p struct {
+				Feature any `json:"feature"`
+			}
+			json.Unmarshal(e.Properties, &p)
+			if f, ok := p.Feature.(string); !ok || f == "" || len(f) > maxIDLen {
+				items.Add(i, "properties.feature", "a feature_used event needs properties.feature, a non-empty string")
+			}
+		}
+		if e.Timestamp != nil && e.Timestamp.After(now.Add(maxFutureSkew)) {
+			items.Add(i, "timestamp", "is more than %s in the future", maxFutureSkew)
+		}
+		if len(e.MessageID) > maxIDLen {
+			items.Add(i, "message_id", "is longer than %d characters", maxIDLen)
+		}
+		accIDs = append(accIDs, e.AccountID)
+	}
+	var res IngestResult
+	err := postgres.InTx(ctx, s.db, func(tx *sqlx.Tx) error {
+		known, err := s.ResolveIDs(ctx, tx, accIDs)
+		if err != nil {
+			return err
+		}
+		for i, e := range in {
+			if _, ok := known[e.AccountID]; !ok && e.AccountID != "" {
+				items.Add(i, "account_id", "no account %q; create it with POST /v1/accounts first", e.AccountID)
+			}
+		}
+		if !partial {
+			if err := items.Err("events"); err != nil {
+				return err
+			}
+		}
+		bad := make(map[int]bool, len(items))
+		for _, it := range items {
+			bad[it.Index] = true
+		}
+		rows := make([]storedEvent, 0, len(in))
+		for i, e := range in {
+			if bad[i] {
+				continue
+			}
+			at := now
+			if e.Timestamp != nil {
+				at = e.Timestamp.UTC()
+			}
+			props := e.Properties
+			if len(props) == 0 {
+				props = json.RawMessage(`{}`)
+			}
+			var mid *string
+			if e.MessageID != "" {
+				mid = ptr(e.MessageID)
+			}
+			rows = append(rows, storedEvent{AccountID: known[e.AccountID], UserKey: e.ContactID, Name: e.Name, Properties: props, OccurredAt: at, MessageID: mid})
+		}
+		res.Rejected = items
+		if len(rows) == 0 {
+			return nil
+		}
+		inserted, changed, err := insertEvents(ctx, tx, rows, now)
+		if err != nil {
+			return err
+		}
+		res.Accepted, res.Duplicates, res.Changed = inserted, len(rows)-inserted, changed
+		return nil
+	})
+	if err != nil {
+		return IngestResult{}, err
+	}
+	return res, nil
+}
+
+// insertEvents writes events and everything derived from them in one
+// statement (one round trip per batch): the raw rows (skipping message ids
+// already seen), the daily rollups, user activity, and the accounts'
+// last_login_at and change_version. It returns how many events were new and
+// which accounts changed.
+func insertEvents(ctx context.Context, tx *sqlx.Tx, rows []storedEvent, now time.Time) (int, []int64, error) {
+	payload, err := json.Marshal(rows)
+	if err != nil {
+		return 0, nil, fmt.Errorf("account: ingest: %w", err)
+	}
+	var out []struct {
+		ID int64 `db:"id"`
+		N  int   `db:"n"`
+	}
+	err = tx.SelectContext(ctx, &out, `
+		WITH ins AS (
+			INSERT INTO usage_event (account_id, user_key, name, properties, occurred_at, received_at, message_id)
+			SELECT account_id, user_key, name, properties, occurred_at, $2, message_id
+			FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, user_key text, name text,
+			     properties jsonb, occurred_at timestamptz, message_id text)
+			ON CONFLICT (message_id) WHERE message_id IS NOT NULL DO NOTHING
+			RETURNING account_id, user_key, name, properties, occurred_at
+		), daily AS (
+			INSERT INTO usage_daily AS d (account_id, day, kind, key, n)
+			SELECT account_id, (occurred_at AT TIME ZONE 'UTC')::date, kind, key, count(*)
+			FROM (
+				SELECT account_id, occurred_at, 'e'::"char" AS kind, name AS key FROM ins
+				UNION ALL
+				SELECT account_id, occurred_at, 'f'::"char", properties->>'feature' FROM ins
+				WHERE name = 'feature_used'
+			) s
+			GROUP BY 1, 2, 3, 4
+			ON CONFLICT (account_id, day, kind, key) DO UPDATE SET n = d.n + EXCLUDED.n
+		), users AS (
+			INSERT INTO account_user_activity AS u (account_id, user_key, last_seen_at)
+			SELECT account_id, user_key, max(occurred_at) FROM ins WHERE user_key <> '' GROUP BY 1, 2
+			ON CONFLICT (account_id, user_key) DO UPDATE SET last_seen_at = GREATEST(u.last_seen_at, EXCLUDED.last_seen_at)
+		)
+		UPDATE account a
+		SET change_version = a.change_version + 1,
+		    last_login_at = GREATEST(a.last_login_at, s.last_login)
+		FROM (
+			SELECT account_id, count(*) AS n, max(occurred_at) FILTER (WHERE name = 'login') AS last_login
+			FROM ins GROUP BY 1
+		) s
+		WHERE a.id = s.account_id
+		RETURNING a.id, s.n`, payload, now)
+	if err != nil {
+		return 0, nil, fmt.Errorf("account: ingest: %w", err)
+	}
+	n := 0
+	ids := make([]int64, len(out))
+	for i, r := range out {
+		n += r.N
+		ids[i] = r.ID
+	}
+	return n, ids, nil
+}
+
+// Metric names a customer's pipeline may set directly.
+const (
+	MetricActiveUsers = "active_users"
+	MetricOpenTickets = "open_tickets"
+	MetricNPS         = "nps"
+)
+
+// MetricInput sets metric snapshots for one account at a time (now when At is
+// nil). A snapshot older than the stored one is ignored.
+type MetricInput struct {
+	AccountID string             `json:"account_id"`
+	At        *time.Time         `json:"at,omitempty"`
+	Values    map[string]float64 `json:"values"`
+}
+
+// RecordMetrics stores metric snapshots; any bad item refuses the batch.
+// It returns the internal ids of the accounts whose metrics changed.
+func (s *Store) RecordMetrics(ctx context.Context, in []MetricInput) ([]int64, error) {
+	if err := checkBatchSize(len(in), "metrics"); err != nil {
+		return nil, err
+	}
+	now := s.clock.Now()
+	var items errs.Items
+	accIDs := make([]string, len(in))
+	for i, m := range in {
+		accIDs[i] = m.AccountID
+		checkID(&items, i, "account_id", m.AccountID)
+		if m.At != nil && m.At.After(now.Add(maxFutureSkew)) {
+			items.Add(i, "at", "is in the future")
+		}
+		if len(m.Values) == 0 {
+			items.Add(i, "values", "give at least one of active_users, open_tickets, nps")
+		}
+		for name, v := range m.Values {
+			field := "values." + name
+			switch {
+			case name != MetricActiveUsers && name != MetricOpenTickets && name != MetricNPS:
+				items.Add(i, field, "unknown metric; known: active_users, open_tickets, nps")
+			case v != math.Trunc(v) || v < 0:
+				items.Add(i, field, "must be a whole number, not negative")
+			case name == MetricNPS && v > 10:
+				items.Add(i, field, "an NPS answer is 0 to 10")
+			}
+		}
+	}
+	type row struct {
+		AccountID int64     `json:"account_id"`
+		Name      string    `json:"name"`
+		Value     float64   `json:"value"`
+		At        time.Time `json:"at"`
+	}
+	var changed []int64
+	err := postgres.InTx(ctx, s.db, func(tx *sqlx.Tx) error {
+		known, err := s.ResolveIDs(ctx, tx, accIDs)
+		if err != nil {
+			return err
+		}
+		for i, m := range in {
+			if _, ok := known[m.AccountID]; !ok && m.AccountID != "" {
+				items.Add(i, "account_id", "no account %q; create it with POST /v1/accounts first", m.AccountID)
+			}
+		}
+		if err := items.Err("metrics"); err != nil {
+			return err
+		}
+		// Within one batch the latest snapshot of a metric wins.
+		latest := map[[2]any]row{}
+		for _, m := range in {
+			at := now
+			if m.At != nil {
+				at = m.At.UTC()
+			}
+			for name, v := range m.Values {
+				k := [2]any{known[m.AccountID], name}
+				if cur, ok := latest[k]; !ok || !at.Before(cur.At) {
+					latest[k] = row{AccountID: known[m.AccountID], Name: name, Value: v, At: at}
+				}
+			}
+		}
+		rows := make([]row, 0, len(latest))
+		for _, r := range latest {
+			rows = append(rows, r)
+		}
+		payload, err := json.Marshal(rows)
+		if err != nil {
+			return fmt.Errorf("account: metrics: %w", err)
+		}
+		err = tx.SelectContext(ctx, &changed, `
+			WITH up AS (
+				INSERT INTO account_metric AS m (account_id, name, value, at)
+				SELECT account_id, name, value, at
+				FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, name text, value double precision, at timestamptz)
+				ON CONFLICT (account_id, name) DO UPDATE SET value = EXCLUDED.value, at = EXCLUDED.at
+				WHERE EXCLUDED.at >= m.at
+				RETURNING account_id
+			)
+			UPDATE account a SET change_version = a.change_version + 1
+			WHERE a.id IN (SELECT account_id FROM up)
+			RETURNING a.id`, payload)
+		if err != nil {
+			return fmt.Errorf("account: metrics: %w", err)
+		}
+		return nil
+	})
+	return changed, err
+}

@@ -1,0 +1,165 @@
+// Package config reads Tend's configuration from TEND_* environment variables,
+// fills in working local defaults and validates the result once, at start.
+// The validated Config is passed down explicitly; nothing reads the environment
+// after Load.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// DevSecret is the default signing secret. It is fine on a laptop and wrong
+// anywhere else; Load reports it in Warnings.
+const DevSecret = "tend-development-secret-change-me"
+
+// Config is the whole configuration of a Tend process.
+type Config struct {
+	DatabaseURL   string `env:"TEND_DATABASE_URL" envDefault:"postgres://postgres@127.0.0.1:5432/tend?sslmode=disable"`
+	RedisURL      string `env:"TEND_REDIS_URL" envDefault:"redis://127.0.0.1:6379/0"`
+	SMTPURL       string `env:"TEND_SMTP_URL" envDefault:"smtp://127.0.0.1:1025"`
+	HTTPAddr      string `env:"TEND_HTTP_ADDR" envDefault:":8080"`
+	PublicURL     string `env:"TEND_PUBLIC_URL" envDefault:"http://localhost:8080"`
+	Secret        string `env:"TEND_SECRET" envDefault:"tend-development-secret-change-me"`
+	WebhookSecret string `env:"TEND_WEBHOOK_SECRET" envDefault:"tend-development-webhook-secret"`
+
+	// DemoClock keeps the clock's offset in PostgreSQL so `tend clock advance` works.
+	DemoClock bool `env:"TEND_DEMO_CLOCK" envDefault:"false"`
+	// MigrateOnStart runs pending migrations (under an advisory lock) when serve, worker or all start.
+	MigrateOnStart bool `env:"TEND_MIGRATE_ON_START" envDefault:"true"`
+
+	LogLevel  string `env:"TEND_LOG_LEVEL" envDefault:"info"`
+	LogFormat string `env:"TEND_LOG_FORMAT" envDefault:"text"`
+
+	// BodyLimit is the largest request body accepted, in bytes (413 above it).
+	BodyLimit int64 `env:"TEND_BODY_LIMIT" envDefault:"10485760"`
+	// RateLimit is the sustained requests per second allowed per API key; RateBurst the burst.
+	RateLimit float64 `env:"TEND_RATE_LIMIT" envDefault:"200"`
+	RateBurst int     `env:"TEND_RATE_BURST" envDefault:"400"`
+
+	// WorkerConcurrency is the number of asynq tasks a worker process runs at once.
+	WorkerConcurrency int `env:"TEND_WORKER_CONCURRENCY" envDefault:"8"`
+	// ShutdownTimeout bounds graceful shutdown.
+	ShutdownTimeout time.Duration `env:"TEND_SHUTDOWN_TIMEOUT" envDefault:"25s"`
+}
+
+// Load reads the environment (or the given map, when not nil) and validates.
+func Load(environ map[string]string) (Config, error) {
+	var cfg Config
+	opts := env.Options{}
+	if environ != nil {
+		opts.Environment = environ
+	}
+	if err := env.ParseWithOptions(&cfg, opts); err != nil {
+		return Config{}, describeParseError(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks every field and reports all problems at once, each saying
+// which variable to fix and how.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" || strings.Trim(u.Path, "/") == "" {
+		bad("TEND_DATABASE_URL", "want postgres://user@host:port/dbname?sslmode=disable, got %q", c.DatabaseURL)
+	}
+	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+		bad("TEND_REDIS_URL", "want redis://host:port/db, got %q", c.RedisURL)
+	}
+	if u, err := url.Parse(c.SMTPURL); err != nil || (u.Scheme != "smtp" && u.Scheme != "smtps" && u.Scheme != "smtp+starttls") || u.Host == "" {
+		bad("TEND_SMTP_URL", "want smtp://[user:pass@]host:port (or smtps://, smtp+starttls://), got %q", c.SMTPURL)
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		bad("TEND_HTTP_ADDR", "want host:port or :port, got %q", c.HTTPAddr)
+	}
+	if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("TEND_PUBLIC_URL", "want the absolute http(s) URL users reach the API at, got %q", c.PublicURL)
+	}
+	if len(c.Secret) < 16 {
+		bad("TEND_SECRET", "must be at least 16 characters (use `openssl rand -hex 32`)")
+	}
+	if len(c.WebhookSecret) < 16 {
+		bad("TEND_WEBHOOK_SECRET", "must be at least 16 characters")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("TEND_LOG_LEVEL", "want debug, info, warn or error, got %q", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		bad("TEND_LOG_FORMAT", "want text or json, got %q", c.LogFormat)
+	}
+	if c.BodyLimit < 1024 {
+		bad("TEND_BODY_LIMIT", "want at least 1024 bytes, got %d", c.BodyLimit)
+	}
+	if c.RateLimit <= 0 || c.RateBurst < 1 {
+		bad("TEND_RATE_LIMIT/TEND_RATE_BURST", "want a positive rate and a burst of at least 1")
+	}
+	if c.WorkerConcurrency < 1 {
+		bad("TEND_WORKER_CONCURRENCY", "want at least 1, got %d", c.WorkerConcurrency)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("TEND_SHUTDOWN_TIMEOUT", "want a positive duration such as 25s")
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("config: fix these environment variables:\n  %w", joinLines(errs))
+	}
+	return nil
+}
+
+// Warnings lists settings that work but should not reach production.
+func (c Config) Warnings() []string {
+	var w []string
+	if c.Secret == DevSecret {
+		w = append(w, "TEND_SECRET is the development default: set a random secret before real use")
+	}
+	if c.DemoClock {
+		w = append(w, "TEND_DEMO_CLOCK is on: time can be moved with `tend clock advance`")
+	}
+	return w
+}
+
+// describeParseError names the environment variable behind each value the
+// library could not parse, instead of the Go field name.
+func describeParseError(err error) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return fmt.Errorf("config: %w", err)
+	}
+	t := reflect.TypeOf(Config{})
+	var errs []error
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			if f, ok := t.FieldByName(pe.Name); ok {
+				errs = append(errs, fmt.Errorf("%s: cannot read a %s from it: %w", f.Tag.Get("env"), pe.Type, pe.Err))
+				continue
+			}
+		}
+		errs = append(errs, e)
+	}
+	return fmt.Errorf("config: fix these environment variables:\n  %w", joinLines(errs))
+}
+
+func joinLines(errs []error) error {
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return errors.New(strings.Join(msgs, "\n  "))
+}

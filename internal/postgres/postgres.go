@@ -1,0 +1,143 @@
+// Package postgres opens Tend's connection pool, creates the database when it
+// is missing, applies the embedded migrations with goose under an advisory lock,
+// and provides the transaction helper every store uses.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/migrations"
+)
+
+// migrationLockID is the advisory lock key that serialises migrations across
+// processes starting at once ("tendmigr" in ASCII).
+const migrationLockID int64 = 0x74656e646d696772
+
+// Open connects to the database at url and checks that it answers.
+func Open(ctx context.Context, databaseURL string) (*sqlx.DB, error) {
+	db, err := sqlx.Open("postgres", databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	db.SetMaxOpenConns(20)
+	db.SetMaxIdleConns(20)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("postgres: connect to %s: %w", redact(databaseURL), err)
+	}
+	return db, nil
+}
+
+// EnsureDatabase creates the database named in databaseURL when it does not
+// exist, connecting to the server's "postgres" database to do so. It reports
+// whether it created one. A server that refuses (no CREATEDB right) gets a
+// message saying what to run instead.
+func EnsureDatabase(ctx context.Context, databaseURL string) (bool, error) {
+	u, err := url.Parse(databaseURL)
+	if err != nil {
+		return false, fmt.Errorf("postgres: parse url: %w", err)
+	}
+	name := strings.TrimPrefix(u.Path, "/")
+	admin := *u
+	admin.Path = "/postgres"
+	db, err := sql.Open("postgres", admin.String())
+	if err != nil {
+		return false, fmt.Errorf("postgres: open: %w", err)
+	}
+	defer db.Close()
+	var exists bool
+	if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return false, fmt.Errorf("postgres: connect to %s: %w", redact(admin.String()), err)
+	}
+	if exists {
+		return false, nil
+	}
+	if _, err := db.ExecContext(ctx, `CREATE DATABASE `+pq.QuoteIdentifier(name)); err != nil {
+		var pqErr *pq.Error
+		if errors.As(err, &pqErr) && pqErr.Code == "42P04" { // created by a concurrent process
+			return false, nil
+		}
+		return false, fmt.Errorf("postgres: create database %q (create it yourself with `createdb %s`, or grant CREATEDB): %w", name, name, err)
+	}
+	return true, nil
+}
+
+// Migrate applies every pending migration. An advisory session lock makes
+// concurrent callers wait for each other instead of racing.
+func Migrate(ctx context.Context, db *sql.DB) ([]*goose.MigrationResult, error) {
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(migrationLockID), lock.WithLockTimeout(1, 300))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: migrate: %w", err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS, goose.WithSessionLocker(locker))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: migrate: %w", err)
+	}
+	res, err := p.Up(ctx)
+	if err != nil {
+		return res, fmt.Errorf("postgres: migrate: %w", err)
+	}
+	return res, nil
+}
+
+// Queryer is what SQL helpers take so that they run inside or outside a
+// transaction alike.
+type Queryer interface {
+	sqlx.ExtContext
+	GetContext(ctx context.Context, dest any, query string, args ...any) error
+	SelectContext(ctx context.Context, dest any, query string, args ...any) error
+}
+
+// InTx runs fn in a transaction, committing when it returns nil and rolling
+// back otherwise.
+func InTx(ctx context.Context, db *sqlx.DB, fn func(tx *sqlx.Tx) error) error {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("postgres: begin: %w", err)
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("postgres: commit: %w", err)
+	}
+	return nil
+}
+
+// redact hides the password of a connection URL for messages.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "the database"
+	}
+	return u.Redacted()
+}
+
+// NotFound returns nf when err is sql.ErrNoRows, and err wrapped with op
+// otherwise (nil stays nil).
+func NotFound(err error, op string, nf *errs.Error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, sql.ErrNoRows):
+		return nf
+	default:
+		return fmt.Errorf("%s: %w", op, err)
+	}
+}
