@@ -183,11 +183,11 @@ func TestProfileUnderAControlledClock(t *testing.T) {
 		return e
 	}
 	res, err := s.IngestEvents(ctx, []account.EventInput{
-		ev("login", "u1", t0.Add(-1*time.Hour), ""),                          // today: in 7d and 30d
-		ev("login", "u2", t0.AddDate(0, 0, -6), ""),                          // 7th day back: still in 7d
-		ev("login", "u2", t0.AddDate(0, 0, -7), ""),                          // 8th day back: 30d only
-		ev("login", "u3", t0.AddDate(0, 0, -29), ""),                         // 30th day back: in 30d
-		ev("login", "u4", t0.AddDate(0, 0, -30), ""),                         // 31st day back: outside
+		ev("login", "u1", t0.Add(-1*time.Hour), ""),  // today: in 7d and 30d
+		ev("login", "u2", t0.AddDate(0, 0, -6), ""),  // 7th day back: still in 7d
+		ev("login", "u2", t0.AddDate(0, 0, -7), ""),  // 8th day back: 30d only
+		ev("login", "u3", t0.AddDate(0, 0, -29), ""), // 30th day back: in 30d
+		ev("login", "u4", t0.AddDate(0, 0, -30), ""), // 31st day back: outside
 		ev("feature_used", "u1", t0.Add(-2*time.Hour), `{"feature":"reports"}`),
 		ev("feature_used", "u1", t0.AddDate(0, 0, -3), `{"feature":"reports"}`),
 		ev("export_csv", "u2", t0.AddDate(0, 0, -2), ""),

@@ -1,0 +1,234 @@
+// Command tend is Tend's one binary: the HTTP API, the asynq worker, and the
+// operator's commands.
+//
+//	tend serve | worker | all        run the API, the worker, or both
+//	tend migrate                     create the database if missing and migrate it
+//	tend keys create --name N --role R | keys list | keys revoke ID
+//	tend clock advance DURATION | clock show   (demo mode)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"text/tabwriter"
+	"time"
+	_ "time/tzdata" // every IANA zone, whatever the host has
+
+	"github.com/tendhq/tend/internal/apikey"
+	"github.com/tendhq/tend/internal/app"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/config"
+	"github.com/tendhq/tend/internal/postgres"
+)
+
+const usage = `tend: customer-marketing drip campaigns for Customer Success teams
+
+usage:
+  tend all                                   run the API and the worker in one process (local default)
+  tend serve                                 run the HTTP API
+  tend worker                                run the background worker
+  tend migrate                               create the database if missing, apply migrations
+  tend keys create --name NAME --role ROLE   make an API key and print it once (roles: admin, marketing, csm, product, ingest)
+  tend keys list                             list API keys
+  tend keys revoke ID                        revoke an API key at once
+  tend clock show                            print the clock (demo mode shares it through PostgreSQL)
+  tend clock advance DURATION                move the demo clock forward, e.g. 2d or 36h (TEND_DEMO_CLOCK=true)
+  tend help                                  this text
+
+Configuration comes from TEND_* environment variables; see README.md.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "tend:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	cfg, err := config.Load(nil)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case app.ModeServe, app.ModeWorker, app.ModeAll:
+		a, err := app.New(ctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		return a.Run(ctx, cmd)
+	case "migrate":
+		return migrate(ctx, cfg, log)
+	case "keys":
+		return keys(ctx, cfg, log, rest, stdout)
+	case "clock":
+		return clockCmd(ctx, cfg, log, rest, stdout)
+	default:
+		return fmt.Errorf("unknown command %q; run `tend help`", cmd)
+	}
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func migrate(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	created, err := postgres.EnsureDatabase(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("created database")
+	}
+	db, err := postgres.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	res, err := postgres.Migrate(ctx, db.DB)
+	for _, r := range res {
+		log.Info("migrated", "version", r.Source.Version, "file", r.Source.Path, "took", r.Duration)
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("database is up to date", "applied", len(res))
+	return nil
+}
+
+// open wires the app for an operator command, migrating first so that the
+// command works on a fresh database too.
+func open(ctx context.Context, cfg config.Config, log *slog.Logger) (*app.App, error) {
+	cfg.MigrateOnStart = true
+	return app.New(ctx, cfg, log)
+}
+
+func keys(ctx context.Context, cfg config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("keys: want create, list or revoke")
+	}
+	a, err := open(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	switch args[0] {
+	case "create":
+		fs := flag.NewFlagSet("keys create", flag.ContinueOnError)
+		name := fs.String("name", "", "a name for the key (who or what uses it)")
+		role := fs.String("role", "", "admin, marketing, csm, product or ingest")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		r, err := apikey.ParseRole(*role)
+		if err != nil {
+			return err
+		}
+		k, secret, err := a.Keys.Create(ctx, *name, r)
+		if err != nil {
+			return err
+		}
+		log.Info("created API key; it is shown once", "id", k.ID, "name", k.Name, "role", k.Role)
+		fmt.Fprintln(stdout, secret)
+		return nil
+	case "list":
+		ks, err := a.Keys.List(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tNAME\tROLE\tPREFIX\tCREATED\tREVOKED")
+		for _, k := range ks {
+			revoked := ""
+			if k.RevokedAt != nil {
+				revoked = k.RevokedAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s…\t%s\t%s\n", k.ID, k.Name, k.Role, k.Prefix, k.CreatedAt.Format(time.RFC3339), revoked)
+		}
+		return tw.Flush()
+	case "revoke":
+		if len(args) != 2 {
+			return errors.New("keys revoke: want the key's id (see `tend keys list`)")
+		}
+		id, err := strconv.ParseInt(args[1], 10, 64)
+		if err != nil {
+			return fmt.Errorf("keys revoke: %q is not a key id", args[1])
+		}
+		k, err := a.Keys.Revoke(ctx, id)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "revoked key %d (%s)\n", k.ID, k.Name)
+		return nil
+	default:
+		return fmt.Errorf("keys: unknown subcommand %q", args[0])
+	}
+}
+
+func clockCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("clock: want show or advance DURATION")
+	}
+	a, err := open(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	db := a.DB
+	switch args[0] {
+	case "show":
+		off, err := clock.ReadOffset(ctx, db.DB)
+		if err != nil {
+			return err
+		}
+		if !cfg.DemoClock {
+			off = 0
+		}
+		fmt.Fprintf(stdout, "%s (offset %s, demo clock %v)\n", time.Now().UTC().Add(off).Format(time.RFC3339), off, cfg.DemoClock)
+		return nil
+	case "advance":
+		if !cfg.DemoClock {
+			return errors.New("clock advance: the demo clock is off; run every tend process with TEND_DEMO_CLOCK=true")
+		}
+		if len(args) != 2 {
+			return errors.New("clock advance: want a duration such as 2d, 36h or 90m")
+		}
+		d, err := clock.ParseDuration(args[1])
+		if err != nil {
+			return err
+		}
+		off, err := clock.Advance(ctx, db.DB, d)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "clock is now %s (offset %s)\n", time.Now().UTC().Add(off).Format(time.RFC3339), off)
+		return nil
+	default:
+		return fmt.Errorf("clock: unknown subcommand %q", args[0])
+	}
+}

@@ -1,0 +1,180 @@
+// Package app wires Tend together by hand: it opens PostgreSQL and Redis,
+// migrates, chooses the clock, builds the stores, the HTTP API and the worker,
+// and runs them with a fixed shutdown order. cmd/tend and the end-to-end tests
+// use the same wiring.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/hibiken/asynq"
+	"github.com/jmoiron/sqlx"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tendhq/tend/internal/account"
+	"github.com/tendhq/tend/internal/apikey"
+	"github.com/tendhq/tend/internal/audit"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/config"
+	"github.com/tendhq/tend/internal/httpapi"
+	"github.com/tendhq/tend/internal/jobs"
+	"github.com/tendhq/tend/internal/postgres"
+)
+
+// App is one Tend process's wiring.
+type App struct {
+	Cfg      config.Config
+	Log      *slog.Logger
+	DB       *sqlx.DB
+	Redis    asynq.RedisConnOpt
+	Clock    clock.Clock
+	Accounts *account.Store
+	Keys     *apikey.Store
+	Audit    *audit.Log
+	Registry *prometheus.Registry
+
+	redis  *redis.Client
+	shared *clock.Shared
+}
+
+// Option changes how New wires the app.
+type Option func(*App)
+
+// WithClock replaces the clock (tests use a manual one).
+func WithClock(c clock.Clock) Option { return func(a *App) { a.Clock = c } }
+
+// New connects, migrates (when configured) and builds the stores.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
+	a := &App{Cfg: cfg, Log: log}
+	for _, o := range opts {
+		o(a)
+	}
+	if cfg.MigrateOnStart {
+		if _, err := postgres.EnsureDatabase(ctx, cfg.DatabaseURL); err != nil {
+			return nil, err
+		}
+	}
+	db, err := postgres.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	a.DB = db
+	if cfg.MigrateOnStart {
+		res, err := postgres.Migrate(ctx, db.DB)
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		for _, r := range res {
+			log.Info("migrated", "version", r.Source.Version, "file", r.Source.Path, "took", r.Duration)
+		}
+	}
+	redisOpt, err := asynq.ParseRedisURI(cfg.RedisURL)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("app: TEND_REDIS_URL: %w", err)
+	}
+	a.Redis = redisOpt
+	ropt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("app: TEND_REDIS_URL: %w", err)
+	}
+	a.redis = redis.NewClient(ropt)
+
+	if a.Clock == nil {
+		if cfg.DemoClock {
+			sc, err := clock.NewShared(ctx, db.DB)
+			if err != nil {
+				a.Close()
+				return nil, err
+			}
+			a.Clock, a.shared = sc, sc
+		} else {
+			a.Clock = clock.System{}
+		}
+	}
+	a.Registry = prometheus.NewRegistry()
+	a.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.Accounts = account.NewStore(db, a.Clock)
+	a.Keys = apikey.NewStore(db, a.Clock)
+	a.Audit = audit.NewLog(db)
+	return a, nil
+}
+
+// Ready reports whether PostgreSQL and Redis answer.
+func (a *App) Ready(ctx context.Context) error {
+	if err := a.DB.PingContext(ctx); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	if err := a.redis.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	return nil
+}
+
+// API builds the HTTP API.
+func (a *App) API() *httpapi.Server {
+	return httpapi.New(httpapi.Deps{
+		Accounts: a.Accounts, Keys: a.Keys, Audit: a.Audit, Clock: a.Clock, Log: a.Log,
+		Ready: a.Ready, Registry: a.Registry,
+	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst})
+}
+
+// Worker builds the asynq worker with every handler.
+func (a *App) Worker() *jobs.Worker {
+	return jobs.NewWorker(a.Redis, a.Log, jobs.WorkerOptions{
+		Concurrency: a.Cfg.WorkerConcurrency, ShutdownTimeout: a.Cfg.ShutdownTimeout,
+	}, nil)
+}
+
+// Modes of Run.
+const (
+	ModeServe  = "serve"
+	ModeWorker = "worker"
+	ModeAll    = "all"
+)
+
+// Run runs the API, the worker, or both, until ctx ends. Shutdown order: the
+// HTTP server stops accepting and drains, the worker stops taking tasks and
+// finishes running ones, then connections close (in Close).
+func (a *App) Run(ctx context.Context, mode string) error {
+	if mode != ModeServe && mode != ModeWorker && mode != ModeAll {
+		return fmt.Errorf("app: unknown mode %q", mode)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	if a.shared != nil {
+		g.Go(func() error { a.shared.Follow(gctx, a.Log); return nil })
+	}
+	if mode == ModeServe || mode == ModeAll {
+		api := a.API()
+		g.Go(func() error { return api.Serve(gctx, a.Cfg.HTTPAddr, a.Cfg.ShutdownTimeout) })
+	}
+	if mode == ModeWorker || mode == ModeAll {
+		w := a.Worker()
+		g.Go(func() error { return w.Run(gctx) })
+	}
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// Close releases connections.
+func (a *App) Close() error {
+	var errs []error
+	if a.redis != nil {
+		errs = append(errs, a.redis.Close())
+	}
+	if a.DB != nil {
+		errs = append(errs, a.DB.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,85 @@
+package httpapi
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/tendhq/tend/internal/errs"
+)
+
+var statusOf = map[errs.Kind]int{
+	errs.Invalid:      http.StatusUnprocessableEntity,
+	errs.NotFound:     http.StatusNotFound,
+	errs.Conflict:     http.StatusConflict,
+	errs.Unauthorized: http.StatusUnauthorized,
+	errs.Forbidden:    http.StatusForbidden,
+	errs.TooLarge:     http.StatusRequestEntityTooLarge,
+	errs.RateLimited:  http.StatusTooManyRequests,
+	errs.Unavailable:  http.StatusServiceUnavailable,
+}
+
+// badRequest is a request that could not be read at all (not JSON, wrong
+// shape): 400, as opposed to readable but invalid content (422).
+func badRequest(code, format string, args ...any) *echo.HTTPError {
+	return &echo.HTTPError{Code: http.StatusBadRequest, Message: errs.E(errs.Invalid, code, format, args...)}
+}
+
+// handleError is the one place errors become responses:
+// {"error": {"code": "...", "message": "...", ...details}}. An internal
+// error's text is logged, never sent.
+func (s *Server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	status, body := s.describe(err, c)
+	if c.Request().Method == http.MethodHead {
+		c.NoContent(status)
+		return
+	}
+	c.JSON(status, map[string]any{"error": body})
+}
+
+func (s *Server) describe(err error, c echo.Context) (int, map[string]any) {
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		if de, ok := he.Message.(*errs.Error); ok {
+			return he.Code, errorBody(de)
+		}
+		code := map[int]string{
+			http.StatusNotFound:              "route_not_found",
+			http.StatusMethodNotAllowed:      "method_not_allowed",
+			http.StatusRequestEntityTooLarge: "body_too_large",
+			http.StatusUnsupportedMediaType:  "unsupported_media_type",
+			http.StatusBadRequest:            "bad_request",
+		}[he.Code]
+		if code == "" {
+			code = strings.ToLower(strings.ReplaceAll(http.StatusText(he.Code), " ", "_"))
+		}
+		msg := http.StatusText(he.Code)
+		if he.Code == http.StatusRequestEntityTooLarge {
+			msg = "the request body is larger than the limit (TEND_BODY_LIMIT)"
+		}
+		return he.Code, map[string]any{"code": code, "message": msg}
+	}
+	var de *errs.Error
+	if errors.As(err, &de) && de.Kind != errs.Internal {
+		return statusOf[de.Kind], errorBody(de)
+	}
+	rid := c.Response().Header().Get(echo.HeaderXRequestID)
+	s.deps.Log.Error("internal error", "err", err, "request_id", rid, "route", c.Path())
+	return http.StatusInternalServerError, map[string]any{
+		"code": "internal", "message": "something went wrong on our side; quote request " + rid, "request_id": rid,
+	}
+}
+
+func errorBody(e *errs.Error) map[string]any {
+	b := map[string]any{}
+	for k, v := range e.Details {
+		b[k] = v
+	}
+	b["code"], b["message"] = e.Code, e.Message
+	return b
+}

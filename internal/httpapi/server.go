@@ -1,0 +1,170 @@
+// Package httpapi is Tend's HTTP API on echo: routes, API-key authentication
+// with per-route roles, per-key rate limits, the audit trail of mutations, and
+// the one error handler that turns domain errors into JSON with a
+// machine-readable code. It adapts HTTP to the domain packages and holds no
+// business logic of its own.
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tendhq/tend/internal/account"
+	"github.com/tendhq/tend/internal/apikey"
+	"github.com/tendhq/tend/internal/audit"
+	"github.com/tendhq/tend/internal/clock"
+)
+
+// Changes is told which accounts' data changed, so their segments are
+// re-evaluated. The change itself is already durable in PostgreSQL; this is
+// only a signal that makes it fast.
+type Changes interface {
+	AccountsChanged(ctx context.Context, ids []int64)
+}
+
+// Deps are what the API serves.
+type Deps struct {
+	Accounts *account.Store
+	Keys     *apikey.Store
+	Audit    *audit.Log
+	Clock    clock.Clock
+	Log      *slog.Logger
+	Changes  Changes                         // may be nil
+	Ready    func(ctx context.Context) error // readiness of PostgreSQL and Redis
+	// Registry receives the API's metrics; nil makes a private one.
+	Registry *prometheus.Registry
+}
+
+// Options tune the API.
+type Options struct {
+	BodyLimit int64   // bytes
+	RateLimit float64 // requests per second per key
+	RateBurst int
+}
+
+// Server is the HTTP API.
+type Server struct {
+	deps    Deps
+	opts    Options
+	echo    *echo.Echo
+	limiter *keyLimiter
+	metrics *httpMetrics
+}
+
+// New builds the API with every route registered.
+func New(deps Deps, opts Options) *Server {
+	if deps.Registry == nil {
+		deps.Registry = prometheus.NewRegistry()
+		deps.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	s := &Server{deps: deps, opts: opts, limiter: newKeyLimiter(opts.RateLimit, opts.RateBurst), metrics: newHTTPMetrics(deps.Registry)}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.handleError
+	e.Use(middleware.RequestIDWithConfig(middleware.RequestIDConfig{
+		// Accept a caller's id only when it looks like one.
+		Generator: newRequestID,
+	}))
+	e.Use(s.recoverPanic, s.observe)
+	e.Use(middleware.Decompress())
+	e.Use(middleware.BodyLimit(strconv.FormatInt(opts.BodyLimit, 10)))
+	s.echo = e
+	s.routes()
+	return s
+}
+
+// Handler returns the API as an http.Handler.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Echo exposes the router, for mounting more routes in later wiring.
+func (s *Server) Echo() *echo.Echo { return s.echo }
+
+func (s *Server) routes() {
+	e := s.echo
+	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.deps.Registry, promhttp.HandlerOpts{})))
+
+	v1 := e.Group("/v1", s.authenticate(bearerKey), s.rateLimit, s.auditMutations)
+	const (
+		ingest    = apikey.Ingest
+		marketing = apikey.Marketing
+		csm       = apikey.CSM
+		product   = apikey.Product
+	)
+	s.handle(v1, http.MethodPost, "/accounts", s.postAccounts, ingest)
+	s.handle(v1, http.MethodGet, "/accounts/:id", s.getAccount, marketing, csm)
+	s.handle(v1, http.MethodPost, "/contacts", s.postContacts, ingest)
+	s.handle(v1, http.MethodGet, "/contacts/:id", s.getContact, marketing, csm)
+	s.handle(v1, http.MethodPost, "/csms", s.postCSMs, ingest)
+	s.handle(v1, http.MethodPost, "/events", s.postEvents, ingest)
+	s.handle(v1, http.MethodPost, "/metrics", s.postMetrics, ingest)
+	s.handle(v1, http.MethodGet, "/audit", s.getAudit)
+	s.handle(v1, http.MethodGet, "/keys", s.listKeys)
+	s.handle(v1, http.MethodPost, "/keys", s.createKey)
+	s.handle(v1, http.MethodDelete, "/keys/:id", s.revokeKey)
+	_ = product
+
+	seg := e.Group("/segment/v1", s.authenticate(segmentWriteKey), s.rateLimit, s.auditMutations)
+	s.handle(seg, http.MethodPost, "/batch", s.segmentBatch, ingest)
+	for _, typ := range []string{"identify", "group", "track"} {
+		s.handle(seg, http.MethodPost, "/"+typ, s.segmentOne(typ), ingest)
+	}
+}
+
+// handle registers a route that the given roles (and admin, always) may use.
+func (s *Server) handle(g *echo.Group, method, path string, h echo.HandlerFunc, roles ...apikey.Role) {
+	allowed := map[apikey.Role]bool{apikey.Admin: true}
+	for _, r := range roles {
+		allowed[r] = true
+	}
+	g.Add(method, path, h, requireRole(allowed))
+}
+
+func (s *Server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	if s.deps.Ready == nil {
+		return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+	}
+	if err := s.deps.Ready(ctx); err != nil {
+		s.deps.Log.Warn("not ready", "err", err)
+		return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "error": map[string]string{"code": "not_ready", "message": err.Error()}})
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// Serve listens on addr until ctx ends, then shuts down gracefully within timeout.
+func (s *Server) Serve(ctx context.Context, addr string, timeout time.Duration) error {
+	srv := &http.Server{Addr: addr, Handler: s.echo, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	s.deps.Log.Info("http: listening", "addr", addr)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func (s *Server) changed(ctx context.Context, ids []int64) {
+	if s.deps.Changes != nil && len(ids) > 0 {
+		s.deps.Changes.AccountsChanged(ctx, ids)
+	}
+}
