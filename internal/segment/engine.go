@@ -1,0 +1,554 @@
+package segment
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/tendhq/tend/internal/account"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/postgres"
+)
+
+// Engine keeps segment membership right. It evaluates batches of accounts
+// against the live segments and writes only the differences (entries and
+// exits, with a reason) plus one segment_event row per difference.
+//
+// Every write is conditional on the account's change_version still being the
+// one the evaluation read, and on the segment's generation: an evaluation that
+// raced with newer data or a newer predicate writes nothing for that account
+// or segment, and the newer evaluation (which the change triggers) wins. The
+// open-membership unique index makes concurrent evaluations of the same
+// account idempotent.
+type Engine struct {
+	db    *sqlx.DB
+	clock clock.Clock
+	log   *slog.Logger
+
+	// BatchSize is how many accounts are evaluated per round trip.
+	BatchSize int
+	// ShardSize is how many account ids one full-pass shard covers.
+	ShardSize int64
+
+	mu    sync.Mutex
+	cache map[int64]*compiled
+}
+
+// NewEngine returns an engine.
+func NewEngine(db *sqlx.DB, clk clock.Clock, log *slog.Logger) *Engine {
+	return &Engine{db: db, clock: clk, log: log, BatchSize: 1000, ShardSize: 20000, cache: map[int64]*compiled{}}
+}
+
+type compiled struct {
+	id, generation int64
+	name           string
+	building       bool
+	buildReason    string
+	pred           *Predicate
+}
+
+// live returns the live segments, compiled (cached per generation). With only
+// set, just the segments named in it at those generations.
+func (e *Engine) live(ctx context.Context, only map[int64]int64) ([]*compiled, error) {
+	var rows []Segment
+	err := e.db.SelectContext(ctx, &rows, `
+		SELECT id, name, predicate, generation, built_generation, build_reason
+		FROM segment WHERE deleted_at IS NULL ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("segment: load: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]*compiled, 0, len(rows))
+	for _, r := range rows {
+		if only != nil {
+			if g, ok := only[r.ID]; !ok || g != r.Generation {
+				continue
+			}
+		}
+		c, ok := e.cache[r.ID]
+		if !ok || c.generation != r.Generation {
+			pred, err := Compile(r.Predicate, e.clock)
+			if err != nil {
+				// Stored predicates were checked when saved; one that no
+				// longer compiles is reported and skipped, not fatal.
+				e.log.Error("segment: stored predicate does not compile", "segment", r.Name, "err", err)
+				continue
+			}
+			c = &compiled{id: r.ID, generation: r.Generation, name: r.Name, pred: pred}
+			e.cache[r.ID] = c
+		}
+		cc := *c
+		cc.building = r.BuiltGeneration < r.Generation
+		cc.buildReason = r.BuildReason
+		out = append(out, &cc)
+	}
+	return out, nil
+}
+
+// Stats counts what an evaluation did.
+type Stats struct {
+	Accounts int
+	Entered  int
+	Exited   int
+	Errors   int
+}
+
+func (s *Stats) add(o Stats) {
+	s.Accounts += o.Accounts
+	s.Entered += o.Entered
+	s.Exited += o.Exited
+	s.Errors += o.Errors
+}
+
+type diff struct {
+	SegmentID  int64  `json:"segment_id"`
+	Generation int64  `json:"generation"`
+	AccountID  int64  `json:"account_id"`
+	Version    int64  `json:"version"`
+	Reason     string `json:"reason"`
+}
+
+type segError struct {
+	SegmentID int64  `json:"segment_id"`
+	N         int    `json:"n"`
+	Message   string `json:"message"`
+}
+
+type versionRow struct {
+	ID        int64 `db:"id"`
+	Version   int64 `db:"change_version"`
+	Evaluated int64 `db:"evaluated_version"`
+}
+
+// evaluate evaluates accounts against segments (all live ones when only is
+// nil) and writes the differences. With only nil the accounts are also marked
+// evaluated at the version read.
+func (e *Engine) evaluate(ctx context.Context, accountIDs []int64, only map[int64]int64) (Stats, error) {
+	segs, err := e.live(ctx, only)
+	if err != nil {
+		return Stats{}, err
+	}
+	var versions []versionRow
+	if err := e.db.SelectContext(ctx, &versions, `
+		SELECT id, change_version, evaluated_version FROM account WHERE id = ANY($1)`, pq.Array(accountIDs)); err != nil {
+		return Stats{}, fmt.Errorf("segment: evaluate: versions: %w", err)
+	}
+	st := Stats{Accounts: len(versions)}
+	now := e.clock.Now()
+	var profiles map[int64]*account.Profile
+	current := map[[2]int64]bool{}
+	if len(segs) > 0 {
+		if profiles, err = account.Profiles(ctx, e.db, accountIDs, now); err != nil {
+			return Stats{}, err
+		}
+		var open []struct {
+			SegmentID int64 `db:"segment_id"`
+			AccountID int64 `db:"account_id"`
+		}
+		if err := e.db.SelectContext(ctx, &open, `
+			SELECT segment_id, account_id FROM segment_membership
+			WHERE account_id = ANY($1) AND exited_at IS NULL`, pq.Array(accountIDs)); err != nil {
+			return Stats{}, fmt.Errorf("segment: evaluate: memberships: %w", err)
+		}
+		for _, o := range open {
+			current[[2]int64{o.SegmentID, o.AccountID}] = true
+		}
+	}
+
+	var entries, exits []diff
+	errCount := map[int64]*segError{}
+	var m Matcher
+	for _, v := range versions {
+		p, ok := profiles[v.ID]
+		if !ok {
+			continue
+		}
+		for _, s := range segs {
+			match, err := m.Match(s.pred, p)
+			if err != nil {
+				se := errCount[s.id]
+				if se == nil {
+					se = &segError{SegmentID: s.id}
+					errCount[s.id] = se
+				}
+				se.N++
+				se.Message = shorten(fmt.Sprintf("account %d: %v", v.ID, err))
+				st.Errors++
+			}
+			in := current[[2]int64{s.id, v.ID}]
+			if match == in {
+				continue
+			}
+			reason := ReasonTime
+			switch {
+			case s.building:
+				reason = s.buildReason
+			case v.Version > v.Evaluated:
+				reason = ReasonData
+			}
+			d := diff{SegmentID: s.id, Generation: s.generation, AccountID: v.ID, Version: v.Version, Reason: reason}
+			if match {
+				entries = append(entries, d)
+			} else {
+				exits = append(exits, d)
+			}
+		}
+	}
+	var mark []versionRow
+	if only == nil {
+		mark = versions
+	}
+	entered, exited, err := e.write(ctx, now, entries, exits, errCount, mark)
+	if err != nil {
+		return Stats{}, err
+	}
+	st.Entered, st.Exited = entered, exited
+	return st, nil
+}
+
+// write applies differences in one transaction, retrying on deadlock.
+func (e *Engine) write(ctx context.Context, now time.Time, entries, exits []diff, errCount map[int64]*segError, mark []versionRow) (int, int, error) {
+	if len(entries)+len(exits)+len(errCount)+len(mark) == 0 {
+		return 0, 0, nil
+	}
+	order := func(d []diff) {
+		sort.Slice(d, func(i, j int) bool {
+			if d[i].SegmentID != d[j].SegmentID {
+				return d[i].SegmentID < d[j].SegmentID
+			}
+			return d[i].AccountID < d[j].AccountID
+		})
+	}
+	order(entries)
+	order(exits)
+	for attempt := 0; ; attempt++ {
+		var entered, exited int
+		err := postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) error {
+			var err error
+			if entered, err = applyDiffs(ctx, tx, enterSQL, entries, now); err != nil {
+				return err
+			}
+			if exited, err = applyDiffs(ctx, tx, exitSQL, exits, now); err != nil {
+				return err
+			}
+			if len(errCount) > 0 {
+				list := make([]*segError, 0, len(errCount))
+				for _, se := range errCount {
+					list = append(list, se)
+				}
+				sort.Slice(list, func(i, j int) bool { return list[i].SegmentID < list[j].SegmentID })
+				payload, _ := json.Marshal(list)
+				if _, err := tx.ExecContext(ctx, `
+					UPDATE segment s SET error_count = s.error_count + x.n, last_error = x.message, last_error_at = $2
+					FROM jsonb_to_recordset($1::jsonb) AS x(segment_id bigint, n integer, message text)
+					WHERE s.id = x.segment_id`, payload, now); err != nil {
+					return fmt.Errorf("segment: record errors: %w", err)
+				}
+			}
+			if len(mark) > 0 {
+				ids := make([]int64, len(mark))
+				vers := make([]int64, len(mark))
+				for i, v := range mark {
+					ids[i], vers[i] = v.ID, v.Version
+				}
+				// Only the version this evaluation saw is cleared: a change
+				// that arrived meanwhile leaves the account dirty.
+				if _, err := tx.ExecContext(ctx, `
+					UPDATE account a SET evaluated_version = x.version
+					FROM unnest($1::bigint[], $2::bigint[]) AS x(id, version)
+					WHERE a.id = x.id AND a.evaluated_version < x.version`, pq.Array(ids), pq.Array(vers)); err != nil {
+					return fmt.Errorf("segment: mark evaluated: %w", err)
+				}
+			}
+			return nil
+		})
+		var pqErr *pq.Error
+		if err != nil && errors.As(err, &pqErr) && pqErr.Code == "40P01" && attempt < 5 {
+			continue // deadlock with a concurrent evaluation: try again
+		}
+		return entered, exited, err
+	}
+}
+
+// Entries and exits are written only where the account's data and the
+// segment's predicate are still the ones evaluated.
+const diffGuard = `
+	WITH x AS (
+		SELECT x.* FROM jsonb_to_recordset($1::jsonb)
+		     AS x(segment_id bigint, generation bigint, account_id bigint, version bigint, reason text)
+		JOIN account a ON a.id = x.account_id AND a.change_version = x.version
+		JOIN segment s ON s.id = x.segment_id AND s.generation = x.generation AND s.deleted_at IS NULL
+		ORDER BY x.segment_id, x.account_id
+	)`
+
+const enterSQL = diffGuard + `,
+	changed AS (
+		INSERT INTO segment_membership (segment_id, account_id, entered_at, entry_reason)
+		SELECT segment_id, account_id, $2, reason FROM x
+		ON CONFLICT (segment_id, account_id) WHERE exited_at IS NULL DO NOTHING
+		RETURNING segment_id, account_id, entry_reason AS reason
+	)
+	INSERT INTO segment_event (segment_id, account_id, kind, reason, at)
+	SELECT segment_id, account_id, 'enter', reason, $2 FROM changed`
+
+const exitSQL = diffGuard + `,
+	changed AS (
+		UPDATE segment_membership m SET exited_at = $2, exit_reason = x.reason
+		FROM x
+		WHERE m.segment_id = x.segment_id AND m.account_id = x.account_id AND m.exited_at IS NULL
+		RETURNING m.segment_id, m.account_id, m.exit_reason AS reason
+	)
+	INSERT INTO segment_event (segment_id, account_id, kind, reason, at)
+	SELECT segment_id, account_id, 'exit', reason, $2 FROM changed`
+
+func applyDiffs(ctx context.Context, tx *sqlx.Tx, query string, d []diff, now time.Time) (int, error) {
+	if len(d) == 0 {
+		return 0, nil
+	}
+	payload, err := json.Marshal(d)
+	if err != nil {
+		return 0, fmt.Errorf("segment: write: %w", err)
+	}
+	res, err := tx.ExecContext(ctx, query, payload, now)
+	if err != nil {
+		return 0, fmt.Errorf("segment: write: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// EvaluateAccounts re-evaluates the given accounts against every live segment.
+func (e *Engine) EvaluateAccounts(ctx context.Context, accountIDs []int64) (Stats, error) {
+	return e.evaluate(ctx, accountIDs, nil)
+}
+
+// DirtyRounds bounds one EvaluateDirty call, so a constantly changing account
+// cannot keep a task running forever; the caller signals again.
+const DirtyRounds = 50
+
+// EvaluateDirty evaluates the accounts whose data changed since they were
+// last evaluated, among those with id % shards == shard, until none is left
+// (or DirtyRounds batches were done; more reports whether some may remain).
+func (e *Engine) EvaluateDirty(ctx context.Context, shard, shards int) (st Stats, more bool, err error) {
+	for round := 0; round < DirtyRounds; round++ {
+		var batch []int64
+		err := e.db.SelectContext(ctx, &batch, `
+			SELECT id FROM account
+			WHERE change_version > evaluated_version AND id % $1 = $2
+			ORDER BY id LIMIT $3`, shards, shard, e.BatchSize)
+		if err != nil {
+			return st, false, fmt.Errorf("segment: dirty: %w", err)
+		}
+		if len(batch) == 0 {
+			return st, false, nil
+		}
+		s, err := e.evaluate(ctx, batch, nil)
+		if err != nil {
+			return st, false, err
+		}
+		st.add(s)
+	}
+	return st, true, nil
+}
+
+// HasDirty reports whether any account waits for re-evaluation.
+func (e *Engine) HasDirty(ctx context.Context) (bool, error) {
+	var b bool
+	err := e.db.GetContext(ctx, &b, `SELECT EXISTS (SELECT 1 FROM account WHERE change_version > evaluated_version)`)
+	if err != nil {
+		return false, fmt.Errorf("segment: has dirty: %w", err)
+	}
+	return b, nil
+}
+
+// Shard is a range of account ids of one pass: Lo <= id < Hi.
+type Shard struct {
+	PassID int64 `json:"pass_id" db:"pass_id"`
+	Lo     int64 `json:"lo" db:"lo"`
+	Hi     int64 `json:"hi" db:"hi"`
+}
+
+// StartPass records a pass under key (idempotent: a key already started
+// returns its open shards) and splits the accounts into shards. A full pass
+// evaluates every live segment; a build pass (segmentID > 0) evaluates that
+// segment's current generation only.
+func (e *Engine) StartPass(ctx context.Context, key string, segmentID int64) ([]Shard, error) {
+	var shards []Shard
+	err := postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) error {
+		gens := map[string]int64{}
+		q := `SELECT id, generation FROM segment WHERE deleted_at IS NULL`
+		args := []any{}
+		if segmentID > 0 {
+			q += ` AND id = $1`
+			args = append(args, segmentID)
+		}
+		var rows []struct {
+			ID         int64 `db:"id"`
+			Generation int64 `db:"generation"`
+		}
+		if err := tx.SelectContext(ctx, &rows, q, args...); err != nil {
+			return fmt.Errorf("segment: start pass: %w", err)
+		}
+		for _, r := range rows {
+			gens[strconv.FormatInt(r.ID, 10)] = r.Generation
+		}
+		payload, _ := json.Marshal(gens)
+		var passID int64
+		err := tx.GetContext(ctx, &passID, `
+			INSERT INTO segment_pass (key, all_segments, generations, started_at) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (key) DO NOTHING RETURNING id`, key, segmentID == 0, payload, e.clock.Now())
+		if errors.Is(err, sql.ErrNoRows) {
+			// Started already (by another scheduler, or before a restart).
+			return tx.SelectContext(ctx, &shards, `
+				SELECT s.pass_id, s.lo, s.hi FROM segment_pass_shard s JOIN segment_pass p ON p.id = s.pass_id
+				WHERE p.key = $1 AND s.done_at IS NULL ORDER BY s.lo`, key)
+		}
+		if err != nil {
+			return fmt.Errorf("segment: start pass: %w", err)
+		}
+		// Shards by id range, covering every id up to the current maximum.
+		err = tx.SelectContext(ctx, &shards, `
+			INSERT INTO segment_pass_shard (pass_id, lo, hi)
+			SELECT $1, lo, lo + $2 FROM generate_series(
+				(SELECT coalesce(min(id), 1) FROM account),
+				(SELECT coalesce(max(id), 0) FROM account), $2) AS lo
+			RETURNING pass_id, lo, hi`, passID, e.ShardSize)
+		if err != nil {
+			return fmt.Errorf("segment: start pass: shards: %w", err)
+		}
+		if len(shards) == 0 {
+			return e.finishPass(ctx, tx, passID)
+		}
+		return nil
+	})
+	return shards, err
+}
+
+// RunShard evaluates one shard of a pass and, when it was the last, finishes
+// the pass: the segments it built are marked ready. Running a shard twice, or
+// two shards at once, is safe.
+func (e *Engine) RunShard(ctx context.Context, sh Shard) (Stats, error) {
+	var pass struct {
+		Full        bool            `db:"all_segments"`
+		Generations json.RawMessage `db:"generations"`
+		Finished    *time.Time      `db:"finished_at"`
+	}
+	if err := e.db.GetContext(ctx, &pass, `SELECT all_segments, generations, finished_at FROM segment_pass WHERE id = $1`, sh.PassID); err != nil {
+		return Stats{}, fmt.Errorf("segment: run shard %d: %w", sh.PassID, err)
+	}
+	var only map[int64]int64
+	if !pass.Full {
+		var g map[string]int64
+		if err := json.Unmarshal(pass.Generations, &g); err != nil {
+			return Stats{}, fmt.Errorf("segment: run shard: %w", err)
+		}
+		only = map[int64]int64{}
+		for k, v := range g {
+			id, _ := strconv.ParseInt(k, 10, 64)
+			only[id] = v
+		}
+	}
+	var st Stats
+	cursor := sh.Lo
+	for {
+		var batch []int64
+		if err := e.db.SelectContext(ctx, &batch, `
+			SELECT id FROM account WHERE id >= $1 AND id < $2 ORDER BY id LIMIT $3`, cursor, sh.Hi, e.BatchSize); err != nil {
+			return st, fmt.Errorf("segment: run shard: %w", err)
+		}
+		if len(batch) == 0 {
+			break
+		}
+		s, err := e.evaluate(ctx, batch, only)
+		if err != nil {
+			return st, err
+		}
+		st.add(s)
+		cursor = batch[len(batch)-1] + 1
+	}
+	err := postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) error {
+		if _, err := tx.ExecContext(ctx, `
+			UPDATE segment_pass_shard SET done_at = $3 WHERE pass_id = $1 AND lo = $2 AND done_at IS NULL`,
+			sh.PassID, sh.Lo, e.clock.Now()); err != nil {
+			return fmt.Errorf("segment: shard done: %w", err)
+		}
+		// Lock the pass row so the last two shards finishing at once agree.
+		var open int
+		if err := tx.GetContext(ctx, &open, `
+			SELECT count(*) FROM segment_pass_shard
+			WHERE pass_id = (SELECT id FROM segment_pass WHERE id = $1 FOR UPDATE) AND done_at IS NULL`, sh.PassID); err != nil {
+			return fmt.Errorf("segment: shard done: %w", err)
+		}
+		if open == 0 {
+			return e.finishPass(ctx, tx, sh.PassID)
+		}
+		return nil
+	})
+	return st, err
+}
+
+// finishPass closes a pass and marks the segment generations it evaluated as built.
+func (e *Engine) finishPass(ctx context.Context, tx *sqlx.Tx, passID int64) error {
+	_, err := tx.ExecContext(ctx, `
+		WITH p AS (
+			UPDATE segment_pass SET finished_at = $2 WHERE id = $1 AND finished_at IS NULL
+			RETURNING generations
+		)
+		UPDATE segment s SET built_generation = g.generation
+		FROM p, jsonb_each_text(p.generations) AS kv(id, gen),
+		     LATERAL (SELECT kv.id::bigint AS id, kv.gen::bigint AS generation) g
+		WHERE s.id = g.id AND s.built_generation < g.generation AND s.generation = g.generation`,
+		passID, e.clock.Now())
+	if err != nil {
+		return fmt.Errorf("segment: finish pass: %w", err)
+	}
+	return nil
+}
+
+// OpenShards lists the unfinished shards of passes started before the given
+// time, for the reconciler to re-enqueue after Redis lost them.
+func (e *Engine) OpenShards(ctx context.Context, startedBefore time.Time, limit int) ([]Shard, error) {
+	var out []Shard
+	err := e.db.SelectContext(ctx, &out, `
+		SELECT s.pass_id, s.lo, s.hi FROM segment_pass p JOIN segment_pass_shard s ON s.pass_id = p.id
+		WHERE p.finished_at IS NULL AND p.started_at < $1 AND s.done_at IS NULL
+		ORDER BY s.pass_id, s.lo LIMIT $2`, startedBefore, limit)
+	if err != nil {
+		return nil, fmt.Errorf("segment: open shards: %w", err)
+	}
+	return out, nil
+}
+
+// Unbuilt lists segments whose current generation has no finished build,
+// as (id, generation) pairs.
+func (e *Engine) Unbuilt(ctx context.Context) ([][2]int64, error) {
+	var rows []struct {
+		ID         int64 `db:"id"`
+		Generation int64 `db:"generation"`
+	}
+	if err := e.db.SelectContext(ctx, &rows, `
+		SELECT id, generation FROM segment WHERE deleted_at IS NULL AND built_generation < generation ORDER BY id`); err != nil {
+		return nil, fmt.Errorf("segment: unbuilt: %w", err)
+	}
+	out := make([][2]int64, len(rows))
+	for i, r := range rows {
+		out[i] = [2]int64{r.ID, r.Generation}
+	}
+	return out, nil
+}
+
+// BuildKey names the pass that builds a segment generation.
+func BuildKey(segmentID, generation int64) string {
+	return fmt.Sprintf("build:%d:%d", segmentID, generation)
+}
