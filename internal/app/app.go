@@ -25,6 +25,7 @@ import (
 	"github.com/tendhq/tend/internal/httpapi"
 	"github.com/tendhq/tend/internal/jobs"
 	"github.com/tendhq/tend/internal/postgres"
+	"github.com/tendhq/tend/internal/segment"
 )
 
 // App is one Tend process's wiring.
@@ -38,6 +39,9 @@ type App struct {
 	Keys     *apikey.Store
 	Audit    *audit.Log
 	Registry *prometheus.Registry
+	Segments *segment.Store
+	Engine   *segment.Engine
+	Jobs     *jobs.Client
 
 	redis  *redis.Client
 	shared *clock.Shared
@@ -105,6 +109,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 	a.Accounts = account.NewStore(db, a.Clock)
 	a.Keys = apikey.NewStore(db, a.Clock)
 	a.Audit = audit.NewLog(db)
+	a.Segments = segment.NewStore(db, a.Clock)
+	a.Engine = segment.NewEngine(db, a.Clock, log)
+	a.Jobs = jobs.NewClient(a.Redis, log)
 	return a, nil
 }
 
@@ -123,15 +130,25 @@ func (a *App) Ready(ctx context.Context) error {
 func (a *App) API() *httpapi.Server {
 	return httpapi.New(httpapi.Deps{
 		Accounts: a.Accounts, Keys: a.Keys, Audit: a.Audit, Clock: a.Clock, Log: a.Log,
+		Segments: a.Segments, Engine: a.Engine, Signals: a.Jobs,
 		Ready: a.Ready, Registry: a.Registry,
 	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst})
 }
 
 // Worker builds the asynq worker with every handler.
 func (a *App) Worker() *jobs.Worker {
+	seg := &jobs.SegmentHandlers{Engine: a.Engine, Client: a.Jobs, Log: a.Log}
 	return jobs.NewWorker(a.Redis, a.Log, jobs.WorkerOptions{
 		Concurrency: a.Cfg.WorkerConcurrency, ShutdownTimeout: a.Cfg.ShutdownTimeout,
-	}, nil)
+	}, seg.Register)
+}
+
+// Scheduler builds the periodic scheduler and signal sweeper.
+func (a *App) Scheduler() *jobs.Scheduler {
+	return &jobs.Scheduler{
+		Client: a.Jobs, Engine: a.Engine, Clock: a.Clock, Log: a.Log,
+		FullPass: a.Cfg.FullPassInterval, Sweep: a.Cfg.SweepInterval,
+	}
 }
 
 // Modes of Run.
@@ -159,6 +176,8 @@ func (a *App) Run(ctx context.Context, mode string) error {
 	if mode == ModeWorker || mode == ModeAll {
 		w := a.Worker()
 		g.Go(func() error { return w.Run(gctx) })
+		sch := a.Scheduler()
+		g.Go(func() error { return sch.Run(gctx) })
 	}
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -170,6 +189,9 @@ func (a *App) Run(ctx context.Context, mode string) error {
 // Close releases connections.
 func (a *App) Close() error {
 	var errs []error
+	if a.Jobs != nil {
+		errs = append(errs, a.Jobs.Close())
+	}
 	if a.redis != nil {
 		errs = append(errs, a.redis.Close())
 	}

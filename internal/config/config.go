@@ -46,6 +46,11 @@ type Config struct {
 
 	// WorkerConcurrency is the number of asynq tasks a worker process runs at once.
 	WorkerConcurrency int `env:"TEND_WORKER_CONCURRENCY" envDefault:"8"`
+	// FullPassInterval is how often every account is re-evaluated against
+	// every segment (catching changes due to time alone).
+	FullPassInterval time.Duration `env:"TEND_FULL_PASS_INTERVAL" envDefault:"5m"`
+	// SweepInterval is how often the scheduler re-sends signals Redis may have lost.
+	SweepInterval time.Duration `env:"TEND_SWEEP_INTERVAL" envDefault:"2s"`
 	// ShutdownTimeout bounds graceful shutdown.
 	ShutdownTimeout time.Duration `env:"TEND_SHUTDOWN_TIMEOUT" envDefault:"25s"`
 }
@@ -112,6 +117,12 @@ func (c Config) Validate() error {
 	}
 	if c.WorkerConcurrency < 1 {
 		bad("TEND_WORKER_CONCURRENCY", "want at least 1, got %d", c.WorkerConcurrency)
+	}
+	if c.FullPassInterval < time.Second {
+		bad("TEND_FULL_PASS_INTERVAL", "want a duration of at least 1s, such as 5m")
+	}
+	if c.SweepInterval < 100*time.Millisecond {
+		bad("TEND_SWEEP_INTERVAL", "want a duration of at least 100ms, such as 2s")
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("TEND_SHUTDOWN_TIMEOUT", "want a positive duration such as 25s")

@@ -30,6 +30,7 @@ type accountView struct {
 	account.Account
 	Profile  *account.Profile `json:"profile"`
 	Contacts int              `json:"contacts"`
+	Segments []string         `json:"segments"`
 }
 
 func (s *Server) getAccount(c echo.Context) error {
@@ -46,7 +47,11 @@ func (s *Server) getAccount(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, accountView{Account: a, Profile: p, Contacts: len(contacts)})
+	segs, err := s.deps.Segments.CurrentOf(ctx, a.ID)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, accountView{Account: a, Profile: p, Contacts: len(contacts), Segments: segs})
 }
 
 func (s *Server) postContacts(c echo.Context) error {

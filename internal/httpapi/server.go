@@ -23,13 +23,17 @@ import (
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/audit"
 	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/segment"
 )
 
-// Changes is told which accounts' data changed, so their segments are
-// re-evaluated. The change itself is already durable in PostgreSQL; this is
-// only a signal that makes it fast.
-type Changes interface {
+// Signals tell the worker pool about changes so it acts at once. Each change
+// is already durable in PostgreSQL; a lost signal only delays the work until
+// the scheduler's sweep.
+type Signals interface {
+	// AccountsChanged: these accounts' data changed; re-evaluate their segments.
 	AccountsChanged(ctx context.Context, ids []int64)
+	// SegmentChanged: a segment was created or its predicate edited; build it.
+	SegmentChanged(ctx context.Context, segmentID, generation int64)
 }
 
 // Deps are what the API serves.
@@ -39,7 +43,9 @@ type Deps struct {
 	Audit    *audit.Log
 	Clock    clock.Clock
 	Log      *slog.Logger
-	Changes  Changes                         // may be nil
+	Segments *segment.Store
+	Engine   *segment.Engine
+	Signals  Signals                         // may be nil
 	Ready    func(ctx context.Context) error // readiness of PostgreSQL and Redis
 	// Registry receives the API's metrics; nil makes a private one.
 	Registry *prometheus.Registry
@@ -109,11 +115,18 @@ func (s *Server) routes() {
 	s.handle(v1, http.MethodPost, "/csms", s.postCSMs, ingest)
 	s.handle(v1, http.MethodPost, "/events", s.postEvents, ingest)
 	s.handle(v1, http.MethodPost, "/metrics", s.postMetrics, ingest)
+	s.handle(v1, http.MethodGet, "/accounts/:id/segments", s.accountSegments, marketing, csm)
+	s.handle(v1, http.MethodGet, "/segments", s.listSegments, marketing, product)
+	s.handle(v1, http.MethodPost, "/segments", s.createSegment, marketing)
+	s.handle(v1, http.MethodPost, "/segments/preview", s.previewSegment, marketing, product)
+	s.handle(v1, http.MethodGet, "/segments/:name", s.getSegment, marketing, product)
+	s.handle(v1, http.MethodPut, "/segments/:name", s.updateSegment, marketing)
+	s.handle(v1, http.MethodDelete, "/segments/:name", s.deleteSegment, marketing)
+	s.handle(v1, http.MethodGet, "/segments/:name/members", s.segmentMembers, marketing, product)
 	s.handle(v1, http.MethodGet, "/audit", s.getAudit)
 	s.handle(v1, http.MethodGet, "/keys", s.listKeys)
 	s.handle(v1, http.MethodPost, "/keys", s.createKey)
 	s.handle(v1, http.MethodDelete, "/keys/:id", s.revokeKey)
-	_ = product
 
 	seg := e.Group("/segment/v1", s.authenticate(segmentWriteKey), s.rateLimit, s.auditMutations)
 	s.handle(seg, http.MethodPost, "/batch", s.segmentBatch, ingest)
@@ -164,7 +177,7 @@ func (s *Server) Serve(ctx context.Context, addr string, timeout time.Duration) 
 }
 
 func (s *Server) changed(ctx context.Context, ids []int64) {
-	if s.deps.Changes != nil && len(ids) > 0 {
-		s.deps.Changes.AccountsChanged(ctx, ids)
+	if s.deps.Signals != nil && len(ids) > 0 {
+		s.deps.Signals.AccountsChanged(ctx, ids)
 	}
 }

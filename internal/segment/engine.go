@@ -552,3 +552,51 @@ func (e *Engine) Unbuilt(ctx context.Context) ([][2]int64, error) {
 func BuildKey(segmentID, generation int64) string {
 	return fmt.Sprintf("build:%d:%d", segmentID, generation)
 }
+
+// Preview counts the accounts a predicate matches now and returns up to
+// sample of their external ids, saving nothing. Accounts are streamed in
+// batches; runtime errors count as not matching and are counted.
+func (e *Engine) Preview(ctx context.Context, src string, sample int) (count int, ids []string, runtimeErrors int, err error) {
+	pred, err := Compile(src, e.clock)
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	now := e.clock.Now()
+	ids = []string{}
+	var m Matcher
+	var cursor int64
+	for {
+		var batch []struct {
+			ID         int64  `db:"id"`
+			ExternalID string `db:"external_id"`
+		}
+		if err := e.db.SelectContext(ctx, &batch, `
+			SELECT id, external_id FROM account WHERE id > $1 ORDER BY id LIMIT $2`, cursor, e.BatchSize); err != nil {
+			return 0, nil, 0, fmt.Errorf("segment: preview: %w", err)
+		}
+		if len(batch) == 0 {
+			return count, ids, runtimeErrors, nil
+		}
+		accIDs := make([]int64, len(batch))
+		for i, b := range batch {
+			accIDs[i] = b.ID
+		}
+		profiles, err := account.Profiles(ctx, e.db, accIDs, now)
+		if err != nil {
+			return 0, nil, 0, err
+		}
+		for _, b := range batch {
+			ok, err := m.Match(pred, profiles[b.ID])
+			if err != nil {
+				runtimeErrors++
+			}
+			if ok {
+				count++
+				if len(ids) < sample {
+					ids = append(ids, b.ExternalID)
+				}
+			}
+		}
+		cursor = batch[len(batch)-1].ID
+	}
+}
