@@ -328,3 +328,56 @@ func accountID(t *testing.T, db *testsvc.DB, ext string) int64 {
 	}
 	return id
 }
+
+func TestCachedProfilesAgreeWithComputed(t *testing.T) {
+	s, clk, db := newStore(t)
+	ctx := context.Background()
+	signup := t0.AddDate(0, 0, -10)
+	if _, err := s.UpsertAccounts(ctx, []account.AccountInput{{ID: "a", Seats: ptr(3), SignupAt: &signup, Traits: json.RawMessage(`{"k":"v"}`)}, {ID: "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.IngestEvents(ctx, []account.EventInput{
+		{AccountID: "a", ContactID: "u1", Name: "login", Timestamp: ptr(t0.AddDate(0, 0, -6))},
+		{AccountID: "a", ContactID: "u2", Name: "feature_used", Properties: json.RawMessage(`{"feature":"reports"}`)},
+	}, false); err != nil {
+		t.Fatal(err)
+	}
+	ids := []int64{accountID(t, db, "a"), accountID(t, db, "b")}
+	same := func(when string) {
+		t.Helper()
+		want, err := account.Profiles(ctx, db, ids, clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := account.CachedProfiles(ctx, db, ids, clk.Now(), account.AllMaps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			w, _ := json.Marshal(want[id])
+			g, _ := json.Marshal(got[id].Profile)
+			if string(w) != string(g) {
+				t.Fatalf("%s: cached profile of %d differs:\n got %s\nwant %s", when, id, g, w)
+			}
+		}
+	}
+	same("cold cache")
+	same("warm cache")
+	var rows int
+	db.Get(&rows, `SELECT count(*) FROM account_profile`)
+	if rows != 2 {
+		t.Fatalf("the cache holds %d rows, want 2", rows)
+	}
+	clk.Advance(time.Hour)
+	same("an hour later (days_since fields move with the clock, not the cache)")
+	clk.Advance(24 * time.Hour)
+	same("the next day (the windows slid)")
+	if _, err := s.RecordMetrics(ctx, []account.MetricInput{{AccountID: "a", Values: map[string]float64{"nps": 10}}}); err != nil {
+		t.Fatal(err)
+	}
+	same("after new data (version moved)")
+	got, _ := account.CachedProfiles(ctx, db, ids[:1], clk.Now(), account.Maps{})
+	if p := got[ids[0]].Profile; p.NPS != 10 || len(p.Traits) != 0 {
+		t.Fatalf("maps not asked for stay empty and scalars are fresh: %+v", p)
+	}
+}

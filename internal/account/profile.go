@@ -186,11 +186,7 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 	}
 
 	for _, p := range out {
-		p.DaysSinceSignup = wholeDays(now.Sub(p.SignupAt))
-		p.DaysSinceLastLogin = wholeDays(now.Sub(p.LastLoginAt))
-		if p.Seats > 0 {
-			p.LicenseUtilization = float64(p.ActiveUsers) / float64(p.Seats)
-		}
+		p.derive(now)
 	}
 	return out, nil
 }

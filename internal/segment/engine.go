@@ -139,19 +139,25 @@ func (e *Engine) evaluate(ctx context.Context, accountIDs []int64, only map[int6
 	if err != nil {
 		return Stats{}, err
 	}
-	var versions []versionRow
-	if err := e.db.SelectContext(ctx, &versions, `
-		SELECT id, change_version, evaluated_version FROM account WHERE id = ANY($1)`, pq.Array(accountIDs)); err != nil {
-		return Stats{}, fmt.Errorf("segment: evaluate: versions: %w", err)
-	}
-	st := Stats{Accounts: len(versions)}
 	now := e.clock.Now()
-	var profiles map[int64]*account.Profile
+	var maps account.Maps
+	for _, s := range segs {
+		maps.Features = maps.Features || s.pred.Maps.Features
+		maps.Events = maps.Events || s.pred.Maps.Events
+		maps.Traits = maps.Traits || s.pred.Maps.Traits
+	}
+	profiles, err := account.CachedProfiles(ctx, e.db, accountIDs, now, maps)
+	if err != nil {
+		return Stats{}, err
+	}
+	versions := make([]versionRow, 0, len(profiles))
+	for id, c := range profiles {
+		versions = append(versions, versionRow{ID: id, Version: c.Version, Evaluated: c.Evaluated})
+	}
+	sort.Slice(versions, func(i, j int) bool { return versions[i].ID < versions[j].ID })
+	st := Stats{Accounts: len(versions)}
 	current := map[[2]int64]bool{}
 	if len(segs) > 0 {
-		if profiles, err = account.Profiles(ctx, e.db, accountIDs, now); err != nil {
-			return Stats{}, err
-		}
 		var open []struct {
 			SegmentID int64 `db:"segment_id"`
 			AccountID int64 `db:"account_id"`
@@ -170,10 +176,7 @@ func (e *Engine) evaluate(ctx context.Context, accountIDs []int64, only map[int6
 	errCount := map[int64]*segError{}
 	var m Matcher
 	for _, v := range versions {
-		p, ok := profiles[v.ID]
-		if !ok {
-			continue
-		}
+		p := profiles[v.ID].Profile
 		for _, s := range segs {
 			match, err := m.Match(s.pred, p)
 			if err != nil {
@@ -581,12 +584,12 @@ func (e *Engine) Preview(ctx context.Context, src string, sample int) (count int
 		for i, b := range batch {
 			accIDs[i] = b.ID
 		}
-		profiles, err := account.Profiles(ctx, e.db, accIDs, now)
+		profiles, err := account.CachedProfiles(ctx, e.db, accIDs, now, pred.Maps)
 		if err != nil {
 			return 0, nil, 0, err
 		}
 		for _, b := range batch {
-			ok, err := m.Match(pred, profiles[b.ID])
+			ok, err := m.Match(pred, profiles[b.ID].Profile)
 			if err != nil {
 				runtimeErrors++
 			}

@@ -32,6 +32,17 @@ const (
 type Predicate struct {
 	Source  string
 	program *vm.Program
+	// Maps says which of the profile's map fields the predicate reads, so
+	// that evaluation decodes only those.
+	Maps account.Maps
+}
+
+type identifiers map[string]bool
+
+func (ids identifiers) Visit(node *ast.Node) {
+	if id, ok := (*node).(*ast.IdentifierNode); ok {
+		ids[id.Value] = true
+	}
 }
 
 // Options returns the expr options of the predicate environment over env (a
@@ -71,7 +82,10 @@ func Compile(src string, clk clock.Clock) (*Predicate, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Predicate{Source: src, program: prog}, nil
+	ids := identifiers{}
+	root := prog.Node()
+	ast.Walk(&root, ids)
+	return &Predicate{Source: src, program: prog, Maps: account.Maps{Features: ids["features"], Events: ids["events"], Traits: ids["traits"]}}, nil
 }
 
 // CompileWith compiles an expression with the given options, turning expr's

@@ -1,0 +1,197 @@
+package account
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/lib/pq"
+
+	"github.com/tendhq/tend/internal/postgres"
+)
+
+// Maps names the profile's map fields, for callers that only need some of
+// them decoded.
+type Maps struct{ Features, Events, Traits bool }
+
+// AllMaps decodes every map field.
+var AllMaps = Maps{true, true, true}
+
+// Cached is a profile read through the cache, with the account's
+// change_version at the time it was read.
+type Cached struct {
+	Profile   *Profile
+	Version   int64
+	Evaluated int64 // the version the segment engine last evaluated
+}
+
+type cachedRow struct {
+	ID        int64      `db:"id"`
+	Version   int64      `db:"change_version"`
+	Evaluated int64      `db:"evaluated_version"`
+	Day       *time.Time `db:"day"`
+	PVersion  *int64     `db:"version"`
+
+	Plan               *string    `db:"plan"`
+	Stage              *string    `db:"stage"`
+	Tier               *string    `db:"tier"`
+	Region             *string    `db:"region"`
+	CSM                *string    `db:"csm"`
+	MRR                *float64   `db:"mrr"`
+	Seats              *int       `db:"seats"`
+	ActiveUsers        *int       `db:"active_users"`
+	Logins7d           *int       `db:"logins_7d"`
+	Logins30d          *int       `db:"logins_30d"`
+	Features           []byte     `db:"features"`
+	Events             []byte     `db:"events"`
+	HealthScore        *int       `db:"health_score"`
+	HealthChange30d    *int       `db:"health_change_30d"`
+	NPS                *int       `db:"nps"`
+	OpenTickets        *int       `db:"open_tickets"`
+	Emails30d          *int       `db:"emails_30d"`
+	Opens30d           *int       `db:"opens_30d"`
+	Clicks30d          *int       `db:"clicks_30d"`
+	Replies30d         *int       `db:"replies_30d"`
+	NudgesDismissed30d *int       `db:"nudges_dismissed_30d"`
+	Traits             []byte     `db:"traits"`
+	SignupAt           *time.Time `db:"signup_at"`
+	LastLoginAt        *time.Time `db:"last_login_at"`
+}
+
+// CachedProfiles returns the profiles of the given accounts at now, reading
+// the materialised copy where it is current (same UTC day, same
+// change_version) and recomputing and storing the rest. Only the map fields
+// named in maps are decoded (the others are left empty), which is most of the
+// cost of a read.
+func CachedProfiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Time, maps Maps) (map[int64]Cached, error) {
+	now = now.UTC()
+	today := windowStart(now, 1)
+	var rows []cachedRow
+	err := q.SelectContext(ctx, &rows, `
+		SELECT a.id, a.change_version, a.evaluated_version, p.day, p.version,
+		       p.plan, p.stage, p.tier, p.region, p.csm, p.mrr, p.seats, p.active_users, p.logins_7d, p.logins_30d,
+		       CASE WHEN $2 THEN p.features END AS features,
+		       CASE WHEN $3 THEN p.events END AS events,
+		       p.health_score, p.health_change_30d, p.nps, p.open_tickets,
+		       p.emails_30d, p.opens_30d, p.clicks_30d, p.replies_30d, p.nudges_dismissed_30d,
+		       CASE WHEN $4 THEN p.traits END AS traits,
+		       p.signup_at, p.last_login_at
+		FROM account a LEFT JOIN account_profile p ON p.account_id = a.id
+		WHERE a.id = ANY($1)`, pq.Array(ids), maps.Features, maps.Events, maps.Traits)
+	if err != nil {
+		return nil, fmt.Errorf("account: cached profiles: %w", err)
+	}
+	out := make(map[int64]Cached, len(rows))
+	var stale []int64
+	versions := map[int64]int64{}
+	for i := range rows {
+		r := &rows[i]
+		if r.Day == nil || r.PVersion == nil || *r.PVersion != r.Version || !r.Day.Equal(today) {
+			stale = append(stale, r.ID)
+			versions[r.ID] = r.Version
+			out[r.ID] = Cached{Version: r.Version, Evaluated: r.Evaluated}
+			continue
+		}
+		p, err := r.profile(now)
+		if err != nil {
+			return nil, err
+		}
+		out[r.ID] = Cached{Profile: p, Version: r.Version, Evaluated: r.Evaluated}
+	}
+	if len(stale) == 0 {
+		return out, nil
+	}
+	fresh, err := Profiles(ctx, q, stale, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := storeProfiles(ctx, q, fresh, versions, today); err != nil {
+		return nil, err
+	}
+	for id, p := range fresh {
+		c := out[id]
+		c.Profile = p
+		out[id] = c
+	}
+	return out, nil
+}
+
+func (r *cachedRow) profile(now time.Time) (*Profile, error) {
+	p := &Profile{
+		Plan: *r.Plan, Stage: *r.Stage, Tier: *r.Tier, Region: *r.Region, CSM: *r.CSM, MRR: *r.MRR,
+		Seats: *r.Seats, ActiveUsers: *r.ActiveUsers, Logins7d: *r.Logins7d, Logins30d: *r.Logins30d,
+		HealthScore: *r.HealthScore, HealthChange30d: *r.HealthChange30d, NPS: *r.NPS, OpenTickets: *r.OpenTickets,
+		Emails30d: *r.Emails30d, Opens30d: *r.Opens30d, Clicks30d: *r.Clicks30d, Replies30d: *r.Replies30d,
+		NudgesDismissed30d: *r.NudgesDismissed30d, SignupAt: r.SignupAt.UTC(), LastLoginAt: r.LastLoginAt.UTC(),
+		Features: map[string]int{}, Events: map[string]int{}, Traits: map[string]any{},
+	}
+	for _, m := range []struct {
+		raw []byte
+		dst any
+	}{{r.Features, &p.Features}, {r.Events, &p.Events}, {r.Traits, &p.Traits}} {
+		if len(m.raw) > 0 {
+			if err := json.Unmarshal(m.raw, m.dst); err != nil {
+				return nil, fmt.Errorf("account: cached profile %d: %w", r.ID, err)
+			}
+		}
+	}
+	p.derive(now)
+	return p, nil
+}
+
+// derive fills the fields that follow from others and the exact time.
+func (p *Profile) derive(now time.Time) {
+	p.DaysSinceSignup = wholeDays(now.Sub(p.SignupAt))
+	p.DaysSinceLastLogin = wholeDays(now.Sub(p.LastLoginAt))
+	p.LicenseUtilization = 0
+	if p.Seats > 0 {
+		p.LicenseUtilization = float64(p.ActiveUsers) / float64(p.Seats)
+	}
+}
+
+// storeProfiles writes computed profiles to the cache, each under the
+// change_version read before computing it (a newer change makes it stale).
+func storeProfiles(ctx context.Context, q postgres.Queryer, profiles map[int64]*Profile, versions map[int64]int64, day time.Time) error {
+	type row struct {
+		*Profile
+		AccountID int64 `json:"account_id"`
+		Version   int64 `json:"version"`
+	}
+	list := make([]row, 0, len(profiles))
+	for id, p := range profiles {
+		list = append(list, row{Profile: p, AccountID: id, Version: versions[id]})
+	}
+	payload, err := json.Marshal(list)
+	if err != nil {
+		return fmt.Errorf("account: store profiles: %w", err)
+	}
+	_, err = q.ExecContext(ctx, `
+		INSERT INTO account_profile AS p (account_id, day, version, plan, stage, tier, region, csm, mrr, seats,
+			active_users, logins_7d, logins_30d, features, events, health_score, health_change_30d, nps, open_tickets,
+			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at)
+		SELECT account_id, $2, version, plan, stage, tier, region, csm, mrr, seats,
+			active_users, logins_7d, logins_30d, features, events, health_score, health_change_30d, nps, open_tickets,
+			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at
+		FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, version bigint, plan text, stage text, tier text,
+			region text, csm text, mrr double precision, seats integer, active_users integer, logins_7d integer,
+			logins_30d integer, features jsonb, events jsonb, health_score integer, health_change_30d integer,
+			nps integer, open_tickets integer, emails_30d integer, opens_30d integer, clicks_30d integer,
+			replies_30d integer, nudges_dismissed_30d integer, traits jsonb, signup_at timestamptz, last_login_at timestamptz)
+		ORDER BY account_id
+		ON CONFLICT (account_id) DO UPDATE SET
+			day = EXCLUDED.day, version = EXCLUDED.version, plan = EXCLUDED.plan, stage = EXCLUDED.stage,
+			tier = EXCLUDED.tier, region = EXCLUDED.region, csm = EXCLUDED.csm, mrr = EXCLUDED.mrr,
+			seats = EXCLUDED.seats, active_users = EXCLUDED.active_users, logins_7d = EXCLUDED.logins_7d,
+			logins_30d = EXCLUDED.logins_30d, features = EXCLUDED.features, events = EXCLUDED.events,
+			health_score = EXCLUDED.health_score, health_change_30d = EXCLUDED.health_change_30d,
+			nps = EXCLUDED.nps, open_tickets = EXCLUDED.open_tickets, emails_30d = EXCLUDED.emails_30d,
+			opens_30d = EXCLUDED.opens_30d, clicks_30d = EXCLUDED.clicks_30d, replies_30d = EXCLUDED.replies_30d,
+			nudges_dismissed_30d = EXCLUDED.nudges_dismissed_30d, traits = EXCLUDED.traits,
+			signup_at = EXCLUDED.signup_at, last_login_at = EXCLUDED.last_login_at
+		WHERE p.version <= EXCLUDED.version`, payload, day)
+	if err != nil {
+		return fmt.Errorf("account: store profiles: %w", err)
+	}
+	return nil
+}
