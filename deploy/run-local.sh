@@ -13,7 +13,10 @@ fi
 
 # The commands this build knows (seed and campaigns may not exist yet).
 help_text="$("$TEND" help 2>&1 || true)"
-has_command() { grep -qw -- "$1" <<<"$help_text"; }
+has_command() { grep -qE -- "^  tend $1( |\$)" <<<"$help_text"; }
+
+# Local runs use the shared demo clock, so `tend clock advance 2d` fast-forwards drips.
+export TEND_DEMO_CLOCK="${TEND_DEMO_CLOCK:-true}"
 
 echo "run-local: $TEND migrate"
 "$TEND" migrate
