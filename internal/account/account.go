@@ -8,6 +8,7 @@
 package account
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -101,8 +102,9 @@ func checkTimezone(items *errs.Items, i int, field string, tz *string) {
 	}
 }
 
+// checkObject accepts a JSON object, or nothing (absent or null).
 func checkObject(items *errs.Items, i int, field string, raw json.RawMessage) {
-	if len(raw) == 0 {
+	if isAbsent(raw) {
 		return
 	}
 	var m map[string]any
@@ -294,3 +296,8 @@ func checkEmail(items *errs.Items, i int, field string, email *string, required 
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// isAbsent reports whether an optional JSON value was left out or sent as null.
+func isAbsent(raw json.RawMessage) bool {
+	return len(raw) == 0 || string(bytes.TrimSpace(raw)) == "null"
+}

@@ -127,7 +127,7 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 				at = e.Timestamp.UTC()
 			}
 			props := e.Properties
-			if len(props) == 0 {
+			if isAbsent(props) {
 				props = json.RawMessage(`{}`)
 			}
 			var mid *string

@@ -22,6 +22,7 @@ import (
 	"github.com/tendhq/tend/internal/audit"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/config"
+	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/httpapi"
 	"github.com/tendhq/tend/internal/jobs"
 	"github.com/tendhq/tend/internal/postgres"
@@ -118,10 +119,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 // Ready reports whether PostgreSQL and Redis answer.
 func (a *App) Ready(ctx context.Context) error {
 	if err := a.DB.PingContext(ctx); err != nil {
-		return fmt.Errorf("postgres: %w", err)
+		return &errs.Error{Kind: errs.Unavailable, Code: "not_ready", Message: "PostgreSQL is not reachable", Err: err}
 	}
 	if err := a.redis.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis: %w", err)
+		return &errs.Error{Kind: errs.Unavailable, Code: "not_ready", Message: "Redis is not reachable", Err: err}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 
 	"github.com/labstack/echo/v4"
 )
@@ -15,8 +16,12 @@ import (
 func readBody(c echo.Context) ([]byte, error) {
 	b, err := io.ReadAll(c.Request().Body)
 	if err != nil {
+		// Over the limit: http.MaxBytesReader's error, or echo's BodyLimit
+		// reader's when the size is only known while reading (a chunked or
+		// gzip-compressed body).
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		var he *echo.HTTPError
+		if errors.As(err, &mbe) || (errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge) {
 			return nil, echo.ErrStatusRequestEntityTooLarge
 		}
 		return nil, badRequest("unreadable_body", "could not read the request body")
@@ -41,9 +46,9 @@ func describeJSONError(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
 		if te.Field != "" {
-			return fmt.Sprintf("field %q must be a %s, not a JSON %s", te.Field, te.Type, te.Value)
+			return fmt.Sprintf("field %q must be %s, not a JSON %s", te.Field, jsonKind(te.Type), te.Value)
 		}
-		return fmt.Sprintf("expected a %s, not a JSON %s", te.Type, te.Value)
+		return fmt.Sprintf("expected %s, not a JSON %s", jsonKind(te.Type), te.Value)
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
@@ -53,6 +58,29 @@ func describeJSONError(err error) string {
 		return "the body is empty"
 	}
 	return err.Error()
+}
+
+// jsonKind names the JSON a Go type is read from, so that messages speak
+// JSON, not the server's Go types.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	}
+	return "another JSON type"
 }
 
 // bind decodes a strict JSON body into v.

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"compress/gzip"
 	"errors"
 	"net/http"
 	"strings"
@@ -63,6 +64,11 @@ func (s *Server) describe(err error, c echo.Context) (int, map[string]any) {
 			msg = "the request body is larger than the limit (TEND_BODY_LIMIT)"
 		}
 		return he.Code, map[string]any{"code": code, "message": msg}
+	}
+	// echo's Decompress returns the gzip reader's error as is when a body
+	// sent with Content-Encoding: gzip is not gzip: the client's mistake.
+	if errors.Is(err, gzip.ErrHeader) {
+		return http.StatusBadRequest, map[string]any{"code": "invalid_gzip", "message": "the body is sent with Content-Encoding: gzip but is not gzip"}
 	}
 	var de *errs.Error
 	if errors.As(err, &de) && de.Kind != errs.Internal {

@@ -23,6 +23,7 @@ import (
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/audit"
 	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/segment"
 )
 
@@ -152,7 +153,14 @@ func (s *Server) readyz(c echo.Context) error {
 	}
 	if err := s.deps.Ready(ctx); err != nil {
 		s.deps.Log.Warn("not ready", "err", err)
-		return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "error": map[string]string{"code": "not_ready", "message": err.Error()}})
+		// Say which dependency is down (when the domain error names it),
+		// never the driver's text.
+		msg := "a dependency (PostgreSQL or Redis) is not reachable; see the server log"
+		var de *errs.Error
+		if errors.As(err, &de) {
+			msg = de.Message
+		}
+		return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "error": map[string]string{"code": "not_ready", "message": msg}})
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
 }

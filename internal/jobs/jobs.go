@@ -54,7 +54,7 @@ func NewWorker(redis asynq.RedisConnOpt, log *slog.Logger, opts WorkerOptions, r
 		// Poll empty queues often: on-change re-evaluation should take
 		// well under the 2 s target.
 		TaskCheckInterval: 100 * time.Millisecond,
-		Logger:          asynqLogger{log.With("component", "asynq")},
+		Logger:            asynqLogger{log.With("component", "asynq")},
 		ErrorHandler: asynq.ErrorHandlerFunc(func(ctx context.Context, t *asynq.Task, err error) {
 			log.Warn("task failed", "type", t.Type(), "err", err)
 		}),

@@ -67,12 +67,18 @@ func Options(env any, clk clock.Clock) []expr.Option {
 			}
 			return int(d / (24 * time.Hour)), nil
 		}, new(func(time.Time) int)),
-		expr.Function(cmpFuncs["<"], nilSafe(runtime.Less), new(func(any, any) bool)),
-		expr.Function(cmpFuncs[">"], nilSafe(runtime.More), new(func(any, any) bool)),
-		expr.Function(cmpFuncs["<="], nilSafe(runtime.LessOrEqual), new(func(any, any) bool)),
-		expr.Function(cmpFuncs[">="], nilSafe(runtime.MoreOrEqual), new(func(any, any) bool)),
-		expr.Patch(nilComparisons{}),
 	}
+}
+
+// nilSafeOptions route ordering comparisons with a dynamically typed side
+// through nil-safe functions. They are added after type checking, because a
+// patched comparison would also hide an unknown name.
+var nilSafeOptions = []expr.Option{
+	expr.Function(cmpFuncs["<"], nilSafe(runtime.Less), new(func(any, any) bool)),
+	expr.Function(cmpFuncs[">"], nilSafe(runtime.More), new(func(any, any) bool)),
+	expr.Function(cmpFuncs["<="], nilSafe(runtime.LessOrEqual), new(func(any, any) bool)),
+	expr.Function(cmpFuncs[">="], nilSafe(runtime.MoreOrEqual), new(func(any, any) bool)),
+	expr.Patch(nilComparisons{}),
 }
 
 // Compile type-checks a predicate against the account profile. Errors are
@@ -97,7 +103,12 @@ func CompileWith(src string, opts []expr.Option) (*vm.Program, error) {
 	if len(src) > MaxPredicateLen {
 		return nil, errs.E(errs.Invalid, "invalid_predicate", "the predicate is longer than %d characters", MaxPredicateLen).With("line", 1).With("column", 1)
 	}
-	prog, err := expr.Compile(src, opts...)
+	// Type-check as written first, then compile with the nil-safe patch.
+	_, err := expr.Compile(src, opts...)
+	var prog *vm.Program
+	if err == nil {
+		prog, err = expr.Compile(src, append(append([]expr.Option{}, opts...), nilSafeOptions...)...)
+	}
 	if err != nil {
 		line, col, msg := 1, 1, err.Error()
 		var fe *file.Error

@@ -117,6 +117,8 @@ func TestCompileErrorsHaveLineAndColumn(t *testing.T) {
 		{`mrr + 1`, 1, 0, "bool"},
 		{``, 1, 1, "empty"},
 		{`now() > 1`, 1, 0, ""},
+		{`logins_7 > 1`, 1, 1, ""},     // an unknown name in an ordering comparison
+		{`traits.x > nope`, 1, 12, ""}, // and beside a trait
 	}
 	for _, c := range cases {
 		_, err := Compile(c.src, clk)
