@@ -69,7 +69,9 @@ func EnsureDatabase(ctx context.Context, databaseURL string) (bool, error) {
 	}
 	if _, err := db.ExecContext(ctx, `CREATE DATABASE `+pq.QuoteIdentifier(name)); err != nil {
 		var pqErr *pq.Error
-		if errors.As(err, &pqErr) && pqErr.Code == "42P04" { // created by a concurrent process
+		// Created by a concurrent process: 42P04 duplicate_database, or 23505
+		// when both inserted into pg_database at once.
+		if errors.As(err, &pqErr) && (pqErr.Code == "42P04" || pqErr.Code == "23505") {
 			return false, nil
 		}
 		return false, fmt.Errorf("postgres: create database %q (create it yourself with `createdb %s`, or grant CREATEDB): %w", name, name, err)

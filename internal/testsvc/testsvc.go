@@ -21,6 +21,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,6 +155,12 @@ func ensureTemplate(ctx context.Context, admin *sql.DB, tmpl string) error {
 	_, err = conn.ExecContext(ctx, `ALTER DATABASE `+pq.QuoteIdentifier(tmpl)+` IS_TEMPLATE true`)
 	return err
 }
+
+// Unique returns a number no other caller of this process gets, for naming
+// per-test resources.
+func Unique() int64 { return uniq.Add(1)<<20 | int64(os.Getpid()&0xfffff) }
+
+var uniq atomic.Int64
 
 func randHex(n int) string {
 	b := make([]byte, n)

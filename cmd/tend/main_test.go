@@ -1,0 +1,85 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/tendhq/tend/internal/apikey"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/testsvc"
+)
+
+func tend(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), args, &out, &errOut)
+	return out.String(), err
+}
+
+func TestCommands(t *testing.T) {
+	db := testsvc.NewDB(t)
+	t.Setenv("TEND_DATABASE_URL", db.URL)
+	t.Setenv("TEND_LOG_LEVEL", "error")
+
+	out, err := tend(t, "keys", "create", "--name", "ci", "--role", "ingest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The key alone on stdout, once, so `KEY=$(tend keys create ...)` works.
+	if !regexp.MustCompile(`^tend_[a-z2-7]+\n$`).MatchString(out) {
+		t.Fatalf("stdout = %q, want only the key", out)
+	}
+	key := strings.TrimSpace(out)
+	store := apikey.NewStore(db.DB, clock.System{})
+	k, err := store.Authenticate(context.Background(), key)
+	if err != nil || k.Role != apikey.Ingest || k.Name != "ci" {
+		t.Fatalf("the printed key does not authenticate: %+v %v", k, err)
+	}
+	out, err = tend(t, "keys", "list")
+	if err != nil || !strings.Contains(out, "ci") || strings.Contains(out, key) {
+		t.Fatalf("list = %q, %v (must name the key, never show it)", out, err)
+	}
+	if _, err := tend(t, "keys", "revoke", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Authenticate(context.Background(), key); err == nil {
+		t.Fatal("a revoked key still authenticates")
+	}
+	for _, bad := range [][]string{
+		{"keys", "create", "--name", "x", "--role", "root"},
+		{"keys", "create", "--role", "admin"},
+		{"keys", "revoke", "abc"},
+		{"keys", "revoke", "999"},
+		{"clock", "advance", "2d"}, // demo clock off
+		{"nonsense"},
+	} {
+		if _, err := tend(t, bad...); err == nil {
+			t.Errorf("tend %v: want an error", bad)
+		}
+	}
+
+	t.Setenv("TEND_DEMO_CLOCK", "true")
+	if out, err := tend(t, "clock", "advance", "2d"); err != nil || !strings.Contains(out, "offset 48h0m0s") {
+		t.Fatalf("clock advance: %q %v", out, err)
+	}
+	if _, err := tend(t, "clock", "advance", "soon"); err == nil {
+		t.Fatal("a bad duration must be refused")
+	}
+	if out, err := tend(t, "clock", "show"); err != nil || !strings.Contains(out, "offset 48h0m0s") {
+		t.Fatalf("clock show: %q %v", out, err)
+	}
+	if out, _ := tend(t, "help"); !strings.Contains(out, "tend keys create") {
+		t.Fatalf("help = %q", out)
+	}
+}
+
+func TestBadConfigSaysWhatToFix(t *testing.T) {
+	t.Setenv("TEND_REDIS_URL", "localhost:6379")
+	_, err := tend(t, "migrate")
+	if err == nil || !strings.Contains(err.Error(), "TEND_REDIS_URL") {
+		t.Fatalf("want an error naming TEND_REDIS_URL, got %v", err)
+	}
+}

@@ -1,0 +1,90 @@
+package postgres_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"sync"
+	"testing"
+
+	"github.com/tendhq/tend/internal/postgres"
+	"github.com/tendhq/tend/internal/testsvc"
+)
+
+// TestConcurrentStartsMigrateOnce starts several "processes" at once on a
+// database that does not exist yet: one creates it, the advisory lock makes
+// the migrations run once, and every caller ends up on the latest version.
+func TestConcurrentStartsMigrateOnce(t *testing.T) {
+	t.Parallel()
+	db := testsvc.NewDB(t) // only to learn the server's address
+	u, _ := url.Parse(db.URL)
+	name := fmt.Sprintf("tend_t_fresh_%d", testsvc.Unique())
+	u.Path = "/" + name
+	fresh := u.String()
+	t.Cleanup(func() {
+		admin := *u
+		admin.Path = "/postgres"
+		a, err := sql.Open("postgres", admin.String())
+		if err == nil {
+			a.Exec(`DROP DATABASE IF EXISTS ` + name + ` WITH (FORCE)`)
+			a.Close()
+		}
+	})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	created := make(chan bool, 4)
+	errs := make(chan error, 8)
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := postgres.EnsureDatabase(ctx, fresh)
+			if err != nil {
+				errs <- err
+				return
+			}
+			created <- c
+			conn, err := postgres.Open(ctx, fresh)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			if _, err := postgres.Migrate(ctx, conn.DB); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	close(created)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	n := 0
+	for c := range created {
+		if c {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d callers say they created the database, want 1", n)
+	}
+	conn, err := postgres.Open(ctx, fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var applied, distinct int
+	conn.Get(&applied, `SELECT count(*) FROM goose_db_version WHERE version_id > 0`)
+	conn.Get(&distinct, `SELECT count(DISTINCT version_id) FROM goose_db_version WHERE version_id > 0`)
+	if applied == 0 || applied != distinct {
+		t.Fatalf("migrations applied %d times for %d versions", applied, distinct)
+	}
+	// Migrating again is a no-op.
+	res, err := postgres.Migrate(ctx, conn.DB)
+	if err != nil || len(res) != 0 {
+		t.Fatalf("second migrate: %d applied, %v", len(res), err)
+	}
+}
