@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
 	"strconv"
 	"syscall"
 	"text/tabwriter"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/app"
+	"github.com/tendhq/tend/internal/audit"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/config"
 	"github.com/tendhq/tend/internal/postgres"
@@ -155,7 +157,7 @@ func keys(ctx context.Context, cfg config.Config, log *slog.Logger, args []strin
 		}
 		log.Info("created API key; it is shown once", "id", k.ID, "name", k.Name, "role", k.Role)
 		fmt.Fprintln(stdout, secret)
-		return nil
+		return cliAudit(ctx, a, "keys create", fmt.Sprintf("key %d (%s, %s)", k.ID, k.Name, k.Role))
 	case "list":
 		ks, err := a.Keys.List(ctx)
 		if err != nil {
@@ -184,10 +186,19 @@ func keys(ctx context.Context, cfg config.Config, log *slog.Logger, args []strin
 			return err
 		}
 		fmt.Fprintf(stdout, "revoked key %d (%s)\n", k.ID, k.Name)
-		return nil
+		return cliAudit(ctx, a, "keys revoke", fmt.Sprintf("key %d (%s)", k.ID, k.Name))
 	default:
 		return fmt.Errorf("keys: unknown subcommand %q", args[0])
 	}
+}
+
+// cliAudit records a mutation made from the command line in the audit log.
+func cliAudit(ctx context.Context, a *app.App, action, target string) error {
+	actor := "cli"
+	if u, err := user.Current(); err == nil {
+		actor = "cli:" + u.Username
+	}
+	return a.Audit.Record(ctx, audit.Entry{At: a.Clock.Now(), Actor: actor, Action: action, Target: target})
 }
 
 func clockCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
@@ -227,7 +238,7 @@ func clockCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args []s
 			return err
 		}
 		fmt.Fprintf(stdout, "clock is now %s (offset %s)\n", time.Now().UTC().Add(off).Format(time.RFC3339), off)
-		return nil
+		return cliAudit(ctx, a, "clock advance", args[1])
 	default:
 		return fmt.Errorf("clock: unknown subcommand %q", args[0])
 	}

@@ -71,6 +71,11 @@ func TestCommands(t *testing.T) {
 	if out, err := tend(t, "clock", "show"); err != nil || !strings.Contains(out, "offset 48h0m0s") {
 		t.Fatalf("clock show: %q %v", out, err)
 	}
+	var actions []string
+	db.Select(&actions, `SELECT action FROM audit_log WHERE actor LIKE 'cli%' ORDER BY id`)
+	if strings.Join(actions, ",") != "keys create,keys revoke,clock advance" {
+		t.Fatalf("command-line mutations audited as %v", actions)
+	}
 	if out, _ := tend(t, "help"); !strings.Contains(out, "tend keys create") {
 		t.Fatalf("help = %q", out)
 	}
