@@ -95,8 +95,11 @@ func Compile(src string, clk clock.Clock) (*Predicate, error) {
 }
 
 // CompileWith compiles an expression with the given options, turning expr's
-// errors into Invalid domain errors with a line and column.
-func CompileWith(src string, opts []expr.Option) (*vm.Program, error) {
+// errors into Invalid domain errors with a line and column. The expression is
+// type-checked with opts as written; the program that runs is compiled with
+// the nil-safe comparison patch and runtime (extra patches that rewrite calls
+// for evaluation, such as campaign conditions' opened()).
+func CompileWith(src string, opts []expr.Option, runtime ...expr.Option) (*vm.Program, error) {
 	if strings.TrimSpace(src) == "" {
 		return nil, errs.E(errs.Invalid, "invalid_predicate", "the predicate is empty").With("line", 1).With("column", 1)
 	}
@@ -107,7 +110,8 @@ func CompileWith(src string, opts []expr.Option) (*vm.Program, error) {
 	_, err := expr.Compile(src, opts...)
 	var prog *vm.Program
 	if err == nil {
-		prog, err = expr.Compile(src, append(append([]expr.Option{}, opts...), nilSafeOptions...)...)
+		all := append(append(append([]expr.Option{}, opts...), nilSafeOptions...), runtime...)
+		prog, err = expr.Compile(src, all...)
 	}
 	if err != nil {
 		line, col, msg := 1, 1, err.Error()
