@@ -210,7 +210,7 @@ func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64,
 		// change_version, when a value really differs.
 		err = tx.SelectContext(ctx, &changed, `
 			WITH input AS (
-				SELECT x.id AS external_id,
+				SELECT x.ordinality AS ord, x.id AS external_id,
 				       coalesce(x.name, a.name, '') AS name,
 				       coalesce(x.plan, a.plan, '') AS plan,
 				       coalesce(x.mrr, a.mrr, 0) AS mrr,
@@ -222,9 +222,9 @@ func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64,
 				       CASE WHEN x.csm_email IS NULL THEN a.csm_id ELSE c.id END AS csm_id,
 				       coalesce(x.timezone, a.timezone, '') AS timezone,
 				       jsonb_strip_nulls(coalesce(a.traits, '{}') || coalesce(x.traits, '{}')) AS traits
-				FROM jsonb_to_recordset($1::jsonb) AS x(id text, name text, plan text, mrr double precision,
+				FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (id text, name text, plan text, mrr double precision,
 				       seats integer, signup_at timestamptz, stage text, tier text, region text,
-				       csm_email text, timezone text, traits jsonb)
+				       csm_email text, timezone text, traits jsonb)) WITH ORDINALITY AS x
 				LEFT JOIN account a ON a.external_id = x.id
 				LEFT JOIN csm c ON c.email = x.csm_email
 			)
@@ -232,7 +232,7 @@ func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64,
 			                          csm_id, timezone, traits, created_at, updated_at)
 			SELECT external_id, name, plan, mrr, seats, signup_at, stage, tier, region,
 			       csm_id, timezone, traits, $2, $2
-			FROM input
+			FROM input ORDER BY ord -- ids follow the order items were sent in
 			ON CONFLICT (external_id) DO UPDATE SET
 				name = EXCLUDED.name, plan = EXCLUDED.plan, mrr = EXCLUDED.mrr, seats = EXCLUDED.seats,
 				signup_at = EXCLUDED.signup_at, stage = EXCLUDED.stage, tier = EXCLUDED.tier,

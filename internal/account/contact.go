@@ -100,19 +100,20 @@ func (s *Store) UpsertContacts(ctx context.Context, in []ContactInput) error {
 		}
 		_, err = tx.ExecContext(ctx, `
 			WITH input AS (
-				SELECT x.id AS external_id, x.account_id,
+				SELECT x.ordinality AS ord, x.id AS external_id, x.account_id,
 				       coalesce(x.email, c.email, '') AS email,
 				       coalesce(x.name, c.name, '') AS name,
 				       coalesce(x.role, c.role, '') AS role,
 				       coalesce(x.timezone, c.timezone, '') AS timezone,
 				       coalesce(x.locale, c.locale, '') AS locale,
 				       jsonb_strip_nulls(coalesce(c.traits, '{}') || coalesce(x.traits, '{}')) AS traits
-				FROM jsonb_to_recordset($1::jsonb) AS x(id text, account_id bigint, email text, name text,
-				       role text, timezone text, locale text, traits jsonb)
+				FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (id text, account_id bigint, email text, name text,
+				       role text, timezone text, locale text, traits jsonb)) WITH ORDINALITY AS x
 				LEFT JOIN contact c ON c.external_id = x.id
 			)
 			INSERT INTO contact AS c (external_id, account_id, email, name, role, timezone, locale, traits, created_at, updated_at)
 			SELECT external_id, account_id, email, name, role, timezone, locale, traits, $2, $2 FROM input
+			ORDER BY ord -- ids follow the order items were sent in
 			ON CONFLICT (external_id) DO UPDATE SET
 				account_id = EXCLUDED.account_id, email = EXCLUDED.email, name = EXCLUDED.name,
 				role = EXCLUDED.role, timezone = EXCLUDED.timezone, locale = EXCLUDED.locale,

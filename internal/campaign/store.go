@@ -439,7 +439,10 @@ func (s *Store) SetStatus(ctx context.Context, name, action string) (Campaign, e
 	if !allowed {
 		return Campaign{}, errs.E(errs.Conflict, "invalid_transition", "campaign %q is %s; it cannot %s", name, c.Status, action)
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE campaign SET status = $2, updated_at = $3 WHERE id = $1 AND status = $4`, c.ID, t.to, s.clock.Now(), c.Status)
+	res, err := s.db.ExecContext(ctx, `
+		UPDATE campaign SET status = $2, updated_at = $3,
+			activated_at = CASE WHEN $2 = 'active' THEN coalesce(activated_at, $3) ELSE activated_at END
+		WHERE id = $1 AND status = $4`, c.ID, t.to, s.clock.Now(), c.Status)
 	if err != nil {
 		return Campaign{}, fmt.Errorf("campaign: %s: %w", action, err)
 	}

@@ -1,0 +1,276 @@
+package campaign_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/tendhq/tend/internal/account"
+	"github.com/tendhq/tend/internal/campaign"
+	"github.com/tendhq/tend/internal/postgres"
+	"github.com/tendhq/tend/internal/segment"
+)
+
+type loop struct {
+	*fixture
+	t        *testing.T
+	accounts *account.Store
+	engine   *segment.Engine
+	enroller *campaign.Enroller
+}
+
+func newLoop(t *testing.T) *loop {
+	f := newFixture(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return &loop{fixture: f, t: t, accounts: account.NewStore(f.db.DB, f.clock), engine: segment.NewEngine(f.db.DB, f.clock, log),
+		enroller: campaign.NewEnroller(f.db.DB, f.clock, log, time.UTC)}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// setHealth moves an account in or out of "at-risk" (health_score < 40) by
+// changing its NPS-free profile: the test segment reads a trait instead.
+func (l *loop) account(id, tz string, contacts ...account.ContactInput) {
+	l.t.Helper()
+	ctx := context.Background()
+	if _, err := l.accounts.UpsertAccounts(ctx, []account.AccountInput{{ID: id, Timezone: ptr(tz), Traits: []byte(`{"risk": "low"}`)}}); err != nil {
+		l.t.Fatal(err)
+	}
+	for i := range contacts {
+		contacts[i].AccountID = id
+	}
+	if len(contacts) > 0 {
+		if err := l.accounts.UpsertContacts(ctx, contacts); err != nil {
+			l.t.Fatal(err)
+		}
+	}
+}
+
+func (l *loop) risk(id, level string) {
+	l.t.Helper()
+	if _, err := l.accounts.UpsertAccounts(context.Background(), []account.AccountInput{{ID: id, Traits: []byte(`{"risk": "` + level + `"}`)}}); err != nil {
+		l.t.Fatal(err)
+	}
+	l.settle()
+}
+
+// settle runs what the worker pool would: evaluate dirty accounts, then
+// consume segment events.
+func (l *loop) settle() {
+	l.t.Helper()
+	ctx := context.Background()
+	if _, _, err := l.engine.EvaluateDirty(ctx, 0, 1); err != nil {
+		l.t.Fatal(err)
+	}
+	for {
+		n, err := l.enroller.ProcessSegmentEvents(ctx, 100)
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+	}
+}
+
+type msg struct {
+	Step, Contact, Status, Reason string
+	Due                           time.Time
+}
+
+func (l *loop) messages() []msg {
+	l.t.Helper()
+	var out []msg
+	if err := l.db.Select(&out, `
+		SELECT m.step_id AS step, c.external_id AS contact, m.status, m.reason, m.due_at AS due
+		FROM message m JOIN contact c ON c.id = m.contact_id ORDER BY m.id`); err != nil {
+		l.t.Fatal(err)
+	}
+	return out
+}
+
+func (l *loop) enrollments() []string {
+	var out []string
+	l.db.Select(&out, `SELECT status || ':' || entry_number FROM enrollment ORDER BY id`)
+	return out
+}
+
+func (l *loop) applyDrip(d campaign.Definition) {
+	l.t.Helper()
+	ctx := context.Background()
+	b := campaign.Bundle{Campaigns: []campaign.Definition{d}, Templates: []campaign.TemplateInput{
+		{Name: "t/one", Kind: "email", Source: checkinV1},
+		{Name: "t/two", Kind: "email", Source: checkinV1},
+	}}
+	if _, err := l.store.Apply(ctx, b, false); err != nil {
+		l.t.Fatal(err)
+	}
+	if _, err := l.store.SetStatus(ctx, d.Name, "activate"); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+func riskDrip() campaign.Definition {
+	return campaign.Definition{
+		Name: "risk", Kind: campaign.KindDrip, Segment: "risky", Exit: campaign.ExitLeavesSegment,
+		Audience: `contact.role in ["admin", "champion"]`,
+		Steps: []campaign.Step{
+			{ID: "one", Wait: "0h", Channel: "email", Template: "t/one"},
+			{ID: "two", Wait: "2d", Channel: "email", Template: "t/two"},
+		},
+	}
+}
+
+func (l *loop) riskySegment() {
+	l.t.Helper()
+	s, err := l.segments.Create(context.Background(), segment.Input{Name: "risky", Predicate: `traits.risk == "high"`})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	shards, _ := l.engine.StartPass(context.Background(), segment.BuildKey(s.ID, s.Generation), s.ID)
+	for _, sh := range shards {
+		l.engine.RunShard(context.Background(), sh)
+	}
+}
+
+func TestEntryEnrollsTheAudienceAndExitStopsIt(t *testing.T) {
+	l := newLoop(t)
+	l.riskySegment()
+	l.applyDrip(riskDrip())
+	l.account("acme", "Europe/Paris",
+		account.ContactInput{ID: "ann", Role: ptr("admin"), Email: ptr("ann@acme.example")},
+		account.ContactInput{ID: "bob", Role: ptr("viewer"), Email: ptr("bob@acme.example")},
+		account.ContactInput{ID: "cat", Role: ptr("champion"), Email: ptr("cat@acme.example"), Timezone: ptr("America/New_York")},
+	)
+	l.settle()
+	if got := l.messages(); len(got) != 0 {
+		t.Fatalf("no entry, no message: %v", got)
+	}
+	l.risk("acme", "high")
+	got := l.messages()
+	if len(got) != 2 || got[0].Contact != "ann" || got[1].Contact != "cat" || got[0].Step != "one" || got[0].Status != "scheduled" {
+		t.Fatalf("step one for the audience (admin, champion): %+v", got)
+	}
+	if !got[0].Due.Equal(l.clock.Now()) {
+		t.Fatalf("a 0h wait is due at entry: %s vs %s", got[0].Due, l.clock.Now())
+	}
+	// A contact added later is not enrolled mid-drip.
+	if err := l.accounts.UpsertContacts(context.Background(), []account.ContactInput{{ID: "dan", AccountID: "acme", Role: ptr("admin")}}); err != nil {
+		t.Fatal(err)
+	}
+	// The account leaves the segment: the enrollment exits, the scheduled rows are skipped.
+	l.risk("acme", "low")
+	if e := l.enrollments(); len(e) != 1 || e[0] != "exited:1" {
+		t.Fatalf("enrollments = %v", e)
+	}
+	for _, m := range l.messages() {
+		if m.Status != "skipped" || m.Reason == "" {
+			t.Fatalf("scheduled messages of an exited enrollment are skipped with a reason: %+v", m)
+		}
+	}
+	// Re-entry is not allowed without reenroll_after.
+	l.risk("acme", "high")
+	if e := l.enrollments(); len(e) != 1 {
+		t.Fatalf("re-entered without reenroll_after: %v", e)
+	}
+}
+
+func TestReenrollAfter(t *testing.T) {
+	l := newLoop(t)
+	l.riskySegment()
+	d := riskDrip()
+	d.Audience, d.ReenrollAfter = "", "30d"
+	l.applyDrip(d)
+	l.account("acme", "UTC", account.ContactInput{ID: "ann", Email: ptr("ann@acme.example")})
+	l.risk("acme", "high")
+	l.risk("acme", "low")
+	l.clock.Advance(10 * 24 * time.Hour)
+	l.risk("acme", "high") // 10 days later: too soon
+	if e := l.enrollments(); len(e) != 1 {
+		t.Fatalf("re-entered too soon: %v", e)
+	}
+	l.risk("acme", "low")
+	l.clock.Advance(25 * 24 * time.Hour)
+	l.risk("acme", "high") // 35 days after the first entry
+	if e := l.enrollments(); len(e) != 2 || e[1] != "active:2" {
+		t.Fatalf("want a second entry: %v", e)
+	}
+}
+
+func TestInitialEntriesNeedEnrollExisting(t *testing.T) {
+	for _, existing := range []bool{false, true} {
+		t.Run(map[bool]string{false: "without", true: "with"}[existing], func(t *testing.T) { initialEntries(t, existing) })
+	}
+}
+
+func initialEntries(t *testing.T, existing bool) {
+	{
+		l := newLoop(t)
+		l.account("acme", "UTC", account.ContactInput{ID: "ann", Email: ptr("ann@acme.example")})
+		l.risk("acme", "high")
+		d := riskDrip()
+		d.Audience, d.EnrollExisting = "", existing
+		// The segment is created while the drip is active: its entries are "initial".
+		s, err := l.segments.Create(context.Background(), segment.Input{Name: "risky", Predicate: `traits.risk == "high"`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.applyDrip(d)
+		shards, _ := l.engine.StartPass(context.Background(), segment.BuildKey(s.ID, s.Generation), s.ID)
+		for _, sh := range shards {
+			l.engine.RunShard(context.Background(), sh)
+		}
+		l.settle()
+		if got := len(l.enrollments()); (got == 1) != existing {
+			t.Fatalf("enroll_existing=%v: %d enrollments", existing, got)
+		}
+	}
+}
+
+func TestStepsAdvanceOnTheLastSendInTheContactsZone(t *testing.T) {
+	l := newLoop(t)
+	// Enter on Friday 2026-03-27 09:00 Paris: step two (2d) crosses the DST change.
+	l.clock.Set(time.Date(2026, 3, 27, 8, 0, 0, 0, time.UTC))
+	l.riskySegment()
+	d := riskDrip()
+	d.Audience = ""
+	l.applyDrip(d)
+	l.account("acme", "Europe/Paris", account.ContactInput{ID: "ann", Email: ptr("ann@acme.example")})
+	l.risk("acme", "high")
+	sent := l.clock.Now().Add(5 * time.Minute)
+	// The step is sent (what delivery does), then the enrollment advances.
+	err := postgres.InTx(context.Background(), l.db.DB, func(tx *sqlx.Tx) error {
+		if _, err := tx.Exec(`UPDATE message SET status = 'sent', sent_at = $1`, sent); err != nil {
+			return err
+		}
+		var ids []int64
+		tx.Select(&ids, `SELECT id FROM enrollment`)
+		return l.enroller.Advance(context.Background(), tx, ids)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := l.messages()
+	if len(got) != 2 || got[1].Step != "two" {
+		t.Fatalf("messages = %+v", got)
+	}
+	paris, _ := time.LoadLocation("Europe/Paris")
+	want := time.Date(2026, 3, 29, 9, 5, 0, 0, paris)
+	if !got[1].Due.Equal(want) {
+		t.Fatalf("step two due %s, want %s (2 calendar days in Paris)", got[1].Due.In(paris), want)
+	}
+	// Finishing the last step completes the enrollment.
+	postgres.InTx(context.Background(), l.db.DB, func(tx *sqlx.Tx) error {
+		tx.Exec(`UPDATE message SET status = 'skipped', reason = 'test' WHERE status = 'scheduled'`)
+		var ids []int64
+		tx.Select(&ids, `SELECT id FROM enrollment`)
+		return l.enroller.Advance(context.Background(), tx, ids)
+	})
+	if e := l.enrollments(); e[0] != "completed:1" {
+		t.Fatalf("enrollments = %v", e)
+	}
+}
