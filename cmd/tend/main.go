@@ -17,6 +17,8 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"path/filepath"
+	"strings"
 	"strconv"
 	"syscall"
 	"text/tabwriter"
@@ -26,6 +28,8 @@ import (
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/app"
 	"github.com/tendhq/tend/internal/audit"
+	"github.com/tendhq/tend/internal/campaign"
+	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/config"
 	"github.com/tendhq/tend/internal/postgres"
@@ -41,6 +45,9 @@ usage:
   tend keys create --name NAME --role ROLE   make an API key and print it once (roles: admin, marketing, csm, product, ingest)
   tend keys list                             list API keys
   tend keys revoke ID                        revoke an API key at once
+  tend campaigns apply DIR [--templates T] [--activate]
+                                             store campaigns/*.yaml and the templates/ they use (new campaigns are drafts)
+  tend campaigns diff DIR [--templates T]    print what apply would change, changing nothing
   tend clock show                            print the clock (demo mode shares it through PostgreSQL)
   tend clock advance DURATION                move the demo clock forward, e.g. 2d or 36h (TEND_DEMO_CLOCK=true)
   tend help                                  this text
@@ -84,6 +91,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return keys(ctx, cfg, log, rest, stdout)
 	case "clock":
 		return clockCmd(ctx, cfg, log, rest, stdout)
+	case "campaigns":
+		return campaignsCmd(ctx, cfg, log, rest, stdout)
 	default:
 		return fmt.Errorf("unknown command %q; run `tend help`", cmd)
 	}
@@ -190,6 +199,86 @@ func keys(ctx context.Context, cfg config.Config, log *slog.Logger, args []strin
 	default:
 		return fmt.Errorf("keys: unknown subcommand %q", args[0])
 	}
+}
+
+func campaignsCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+	if len(args) == 0 || (args[0] != "apply" && args[0] != "diff") {
+		return errors.New("campaigns: want apply DIR or diff DIR")
+	}
+	fs := flag.NewFlagSet("campaigns "+args[0], flag.ContinueOnError)
+	templates := fs.String("templates", "", "the templates folder (default: templates/ beside DIR)")
+	activate := fs.Bool("activate", false, "activate every applied campaign that is a draft or paused")
+	// Flags may come before or after DIR.
+	var dir string
+	rest := args[1:]
+	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		dir, rest = rest[0], rest[1:]
+	}
+	if err := fs.Parse(rest); err != nil {
+		return err
+	}
+	if dir == "" && fs.NArg() > 0 {
+		dir = fs.Arg(0)
+	}
+	if dir == "" {
+		return fmt.Errorf("campaigns %s: want the campaigns folder, e.g. campaigns/", args[0])
+	}
+	if *templates == "" {
+		*templates = filepath.Join(filepath.Dir(filepath.Clean(dir)), "templates")
+	}
+	b, err := campaign.LoadDir(dir, *templates)
+	if err != nil {
+		return describe(err)
+	}
+	a, err := open(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	dry := args[0] == "diff"
+	changes, err := a.Campaigns.Apply(ctx, b, dry)
+	if err != nil {
+		return describe(err)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	for _, c := range changes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.What, c.Name, c.Action, c.Detail)
+	}
+	tw.Flush()
+	if dry {
+		return nil
+	}
+	if *activate {
+		for _, d := range b.Campaigns {
+			c, err := a.Campaigns.Get(ctx, d.Name)
+			if err != nil {
+				return err
+			}
+			if c.Status != "draft" && c.Status != "paused" {
+				continue
+			}
+			if _, err := a.Campaigns.SetStatus(ctx, d.Name, "activate"); err != nil {
+				return describe(err)
+			}
+			fmt.Fprintf(stdout, "activated %s\n", d.Name)
+		}
+	}
+	return cliAudit(ctx, a, "campaigns apply", dir)
+}
+
+// describe spells out a validation error's problems for the terminal.
+func describe(err error) error {
+	var e *errs.Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	lines := []string{e.Message}
+	if ps, ok := e.Details["problems"].([]errs.ItemError); ok {
+		for _, p := range ps {
+			lines = append(lines, "  "+p.Field+": "+p.Reason)
+		}
+	}
+	return errors.New(strings.Join(lines, "\n"))
 }
 
 // cliAudit records a mutation made from the command line in the audit log.

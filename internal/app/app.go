@@ -9,6 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/jmoiron/sqlx"
@@ -20,13 +23,17 @@ import (
 	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/audit"
+	"github.com/tendhq/tend/internal/campaign"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/config"
+	"github.com/tendhq/tend/internal/delivery"
 	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/httpapi"
 	"github.com/tendhq/tend/internal/jobs"
 	"github.com/tendhq/tend/internal/postgres"
+	"github.com/tendhq/tend/internal/render"
 	"github.com/tendhq/tend/internal/segment"
+	"github.com/tendhq/tend/internal/token"
 )
 
 // App is one Tend process's wiring.
@@ -43,6 +50,13 @@ type App struct {
 	Segments *segment.Store
 	Engine   *segment.Engine
 	Jobs     *jobs.Client
+
+	Campaigns    *campaign.Store
+	Enroller     *campaign.Enroller
+	Outbox       *delivery.Outbox
+	Mailer       *delivery.Mailer
+	Sender       *delivery.Sender
+	Unsubscribes *delivery.Unsubscribes
 
 	redis  *redis.Client
 	shared *clock.Shared
@@ -113,7 +127,34 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 	a.Segments = segment.NewStore(db, a.Clock)
 	a.Engine = segment.NewEngine(db, a.Clock, log)
 	a.Jobs = jobs.NewClient(a.Redis, log)
+	if err := a.wireCampaigns(); err != nil {
+		a.Close()
+		return nil, err
+	}
 	return a, nil
+}
+
+// wireCampaigns builds campaigns, rendering and delivery.
+func (a *App) wireCampaigns() error {
+	cfg := a.Cfg
+	tz, _ := time.LoadLocation(cfg.DefaultTimezone)
+	signer := token.NewSigner([]byte(cfg.Secret))
+	a.Campaigns = campaign.NewStore(a.DB, a.Clock, render.Checker{})
+	a.Enroller = campaign.NewEnroller(a.DB, a.Clock, a.Log, tz)
+	a.Outbox = delivery.NewOutbox(a.DB, a.Clock)
+	a.Unsubscribes = delivery.NewUnsubscribes(a.DB, a.Clock, signer)
+	mailer, err := delivery.NewMailer(cfg.SMTPURL, delivery.MailerOptions{Connections: cfg.SMTPConnections})
+	if err != nil {
+		return fmt.Errorf("app: TEND_SMTP_URL: %w", err)
+	}
+	a.Mailer = mailer
+	pub, _ := url.Parse(cfg.PublicURL)
+	renderer := &render.Renderer{Signer: signer, PublicURL: strings.TrimRight(cfg.PublicURL, "/"), PostalAddress: cfg.PostalAddress}
+	a.Sender = delivery.NewSender(a.DB, a.Clock, a.Log, a.Outbox, a.Enroller, renderer, mailer, delivery.SenderOptions{
+		TeamSender: cfg.TeamSender, SendingDomain: cfg.SendingDomain, InboundDomain: cfg.InboundDomain,
+		MessageIDDomain: pub.Hostname(),
+	})
+	return nil
 }
 
 // Ready reports whether PostgreSQL and Redis answer.
@@ -132,6 +173,7 @@ func (a *App) API() *httpapi.Server {
 	return httpapi.New(httpapi.Deps{
 		Accounts: a.Accounts, Keys: a.Keys, Audit: a.Audit, Clock: a.Clock, Log: a.Log,
 		Segments: a.Segments, Engine: a.Engine, Signals: a.Jobs,
+		Campaigns: a.Campaigns, Outbox: a.Outbox, Sender: a.Sender, Unsubscribes: a.Unsubscribes,
 		Ready: a.Ready, Registry: a.Registry,
 	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst})
 }
@@ -139,16 +181,23 @@ func (a *App) API() *httpapi.Server {
 // Worker builds the asynq worker with every handler.
 func (a *App) Worker() *jobs.Worker {
 	seg := &jobs.SegmentHandlers{Engine: a.Engine, Client: a.Jobs, Log: a.Log}
+	camp := &jobs.CampaignHandlers{Enroller: a.Enroller, Sender: a.Sender, Log: a.Log}
 	return jobs.NewWorker(a.Redis, a.Log, jobs.WorkerOptions{
 		Concurrency: a.Cfg.WorkerConcurrency, ShutdownTimeout: a.Cfg.ShutdownTimeout,
-	}, seg.Register)
+	}, func(mux *asynq.ServeMux) {
+		seg.Register(mux)
+		camp.Register(mux)
+	})
 }
 
 // Scheduler builds the periodic scheduler and signal sweeper.
 func (a *App) Scheduler() *jobs.Scheduler {
+	sweep := &jobs.DeliverySweep{Outbox: a.Outbox, Enroller: a.Enroller, Client: a.Jobs, Log: a.Log,
+		Lease: a.Cfg.SendLease, RequeueAfter: time.Minute}
 	return &jobs.Scheduler{
 		Client: a.Jobs, Engine: a.Engine, Clock: a.Clock, Log: a.Log,
 		FullPass: a.Cfg.FullPassInterval, Sweep: a.Cfg.SweepInterval,
+		Also: []func(context.Context) error{sweep.Run},
 	}
 }
 
@@ -192,6 +241,9 @@ func (a *App) Close() error {
 	var errs []error
 	if a.Jobs != nil {
 		errs = append(errs, a.Jobs.Close())
+	}
+	if a.Mailer != nil {
+		errs = append(errs, a.Mailer.Close())
 	}
 	if a.redis != nil {
 		errs = append(errs, a.redis.Close())

@@ -411,3 +411,13 @@ func (e *Enroller) Advance(ctx context.Context, tx *sqlx.Tx, enrollmentIDs []int
 	}
 	return nil
 }
+
+// PendingSegmentEvents reports whether segment entries or exits wait to be
+// consumed.
+func (e *Enroller) PendingSegmentEvents(ctx context.Context) (bool, error) {
+	var b bool
+	if err := e.db.GetContext(ctx, &b, `SELECT EXISTS (SELECT 1 FROM segment_event WHERE processed_at IS NULL)`); err != nil {
+		return false, fmt.Errorf("campaign: pending events: %w", err)
+	}
+	return b, nil
+}

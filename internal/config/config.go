@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/mail"
 	"net/url"
 	"reflect"
 	"strings"
@@ -29,6 +30,24 @@ type Config struct {
 	PublicURL     string `env:"TEND_PUBLIC_URL" envDefault:"http://localhost:8080"`
 	Secret        string `env:"TEND_SECRET" envDefault:"tend-development-secret-change-me"`
 	WebhookSecret string `env:"TEND_WEBHOOK_SECRET" envDefault:"tend-development-webhook-secret"`
+
+	// TeamSender is the From of mail not signed by a CSM.
+	TeamSender string `env:"TEND_TEAM_SENDER" envDefault:"Customer Success <success@tend.localhost>"`
+	// SendingDomain, when set, is the only domain mail is sent From; CSM
+	// addresses outside it go to Reply-To under the team address.
+	SendingDomain string `env:"TEND_SENDING_DOMAIN"`
+	// InboundDomain, when set, routes replies to CSM mail through the reply webhook.
+	InboundDomain string `env:"TEND_INBOUND_DOMAIN"`
+	// PostalAddress is printed in every campaign email (CAN-SPAM).
+	PostalAddress string `env:"TEND_POSTAL_ADDRESS" envDefault:"Tend demo, 1 Example Street, Springfield"`
+	// SMTPConnections is the number of reused SMTP connections per process.
+	SMTPConnections int `env:"TEND_SMTP_CONNECTIONS" envDefault:"8"`
+	// SendLease is how long a worker may hold a message it is sending
+	// before it is presumed dead (claimed messages are released, the one
+	// being handed over becomes uncertain).
+	SendLease time.Duration `env:"TEND_SEND_LEASE" envDefault:"5m"`
+	// DefaultTimezone applies to contacts and accounts without one.
+	DefaultTimezone string `env:"TEND_DEFAULT_TIMEZONE" envDefault:"UTC"`
 
 	// DemoClock keeps the clock's offset in PostgreSQL so `tend clock advance` works.
 	DemoClock bool `env:"TEND_DEMO_CLOCK" envDefault:"false"`
@@ -118,6 +137,21 @@ func (c Config) Validate() error {
 	if c.WorkerConcurrency < 1 {
 		bad("TEND_WORKER_CONCURRENCY", "want at least 1, got %d", c.WorkerConcurrency)
 	}
+	if _, err := mail.ParseAddress(c.TeamSender); err != nil {
+		bad("TEND_TEAM_SENDER", "want an address such as \"Acme Success <success@acme.example>\", got %q", c.TeamSender)
+	}
+	if c.SMTPConnections < 1 || c.SMTPConnections > 100 {
+		bad("TEND_SMTP_CONNECTIONS", "want 1 to 100, got %d", c.SMTPConnections)
+	}
+	if c.SendLease < 10*time.Second {
+		bad("TEND_SEND_LEASE", "want at least 10s (longer than one SMTP hand-over), such as 5m")
+	}
+	if _, err := time.LoadLocation(c.DefaultTimezone); err != nil || c.DefaultTimezone == "" {
+		bad("TEND_DEFAULT_TIMEZONE", "want an IANA time zone such as Europe/Paris, got %q", c.DefaultTimezone)
+	}
+	if strings.TrimSpace(c.PostalAddress) == "" {
+		bad("TEND_POSTAL_ADDRESS", "campaign email must carry a postal address (CAN-SPAM)")
+	}
 	if c.FullPassInterval < time.Second {
 		bad("TEND_FULL_PASS_INTERVAL", "want a duration of at least 1s, such as 5m")
 	}
@@ -138,6 +172,9 @@ func (c Config) Warnings() []string {
 	var w []string
 	if c.Secret == DevSecret {
 		w = append(w, "TEND_SECRET is the development default: set a random secret before real use")
+	}
+	if c.PostalAddress == "Tend demo, 1 Example Street, Springfield" {
+		w = append(w, "TEND_POSTAL_ADDRESS is the demo default: set your company's postal address before sending real mail")
 	}
 	if c.DemoClock {
 		w = append(w, "TEND_DEMO_CLOCK is on: time can be moved with `tend clock advance`")

@@ -14,10 +14,14 @@ import (
 	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/audit"
+	"github.com/tendhq/tend/internal/campaign"
 	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/delivery"
 	"github.com/tendhq/tend/internal/httpapi"
+	"github.com/tendhq/tend/internal/render"
 	"github.com/tendhq/tend/internal/segment"
 	"github.com/tendhq/tend/internal/testsvc"
+	"github.com/tendhq/tend/internal/token"
 )
 
 var t0 = time.Date(2026, 6, 15, 12, 0, 0, 0, time.UTC)
@@ -25,14 +29,15 @@ var t0 = time.Date(2026, 6, 15, 12, 0, 0, 0, time.UTC)
 // harness is a real API on a real, private PostgreSQL database, with one key
 // per role and a manual clock.
 type harness struct {
-	t        *testing.T
-	db       *testsvc.DB
-	clock    *clock.Manual
-	srv      *httptest.Server
-	api      *httpapi.Server
-	keys     *apikey.Store
-	accounts *account.Store
-	key      map[apikey.Role]string
+	t         *testing.T
+	db        *testsvc.DB
+	clock     *clock.Manual
+	srv       *httptest.Server
+	api       *httpapi.Server
+	campaigns *campaign.Store
+	keys      *apikey.Store
+	accounts  *account.Store
+	key       map[apikey.Role]string
 }
 
 type harnessOpt func(*httpapi.Options)
@@ -48,9 +53,22 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		f(&o)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	signer := token.NewSigner([]byte("harness-secret-0123456789"))
+	enroller := campaign.NewEnroller(db.DB, clk, log, time.UTC)
+	outbox := delivery.NewOutbox(db.DB, clk)
+	// The API never sends itself (workers do); this mailer is never dialled.
+	mailer, err := delivery.NewMailer("smtp://127.0.0.1:9", delivery.MailerOptions{Connections: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renderer := &render.Renderer{Signer: signer, PublicURL: "http://tend.test", PostalAddress: "1 Test Street"}
+	h.campaigns = campaign.NewStore(db.DB, clk, render.Checker{})
 	api := httpapi.New(httpapi.Deps{
 		Accounts: h.accounts, Keys: h.keys, Audit: audit.NewLog(db.DB), Clock: clk,
 		Segments: segment.NewStore(db.DB, clk), Engine: segment.NewEngine(db.DB, clk, log),
+		Campaigns: h.campaigns, Outbox: outbox, Unsubscribes: delivery.NewUnsubscribes(db.DB, clk, signer),
+		Sender: delivery.NewSender(db.DB, clk, log, outbox, enroller, renderer, mailer, delivery.SenderOptions{
+			TeamSender: "Success <success@tend.test>", MessageIDDomain: "tend.test"}),
 		Log:   log,
 		Ready: func(ctx context.Context) error { return db.PingContext(ctx) },
 	}, o)

@@ -22,7 +22,9 @@ import (
 	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/audit"
+	"github.com/tendhq/tend/internal/campaign"
 	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/delivery"
 	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/segment"
 )
@@ -35,6 +37,8 @@ type Signals interface {
 	AccountsChanged(ctx context.Context, ids []int64)
 	// SegmentChanged: a segment was created or its predicate edited; build it.
 	SegmentChanged(ctx context.Context, segmentID, generation int64)
+	// SendMessages: these outbox messages are due; send them now.
+	SendMessages(ctx context.Context, ids []int64) error
 }
 
 // Deps are what the API serves.
@@ -46,6 +50,11 @@ type Deps struct {
 	Log      *slog.Logger
 	Segments *segment.Store
 	Engine   *segment.Engine
+	// Campaigns, Outbox, Sender and Unsubscribes serve campaigns and mail.
+	Campaigns    *campaign.Store
+	Outbox       *delivery.Outbox
+	Sender       *delivery.Sender
+	Unsubscribes *delivery.Unsubscribes
 	Signals  Signals                         // may be nil
 	Ready    func(ctx context.Context) error // readiness of PostgreSQL and Redis
 	// Registry receives the API's metrics; nil makes a private one.
@@ -124,10 +133,28 @@ func (s *Server) routes() {
 	s.handle(v1, http.MethodPut, "/segments/:name", s.updateSegment, marketing)
 	s.handle(v1, http.MethodDelete, "/segments/:name", s.deleteSegment, marketing)
 	s.handle(v1, http.MethodGet, "/segments/:name/members", s.segmentMembers, marketing, product)
+	s.handle(v1, http.MethodGet, "/campaigns", s.listCampaigns, marketing, csm, product)
+	s.handle(v1, http.MethodPost, "/campaigns", s.postCampaign, marketing, product)
+	s.handle(v1, http.MethodGet, "/campaigns/:name", s.getCampaign, marketing, csm, product)
+	for _, action := range []string{"activate", "pause", "archive"} {
+		s.handle(v1, http.MethodPost, "/campaigns/:name/"+action, s.campaignAction(action), marketing, product)
+	}
+	s.handle(v1, http.MethodPost, "/campaigns/:name/preview", s.previewCampaign, marketing, csm, product)
+	s.handle(v1, http.MethodPost, "/campaigns/:name/test", s.testCampaign, marketing, csm, product)
+	s.handle(v1, http.MethodGet, "/campaigns/:name/stats", s.campaignStats, marketing, csm, product)
+	s.handle(v1, http.MethodPut, "/templates/*", s.putTemplate, marketing, product)
+	s.handle(v1, http.MethodGet, "/templates/*", s.getTemplate, marketing, csm, product)
+	s.handle(v1, http.MethodGet, "/messages", s.listMessages, marketing)
+	s.handle(v1, http.MethodPost, "/messages/:id/resolve", s.resolveMessage)
+	s.handle(v1, http.MethodGet, "/contacts/:id/messages", s.contactMessages, marketing, csm)
 	s.handle(v1, http.MethodGet, "/audit", s.getAudit)
 	s.handle(v1, http.MethodGet, "/keys", s.listKeys)
 	s.handle(v1, http.MethodPost, "/keys", s.createKey)
 	s.handle(v1, http.MethodDelete, "/keys/:id", s.revokeKey)
+
+	// Unsubscribe links: no key, the signed token is the authority.
+	e.GET("/u/:token", s.unsubscribeGet)
+	e.POST("/u/:token", s.unsubscribePost)
 
 	seg := e.Group("/segment/v1", s.authenticate(segmentWriteKey), s.rateLimit, s.auditMutations)
 	s.handle(seg, http.MethodPost, "/batch", s.segmentBatch, ingest)

@@ -128,6 +128,9 @@ func (h *SegmentHandlers) dirty(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
+	if st.Entered+st.Exited > 0 {
+		h.Client.SegmentEventsWritten(ctx)
+	}
 	if st.Accounts > 0 {
 		h.Log.Debug("re-evaluated changed accounts", "shard", p.Shard, "accounts", st.Accounts, "entered", st.Entered, "exited", st.Exited, "errors", st.Errors, "more", more)
 	}
@@ -161,6 +164,9 @@ func (h *SegmentHandlers) shard(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
+	if st.Entered+st.Exited > 0 {
+		h.Client.SegmentEventsWritten(ctx)
+	}
 	h.Log.Debug("segment shard done", "pass", sh.PassID, "lo", sh.Lo, "accounts", st.Accounts, "entered", st.Entered, "exited", st.Exited)
 	return nil
 }
@@ -176,6 +182,8 @@ type Scheduler struct {
 	Log      *slog.Logger
 	FullPass time.Duration // interval between full passes
 	Sweep    time.Duration // interval between sweeps for lost signals
+	// Also run these on every sweep (delivery's reconciler, say).
+	Also []func(context.Context) error
 }
 
 // Run schedules until ctx ends.
@@ -194,6 +202,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		}
 		if err := s.sweep(ctx); err != nil && ctx.Err() == nil {
 			s.Log.Warn("sweep", "err", err)
+		}
+		for _, f := range s.Also {
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				s.Log.Warn("sweep", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

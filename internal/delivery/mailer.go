@@ -1,0 +1,572 @@
+// Mailer: email delivery over a pool of reused SMTP connections (go-mail),
+// with every failure classified by whether the server can have accepted the
+// message. See SendError.
+
+package delivery
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wneessen/go-mail"
+	"github.com/wneessen/go-mail/smtp"
+)
+
+// MailerOptions tunes a Mailer. The zero value is usable.
+type MailerOptions struct {
+	// Connections is the most SMTP connections open at once (default 8).
+	Connections int
+	// Timeout bounds dialling (TCP, TLS, EHLO, AUTH) and each message's
+	// handover (default 15s).
+	Timeout time.Duration
+	// HELO is the name sent in EHLO (default: the host name).
+	HELO string
+	// TLSSkipVerify accepts any server certificate (self-signed test servers).
+	TLSSkipVerify bool
+}
+
+const (
+	defaultConnections = 8
+	// A connection idle longer than this is checked with NOOP before reuse,
+	// so that one the server timed out is replaced instead of failing a send.
+	// Busy connections skip the NOOP: it would cost a round trip a message.
+	idleCheckAfter = 10 * time.Second
+	// quitTimeout bounds the QUIT sent to idle connections on Close.
+	quitTimeout = 2 * time.Second
+)
+
+// ErrMailerClosed is the cause of the SendError a closed Mailer returns.
+var ErrMailerClosed = errors.New("delivery: mailer closed")
+
+// Mailer sends email over up to Connections reused SMTP connections. It is
+// safe for concurrent use; each connection carries one message at a time.
+type Mailer struct {
+	client  *mail.Client // configuration and dialling; connections are *smtp.Client
+	timeout time.Duration
+	slots   chan struct{} // one per connection in use; bounds the pool
+
+	mu     sync.Mutex
+	idle   []*conn
+	closed bool
+}
+
+// conn is one pooled connection.
+type conn struct {
+	smtp     *smtp.Client
+	lastUsed time.Time
+	reused   bool // taken from the pool rather than just dialled
+}
+
+// NewMailer builds a Mailer for smtpURL, which is one of
+//
+//	smtp://[user:pass@]host[:port]           plain; STARTTLS when offered, except to loopback (default port 25)
+//	smtp+starttls://[user:pass@]host[:port]  STARTTLS required (default port 587)
+//	smtps://[user:pass@]host[:port]          TLS from the first byte (default port 465)
+//
+// With user info it authenticates (SCRAM, CRAM-MD5, PLAIN or LOGIN, whichever
+// the server offers first in that order; PLAIN and LOGIN only over TLS or to
+// loopback). NewMailer does not connect: connections are dialled on demand.
+func NewMailer(smtpURL string, opts MailerOptions) (*Mailer, error) {
+	u, err := url.Parse(smtpURL)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: parse SMTP URL: %w", err)
+	}
+	host := u.Hostname()
+	if host == "" {
+		return nil, fmt.Errorf("delivery: SMTP URL %q has no host", u.Redacted())
+	}
+	if opts.Connections <= 0 {
+		opts.Connections = defaultConnections
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = mail.DefaultTimeout
+	}
+
+	var port int
+	var implicitTLS bool
+	clientOpts := []mail.Option{
+		mail.WithTimeout(opts.Timeout),
+		// go-mail sends NOOP before, and RSET after, every message by
+		// default: two round trips a message. The pool checks idle
+		// connections itself and resets only after a failure (a completed
+		// DATA already ends the transaction).
+		mail.WithoutNoop(),
+		mail.WithoutRset(),
+	}
+	switch u.Scheme {
+	case "smtp":
+		port = mail.DefaultPort
+		policy := mail.TLSOpportunistic
+		if isLoopback(host) {
+			policy = mail.NoTLS
+		}
+		clientOpts = append(clientOpts, mail.WithTLSPolicy(policy))
+	case "smtp+starttls":
+		port = mail.DefaultPortTLS
+		clientOpts = append(clientOpts, mail.WithTLSPolicy(mail.TLSMandatory))
+	case "smtps":
+		port = mail.DefaultPortSSL
+		implicitTLS = true
+		// The TLS dial itself happens in dialer.dial; WithSSL keeps go-mail
+		// from attempting STARTTLS inside it.
+		clientOpts = append(clientOpts, mail.WithSSL(), mail.WithTLSPolicy(mail.NoTLS))
+	default:
+		return nil, fmt.Errorf("delivery: SMTP URL %q: scheme must be smtp, smtp+starttls or smtps", u.Redacted())
+	}
+	if p := u.Port(); p != "" {
+		if port, err = strconv.Atoi(p); err != nil {
+			return nil, fmt.Errorf("delivery: SMTP URL %q: bad port: %w", u.Redacted(), err)
+		}
+	}
+	clientOpts = append(clientOpts, mail.WithPort(port))
+
+	tlsConfig := &tls.Config{
+		ServerName:         host,
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: opts.TLSSkipVerify, //nolint:gosec // opt-in, for test servers
+	}
+	clientOpts = append(clientOpts, mail.WithTLSConfig(tlsConfig))
+	d := &dialer{tlsConfig: tlsConfig, implicitTLS: implicitTLS}
+	clientOpts = append(clientOpts, mail.WithDialContextFunc(d.dial))
+
+	if opts.HELO != "" {
+		clientOpts = append(clientOpts, mail.WithHELO(opts.HELO))
+	}
+	if u.User != nil && u.User.Username() != "" {
+		pass, _ := u.User.Password()
+		// An explicit preference list, not go-mail's auto-discovery: that
+		// one never picks PLAIN or LOGIN over smtps (go-mail only sees its
+		// own TLS dials as encrypted). PLAIN and LOGIN still refuse to run
+		// in clear except to loopback.
+		clientOpts = append(clientOpts,
+			mail.WithUsername(u.User.Username()), mail.WithPassword(pass),
+			mail.WithOpportunisticSMTPAuth(mail.SMTPAuthSCRAMSHA256, mail.SMTPAuthSCRAMSHA1,
+				mail.SMTPAuthCramMD5, mail.SMTPAuthPlain, mail.SMTPAuthLogin))
+	}
+
+	client, err := mail.NewClient(host, clientOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: SMTP client for %q: %w", u.Redacted(), err)
+	}
+	return &Mailer{
+		client:  client,
+		timeout: opts.Timeout,
+		slots:   make(chan struct{}, opts.Connections),
+	}, nil
+}
+
+// Send hands msg to the SMTP server over a pooled connection, dialling one
+// when none is idle and fewer than Connections are open, else waiting for
+// one. ctx bounds the wait and the dial; once the handover has begun it runs
+// to its end (bounded by Timeout), because abandoning it half way could only
+// turn a clear outcome into an uncertain one.
+//
+// When a pooled connection turns out to have been closed by the server while
+// idle (no reply, or 421, to MAIL FROM), Send tries once more on a new
+// connection: nothing of the message had reached the server.
+//
+// Every failure is a *SendError saying whether the server may have accepted
+// the message.
+func (m *Mailer) Send(ctx context.Context, msg *mail.Msg) error {
+	if msg == nil {
+		return &SendError{Stage: StageBeforeData, Command: CommandMessage, Err: errors.New("delivery: nil message")}
+	}
+	if err := ctx.Err(); err != nil {
+		return dialError(err)
+	}
+	select {
+	case m.slots <- struct{}{}:
+	case <-ctx.Done():
+		return dialError(ctx.Err())
+	}
+	defer func() { <-m.slots }()
+
+	c, err := m.get(ctx)
+	if err != nil {
+		return dialError(err)
+	}
+	reused := c.reused // c may be back in the pool, in other hands, once send returns
+	se := m.send(c, msg)
+	if reused && closedWhileIdle(se) {
+		if c, err = m.dial(ctx); err != nil {
+			return dialError(err)
+		}
+		se = m.send(c, msg)
+	}
+	if se != nil {
+		return se
+	}
+	return nil
+}
+
+// closedWhileIdle reports whether se is what a pooled connection the server
+// has since closed gives: no reply, or 421 (closing), to the first command.
+func closedWhileIdle(se *SendError) bool {
+	return se != nil && se.Stage == StageBeforeData &&
+		(se.Command == CommandMail || se.Command == CommandConnect) &&
+		(se.Code == 0 || se.Code == 421)
+}
+
+// send sends msg over c, then returns c to the pool or closes it.
+func (m *Mailer) send(c *conn, msg *mail.Msg) *SendError {
+	err := m.client.SendWithSMTPClient(c.smtp, msg)
+	if err == nil {
+		m.put(c)
+		return nil
+	}
+	se, reusable := classify(err)
+	if reusable && se != nil && se.Code != 0 {
+		// The server answered; RSET clears whatever of the transaction it
+		// still holds (after a refused DATA command, say) before the next
+		// message. 421 means it is closing the connection anyway.
+		reusable = se.Code != 421 && m.reset(c) == nil
+	}
+	if reusable {
+		m.put(c)
+	} else {
+		_ = c.smtp.Close() // without QUIT: the session's state is unknown
+	}
+	return se // nil when delivered and only the connection was lost after
+}
+
+// get returns an idle connection, or dials one.
+func (m *Mailer) get(ctx context.Context) (*conn, error) {
+	for {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return nil, ErrMailerClosed
+		}
+		var c *conn
+		if n := len(m.idle); n > 0 {
+			c, m.idle = m.idle[n-1], m.idle[:n-1] // most recently used first
+		}
+		m.mu.Unlock()
+		if c == nil {
+			return m.dial(ctx)
+		}
+		if time.Since(c.lastUsed) < idleCheckAfter || m.noop(c) == nil {
+			c.reused = true
+			return c, nil
+		}
+		_ = c.smtp.Close() // gone stale while idle; try the next
+	}
+}
+
+// dial opens a new connection: TCP, TLS, EHLO, STARTTLS, AUTH.
+func (m *Mailer) dial(ctx context.Context) (*conn, error) {
+	rec := &dialRecord{}
+	sc, err := m.client.DialToSMTPClientWithContext(context.WithValue(ctx, dialRecordKey{}, rec))
+	if err != nil {
+		// go-mail leaves the connection open when EHLO, STARTTLS or AUTH
+		// fails after the TCP connect; close it here.
+		rec.close()
+		return nil, err
+	}
+	return &conn{smtp: sc}, nil
+}
+
+// put returns c to the pool, or closes it if the Mailer was closed.
+func (m *Mailer) put(c *conn) {
+	c.lastUsed = time.Now()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		m.quit(c)
+		return
+	}
+	m.idle = append(m.idle, c)
+	m.mu.Unlock()
+}
+
+func (m *Mailer) noop(c *conn) error {
+	if err := c.smtp.UpdateDeadline(m.timeout); err != nil {
+		return err
+	}
+	return c.smtp.Noop()
+}
+
+func (m *Mailer) reset(c *conn) error {
+	if err := c.smtp.UpdateDeadline(m.timeout); err != nil {
+		return err
+	}
+	return c.smtp.Reset()
+}
+
+func (m *Mailer) quit(c *conn) {
+	if c.smtp.UpdateDeadline(quitTimeout) == nil && c.smtp.Quit() == nil {
+		return
+	}
+	_ = c.smtp.Close()
+}
+
+// Close closes the idle connections (with QUIT); connections still carrying
+// a message are closed when it is done. Send fails after Close.
+func (m *Mailer) Close() error {
+	m.mu.Lock()
+	idle := m.idle
+	m.idle, m.closed = nil, true
+	m.mu.Unlock()
+	for _, c := range idle {
+		m.quit(c)
+	}
+	return nil
+}
+
+// Stage says how far a failed send got, and so whether the server can have
+// accepted the message.
+type Stage int
+
+const (
+	// StageBeforeData: the send failed before the end of DATA was sent
+	// (dial, EHLO, STARTTLS, AUTH, MAIL FROM, RCPT TO, the DATA command, the
+	// body, or a connection lost before the final dot). The server did not
+	// accept the message: resending cannot duplicate it.
+	StageBeforeData Stage = iota + 1
+	// StageRefused: the whole message was sent and the server replied 4xx
+	// or 5xx to the end of DATA. It explicitly did not accept it.
+	StageRefused
+	// StageAfterData: the whole message may have reached the server but its
+	// reply to the end of DATA never arrived (connection lost, timeout) or
+	// could not be read. The server may or may not have accepted it: the
+	// outcome is uncertain and the message must not be resent automatically.
+	StageAfterData
+)
+
+func (s Stage) String() string {
+	switch s {
+	case StageBeforeData:
+		return "before end of DATA"
+	case StageRefused:
+		return "refused at end of DATA"
+	case StageAfterData:
+		return "after end of DATA (uncertain)"
+	}
+	return "stage(" + strconv.Itoa(int(s)) + ")"
+}
+
+// The SMTP steps a SendError names in Command.
+const (
+	CommandConnect = "connect" // dial, TLS, EHLO, AUTH, or the connection check
+	CommandMessage = "message" // the message itself (no sender, no recipients, 8BITMIME missing)
+	CommandMail    = "MAIL FROM"
+	CommandRcpt    = "RCPT TO"
+	CommandData    = "DATA"        // the DATA command
+	CommandBody    = "body"        // writing the message after DATA
+	CommandDataEnd = "end of DATA" // the final dot and the server's reply to it
+	CommandUnknown = "unknown"     // go-mail could not say (ErrAmbiguous or newer reasons)
+)
+
+// SendError is a failed send, classified for the outbox.
+//
+// Stage is the part that matters for exactly-once: StageBeforeData and
+// StageRefused mean the server did not accept the message (Temporary then
+// says whether trying again later may succeed: a 4xx reply or a connection
+// failure); StageAfterData means nobody knows (Uncertain), and Temporary is
+// false because it must not be retried automatically.
+//
+// How go-mail's SendError.Reason maps (Code is its ErrorCode, 0 when the
+// failure was not a server reply):
+//
+//	ErrConnCheck                       StageBeforeData  temporary        connection unusable before MAIL FROM
+//	ErrGetSender, ErrGetRcpts,
+//	  ErrNoUnencoded                   StageBeforeData  permanent        the message cannot be sent as built
+//	ErrSMTPMailFrom, ErrSMTPRcptTo,
+//	  ErrSMTPData                      StageBeforeData  4xx or no reply: temporary; 5xx: permanent
+//	ErrWriteContent                    StageBeforeData  temporary        the final dot was never written
+//	ErrSMTPDataClose, 4xx/5xx reply    StageRefused     4xx: temporary; 5xx: permanent
+//	ErrSMTPDataClose, no reply         StageAfterData   uncertain        the dot may have arrived
+//	ErrSMTPReset                       not an error     the reply to the dot was 250: delivered
+//	ErrAmbiguous, any other            StageAfterData   uncertain        nothing can be proved
+//
+// Failures before go-mail's Send (waiting for a connection, dialling, TLS,
+// EHLO, AUTH) are StageBeforeData, temporary unless the server replied 5xx.
+type SendError struct {
+	Stage     Stage
+	Temporary bool   // worth retrying later; never true when Stage is StageAfterData
+	Code      int    // the SMTP reply code, 0 when there was none
+	Enhanced  string // the RFC 3463 enhanced status code ("5.1.1"), when the server sent one
+	Command   string // the step that failed: one of the Command constants
+	Err       error  // the cause (a *mail.SendError once go-mail's Send ran)
+}
+
+func (e *SendError) Error() string {
+	kind := "permanent"
+	switch {
+	case e.Stage == StageAfterData:
+		kind = "uncertain"
+	case e.Temporary:
+		kind = "temporary"
+	}
+	code := ""
+	if e.Code != 0 {
+		code = " " + strconv.Itoa(e.Code)
+	}
+	if e.Enhanced != "" {
+		code += " " + e.Enhanced
+	}
+	return fmt.Sprintf("delivery: smtp %s failed%s (%s, %s): %v", e.Command, code, kind, e.Stage, e.Err)
+}
+
+func (e *SendError) Unwrap() error { return e.Err }
+
+// Uncertain reports whether the server may have accepted the message.
+func (e *SendError) Uncertain() bool { return e.Stage == StageAfterData }
+
+// IsUncertain reports whether err is a SendError after which the server may
+// have accepted the message: it must be marked uncertain, never resent
+// automatically.
+func IsUncertain(err error) bool {
+	var se *SendError
+	return errors.As(err, &se) && se.Uncertain()
+}
+
+// IsHardBounce reports whether err is a permanent refusal of the recipient's
+// address (a 5xx reply to RCPT TO): the address should be suppressed.
+//
+// A 5xx at RCPT TO that is about something else is not one, lest a
+// misconfigured relay suppress every contact: with an enhanced code, only
+// 5.1.x (bad address) and 5.2.x (mailbox disabled; not 5.2.2, mailbox full)
+// count — 5.7.1 "relay access denied" does not; without one, only 550, 551
+// and 553.
+func IsHardBounce(err error) bool {
+	var se *SendError
+	if !errors.As(err, &se) || se.Command != CommandRcpt || se.Code < 500 || se.Code >= 600 {
+		return false
+	}
+	if se.Enhanced != "" {
+		return strings.HasPrefix(se.Enhanced, "5.1.") ||
+			strings.HasPrefix(se.Enhanced, "5.2.") && se.Enhanced != "5.2.2"
+	}
+	return se.Code == 550 || se.Code == 551 || se.Code == 553
+}
+
+// classify turns the error of go-mail's SendWithSMTPClient into a SendError
+// (nil when the message was in fact delivered) and says whether the
+// connection can carry another message.
+func classify(err error) (*SendError, bool) {
+	var ge *mail.SendError
+	if !errors.As(err, &ge) {
+		// Not a go-mail SendError (none of its paths returns one): nothing
+		// proves the message was not handed over.
+		return &SendError{Stage: StageAfterData, Command: CommandUnknown, Err: err}, false
+	}
+	se, reusable := classifyReason(ge, err)
+	if se != nil {
+		se.Enhanced = ge.EnhancedStatusCode()
+	}
+	return se, reusable
+}
+
+// classifyReason implements the table on SendError; err wraps ge.
+func classifyReason(ge *mail.SendError, err error) (se *SendError, reusable bool) {
+	code := ge.ErrorCode()
+	replied := code >= 400 && code < 600
+	notAccepted := func(cmd string) *SendError {
+		return &SendError{Stage: StageBeforeData, Temporary: !replied || code < 500, Code: code, Command: cmd, Err: err}
+	}
+	switch ge.Reason {
+	case mail.ErrGetSender, mail.ErrGetRcpts, mail.ErrNoUnencoded:
+		// Checked before any command is sent; the connection is untouched.
+		return &SendError{Stage: StageBeforeData, Command: CommandMessage, Err: err}, true
+	case mail.ErrConnCheck:
+		return &SendError{Stage: StageBeforeData, Temporary: true, Command: CommandConnect, Err: err}, false
+	case mail.ErrSMTPMailFrom:
+		return notAccepted(CommandMail), replied
+	case mail.ErrSMTPRcptTo:
+		return notAccepted(CommandRcpt), replied
+	case mail.ErrSMTPData:
+		return notAccepted(CommandData), replied
+	case mail.ErrWriteContent:
+		// The DotWriter sends the terminating dot only when closed, which
+		// go-mail does after the body was written: the server saw no end of
+		// DATA. Mid-DATA, the connection cannot be reused; closing it
+		// without the dot makes the server drop the partial message.
+		return &SendError{Stage: StageBeforeData, Temporary: true, Code: code, Command: CommandBody, Err: err}, false
+	case mail.ErrSMTPDataClose:
+		if replied {
+			return &SendError{Stage: StageRefused, Temporary: code < 500, Code: code, Command: CommandDataEnd, Err: err}, true
+		}
+		return &SendError{Stage: StageAfterData, Command: CommandDataEnd, Err: err}, false
+	case mail.ErrSMTPReset:
+		// Only returned after the server replied 250 to the end of DATA
+		// (go-mail then marks the Msg delivered); the RSET that followed
+		// failed. Not a failure of this message. (WithoutRset makes go-mail
+		// skip that RSET; kept for safety.)
+		return nil, false
+	default:
+		return &SendError{Stage: StageAfterData, Code: code, Command: CommandUnknown, Err: err}, false
+	}
+}
+
+// dialError classifies a failure to get a connection (including giving up
+// waiting for one).
+func dialError(err error) *SendError {
+	code := 0
+	var te *textproto.Error
+	if errors.As(err, &te) {
+		code = te.Code
+	}
+	return &SendError{
+		Stage:     StageBeforeData,
+		Temporary: !(code >= 500 && code < 600),
+		Code:      code,
+		Command:   CommandConnect,
+		Err:       err,
+	}
+}
+
+// dialer is go-mail's DialContextFunc. It does the TLS handshake for smtps
+// itself (go-mail skips its own TLS dial when given a dial function), and
+// records the connection in the context's dialRecord so that Mailer.get can
+// close it if go-mail fails after connecting.
+type dialer struct {
+	tlsConfig   *tls.Config
+	implicitTLS bool
+}
+
+type dialRecordKey struct{}
+
+type dialRecord struct{ conn net.Conn }
+
+func (r *dialRecord) close() {
+	if r.conn != nil {
+		_ = r.conn.Close()
+	}
+}
+
+func (d *dialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	var err error
+	if d.implicitTLS {
+		td := &tls.Dialer{Config: d.tlsConfig}
+		c, err = td.DialContext(ctx, network, addr)
+	} else {
+		var nd net.Dialer
+		c, err = nd.DialContext(ctx, network, addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if r, ok := ctx.Value(dialRecordKey{}).(*dialRecord); ok {
+		r.conn = c
+	}
+	return c, nil
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

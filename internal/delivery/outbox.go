@@ -1,0 +1,298 @@
+// Package delivery sends what campaigns scheduled: the outbox (one message
+// row per intended send), claiming and leasing, the SMTP mailer, and the
+// reconciler that keeps Redis a signal rather than the source of truth.
+//
+// A message moves scheduled → claimed → sending → sent | failed | skipped |
+// uncertain. "claimed" means a worker holds it in a batch; "sending" is set
+// just before that one message is handed to SMTP. A worker that dies leaves
+// its claimed messages to be released back to scheduled (safe: they never
+// reached SMTP) and at most its one sending message per connection to be
+// marked uncertain (it may or may not have been accepted), never resent
+// automatically.
+package delivery
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
+)
+
+// Message statuses.
+const (
+	StatusScheduled = "scheduled"
+	StatusClaimed   = "claimed"
+	StatusSending   = "sending"
+	StatusSent      = "sent"
+	StatusFailed    = "failed"
+	StatusSkipped   = "skipped"
+	StatusUncertain = "uncertain"
+)
+
+// Outbox reads and writes message rows.
+type Outbox struct {
+	db    *sqlx.DB
+	clock clock.Clock
+	// wall is real time, for leases: whether a worker is still alive is not
+	// a question about business time (which the demo clock may jump).
+	wall func() time.Time
+}
+
+// NewOutbox returns the outbox.
+func NewOutbox(db *sqlx.DB, clk clock.Clock) *Outbox {
+	return &Outbox{db: db, clock: clk, wall: func() time.Time { return time.Now().UTC() }}
+}
+
+// NewToken returns a fresh claim token.
+func NewToken() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// TakeDue marks up to limit due, scheduled messages as enqueued (now) and
+// returns their ids, oldest first. Messages enqueued within requeueAfter are
+// left alone: their task is presumably still queued. A message whose task
+// was lost (Redis flushed) comes back after requeueAfter.
+func (o *Outbox) TakeDue(ctx context.Context, limit int, requeueAfter time.Duration) ([]int64, error) {
+	wall := o.wall()
+	var ids []int64
+	err := o.db.SelectContext(ctx, &ids, `
+		UPDATE message SET enqueued_at = $2
+		WHERE id IN (
+			SELECT id FROM message
+			WHERE status = 'scheduled' AND due_at <= $1 AND (enqueued_at IS NULL OR enqueued_at < $3)
+			ORDER BY due_at, id LIMIT $4
+			FOR UPDATE SKIP LOCKED)
+		RETURNING id`, o.clock.Now(), wall, wall.Add(-requeueAfter), limit)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: take due: %w", err)
+	}
+	return ids, nil
+}
+
+// Claim takes the given messages that are still scheduled and due, under a
+// claim token, and returns the ids it got. Others (sent meanwhile, claimed
+// by another worker, rescheduled later) are left alone.
+func (o *Outbox) Claim(ctx context.Context, ids []int64, token string) ([]int64, error) {
+	var got []int64
+	err := o.db.SelectContext(ctx, &got, `
+		UPDATE message SET status = 'claimed', claim_token = $2, claimed_at = $3, updated_at = $4
+		WHERE id = ANY($1) AND status = 'scheduled' AND due_at <= $4
+		RETURNING id`, pq.Array(ids), token, o.wall(), o.clock.Now())
+	if err != nil {
+		return nil, fmt.Errorf("delivery: claim: %w", err)
+	}
+	return got, nil
+}
+
+// MarkSending records that one claimed message is being handed to SMTP now.
+// From here on a crash makes it uncertain. It reports false when the claim
+// was lost (the lease expired and the message was released).
+func (o *Outbox) MarkSending(ctx context.Context, id int64, token string) (bool, error) {
+	res, err := o.db.ExecContext(ctx, `
+		UPDATE message SET status = 'sending', claimed_at = $3, attempts = attempts + 1, updated_at = $4
+		WHERE id = $1 AND claim_token = $2 AND status = 'claimed'`, id, token, o.wall(), o.clock.Now())
+	if err != nil {
+		return false, fmt.Errorf("delivery: mark sending: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+// Finish records the outcome of one claimed or sending message: sent,
+// failed, skipped or uncertain, with a reason.
+func (o *Outbox) Finish(ctx context.Context, q postgres.Queryer, id int64, token, status, reason string) error {
+	now := o.clock.Now()
+	_, err := q.ExecContext(ctx, `
+		UPDATE message SET status = $3, reason = $4, updated_at = $5,
+			sent_at = CASE WHEN $3 = 'sent' THEN $5 ELSE sent_at END,
+			last_error = CASE WHEN $3 IN ('failed', 'uncertain') THEN $4 ELSE last_error END
+		WHERE id = $1 AND claim_token = $2 AND status IN ('claimed', 'sending')`, id, token, status, reason, now)
+	if err != nil {
+		return fmt.Errorf("delivery: finish: %w", err)
+	}
+	return nil
+}
+
+// Retry puts a message the server did not accept back to scheduled, due
+// again at retryAt.
+func (o *Outbox) Retry(ctx context.Context, id int64, token string, retryAt time.Time, cause string) error {
+	_, err := o.db.ExecContext(ctx, `
+		UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
+			due_at = $3, last_error = $4, reason = 'retrying: ' || $4, updated_at = $5
+		WHERE id = $1 AND claim_token = $2 AND status IN ('claimed', 'sending')`, id, token, retryAt, cause, o.clock.Now())
+	if err != nil {
+		return fmt.Errorf("delivery: retry: %w", err)
+	}
+	return nil
+}
+
+// Release puts claimed messages that were never handed to SMTP back to
+// scheduled (a worker shutting down, say).
+func (o *Outbox) Release(ctx context.Context, ids []int64, token string) error {
+	_, err := o.db.ExecContext(ctx, `
+		UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL, updated_at = $3
+		WHERE id = ANY($1) AND claim_token = $2 AND status = 'claimed'`, pq.Array(ids), token, o.clock.Now())
+	if err != nil {
+		return fmt.Errorf("delivery: release: %w", err)
+	}
+	return nil
+}
+
+// Reap handles messages whose worker stopped answering: claimed ones whose
+// lease expired go back to scheduled (they never reached SMTP); sending ones
+// become uncertain (they may have been accepted) and are not resent.
+func (o *Outbox) Reap(ctx context.Context, lease time.Duration) (released, uncertain int64, err error) {
+	cutoff := o.wall().Add(-lease)
+	now := o.clock.Now()
+	res, err := o.db.ExecContext(ctx, `
+		UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL, updated_at = $2
+		WHERE status = 'claimed' AND claimed_at < $1`, cutoff, now)
+	if err != nil {
+		return 0, 0, fmt.Errorf("delivery: reap: %w", err)
+	}
+	released, _ = res.RowsAffected()
+	res, err = o.db.ExecContext(ctx, `
+		UPDATE message SET status = 'uncertain', updated_at = $2,
+			reason = 'the worker stopped while handing the message to SMTP; it may have been delivered',
+			last_error = 'lease expired while sending'
+		WHERE status = 'sending' AND claimed_at < $1`, cutoff, now)
+	if err != nil {
+		return 0, 0, fmt.Errorf("delivery: reap: %w", err)
+	}
+	uncertain, _ = res.RowsAffected()
+	return released, uncertain, nil
+}
+
+// MessageView is a message as operators and CSMs see it.
+type MessageView struct {
+	ID        int64      `db:"id" json:"id"`
+	Campaign  string     `db:"campaign" json:"campaign"`
+	Version   int        `db:"version" json:"version"`
+	Step      string     `db:"step_id" json:"step"`
+	Contact   *string    `db:"contact" json:"contact_id,omitempty"`
+	Email     string     `db:"email" json:"email,omitempty"`
+	Channel   string     `db:"channel" json:"channel"`
+	Status    string     `db:"status" json:"status"`
+	Reason    string     `db:"reason" json:"reason,omitempty"`
+	DueAt     time.Time  `db:"due_at" json:"due_at"`
+	SentAt    *time.Time `db:"sent_at" json:"sent_at,omitempty"`
+	Attempts  int        `db:"attempts" json:"attempts"`
+	LastError string     `db:"last_error" json:"last_error,omitempty"`
+	Test      bool       `db:"test" json:"test,omitempty"`
+}
+
+const viewColumns = `m.id, c.name AS campaign, m.version, m.step_id, ct.external_id AS contact,
+	coalesce(nullif(m.to_address, ''), ct.email, '') AS email, m.channel, m.status, m.reason, m.due_at, m.sent_at,
+	m.attempts, m.last_error, m.test`
+
+// ByStatus lists messages in a status, oldest first, after the given id.
+func (o *Outbox) ByStatus(ctx context.Context, status string, after int64, limit int) ([]MessageView, error) {
+	out := []MessageView{}
+	err := o.db.SelectContext(ctx, &out, `
+		SELECT `+viewColumns+`
+		FROM message m JOIN campaign c ON c.id = m.campaign_id LEFT JOIN contact ct ON ct.id = m.contact_id
+		WHERE m.status = $1 AND m.id > $2 ORDER BY m.id LIMIT $3`, status, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: by status: %w", err)
+	}
+	return out, nil
+}
+
+// OfContact lists every message to a contact, newest first: the answer to
+// "why didn't X get Y?".
+func (o *Outbox) OfContact(ctx context.Context, contactExternalID string, limit int) ([]MessageView, error) {
+	out := []MessageView{}
+	err := o.db.SelectContext(ctx, &out, `
+		SELECT `+viewColumns+`
+		FROM message m JOIN campaign c ON c.id = m.campaign_id JOIN contact ct ON ct.id = m.contact_id
+		WHERE ct.external_id = $1 ORDER BY m.id DESC LIMIT $2`, contactExternalID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: messages of contact: %w", err)
+	}
+	return out, nil
+}
+
+// Resolve settles an uncertain message by hand: "resend" schedules it again
+// now (the operator checked it was not delivered), "drop" marks it failed.
+func (o *Outbox) Resolve(ctx context.Context, id int64, action string) (MessageView, error) {
+	var q string
+	switch action {
+	case "resend":
+		q = `UPDATE message SET status = 'scheduled', due_at = $2, claim_token = NULL, claimed_at = NULL,
+			enqueued_at = NULL, reason = 'resent by an operator', updated_at = $2
+			WHERE id = $1 AND status = 'uncertain' RETURNING id`
+	case "drop":
+		q = `UPDATE message SET status = 'failed', reason = 'dropped by an operator after an uncertain send', updated_at = $2
+			WHERE id = $1 AND status = 'uncertain' RETURNING id`
+	default:
+		return MessageView{}, errs.E(errs.Invalid, "invalid_action", "action is resend or drop (got %q)", action).With("field", "action")
+	}
+	var got int64
+	if err := o.db.GetContext(ctx, &got, q, id, o.clock.Now()); err != nil {
+		return MessageView{}, postgres.NotFound(err, "delivery: resolve",
+			errs.E(errs.Conflict, "not_uncertain", "message %d does not exist or is not uncertain", id))
+	}
+	var v MessageView
+	err := o.db.GetContext(ctx, &v, `
+		SELECT `+viewColumns+`
+		FROM message m JOIN campaign c ON c.id = m.campaign_id LEFT JOIN contact ct ON ct.id = m.contact_id
+		WHERE m.id = $1`, id)
+	if err != nil {
+		return MessageView{}, fmt.Errorf("delivery: resolve: %w", err)
+	}
+	return v, nil
+}
+
+// StepStats counts one step's messages by status.
+type StepStats struct {
+	Step      string `db:"step_id" json:"step"`
+	Scheduled int    `db:"scheduled" json:"scheduled"`
+	Sent      int    `db:"sent" json:"sent"`
+	Failed    int    `db:"failed" json:"failed"`
+	Skipped   int    `db:"skipped" json:"skipped"`
+	Uncertain int    `db:"uncertain" json:"uncertain"`
+	Opened    int    `db:"opened" json:"opened"`
+	Clicked   int    `db:"clicked" json:"clicked"`
+}
+
+// Stats counts a campaign's messages per step (test sends excluded), and
+// its enrollments by outcome.
+func (o *Outbox) Stats(ctx context.Context, campaignID int64) ([]StepStats, map[string]int, error) {
+	steps := []StepStats{}
+	err := o.db.SelectContext(ctx, &steps, `
+		SELECT m.step_id,
+			count(*) FILTER (WHERE m.status IN ('scheduled', 'claimed', 'sending')) AS scheduled,
+			count(*) FILTER (WHERE m.status = 'sent') AS sent,
+			count(*) FILTER (WHERE m.status = 'failed') AS failed,
+			count(*) FILTER (WHERE m.status = 'skipped') AS skipped,
+			count(*) FILTER (WHERE m.status = 'uncertain') AS uncertain,
+			count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id AND e.kind = 'open' AND e.human)) AS opened,
+			count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id AND e.kind = 'click' AND e.human)) AS clicked
+		FROM message m WHERE m.campaign_id = $1 AND NOT m.test
+		GROUP BY m.step_id ORDER BY min(m.id)`, campaignID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("delivery: stats: %w", err)
+	}
+	var rows []struct {
+		Status string `db:"status"`
+		N      int    `db:"n"`
+	}
+	if err := o.db.SelectContext(ctx, &rows, `SELECT status, count(*) AS n FROM enrollment WHERE campaign_id = $1 GROUP BY status`, campaignID); err != nil {
+		return nil, nil, fmt.Errorf("delivery: stats: %w", err)
+	}
+	enr := map[string]int{"active": 0, "completed": 0, "exited": 0, "converted": 0}
+	for _, r := range rows {
+		enr[r.Status] = r.N
+	}
+	return steps, enr, nil
+}

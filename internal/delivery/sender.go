@@ -1,0 +1,598 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/mail"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/expr-lang/expr/vm"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+	gomail "github.com/wneessen/go-mail"
+
+	"github.com/tendhq/tend/internal/account"
+	"github.com/tendhq/tend/internal/campaign"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
+	"github.com/tendhq/tend/internal/render"
+)
+
+// Transport hands one message to SMTP (the Mailer, in production).
+type Transport interface {
+	Send(ctx context.Context, msg *gomail.Msg) error
+}
+
+// SenderOptions configure how mail is addressed.
+type SenderOptions struct {
+	// TeamSender is the From of campaigns not signed by a CSM, and of CSM
+	// mail whose address is outside SendingDomain.
+	TeamSender string
+	// SendingDomain, when set, is the verified domain mail may come From.
+	SendingDomain string
+	// InboundDomain, when set, gives CSM-signed mail a Reply-To of
+	// reply+TOKEN@InboundDomain so replies come back through the webhook.
+	InboundDomain string
+	// MessageIDDomain is the right-hand side of Message-IDs.
+	MessageIDDomain string
+	// MaxAttempts bounds retries of temporary (4xx) failures.
+	MaxAttempts int
+	// Backoff is the delay before retry n (1-based); nil uses a default.
+	Backoff func(n int) time.Duration
+}
+
+// Sender runs batches of due messages: claim, decide (goal, unless,
+// suppression, unsubscribes), render, hand to SMTP, record.
+type Sender struct {
+	db        *sqlx.DB
+	clock     clock.Clock
+	log       *slog.Logger
+	outbox    *Outbox
+	enroller  *campaign.Enroller
+	renderer  *render.Renderer
+	transport Transport
+	opts      SenderOptions
+
+	progs     sync.Map // expression source → *vm.Program
+	templates sync.Map // version key + name → *render.Template
+}
+
+// NewSender wires a sender.
+func NewSender(db *sqlx.DB, clk clock.Clock, log *slog.Logger, outbox *Outbox, enroller *campaign.Enroller,
+	renderer *render.Renderer, transport Transport, opts SenderOptions) *Sender {
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 5
+	}
+	if opts.Backoff == nil {
+		opts.Backoff = func(n int) time.Duration { return time.Duration(1<<min(n, 10)) * 30 * time.Second }
+	}
+	return &Sender{db: db, clock: clk, log: log, outbox: outbox, enroller: enroller, renderer: renderer, transport: transport, opts: opts}
+}
+
+// claimed is everything needed to decide about and render one message.
+type claimed struct {
+	ID           int64           `db:"id"`
+	EnrollmentID *int64          `db:"enrollment_id"`
+	EnrollStatus *string         `db:"enrollment_status"`
+	CampaignID   int64           `db:"campaign_id"`
+	Campaign     string          `db:"campaign"`
+	Topic        string          `db:"topic"`
+	Version      int             `db:"version"`
+	StepID       string          `db:"step_id"`
+	Channel      string          `db:"channel"`
+	Test         bool            `db:"test"`
+	ToAddress    string          `db:"to_address"`
+	Attempts     int             `db:"attempts"`
+	RawDef       []byte          `db:"definition"`
+	RawTemplates []byte          `db:"templates"`
+	ContactID    *int64          `db:"contact_id"`
+	ContactExt   *string         `db:"contact_external_id"`
+	ContactEmail *string         `db:"contact_email"`
+	ContactName  *string         `db:"contact_name"`
+	ContactRole  *string         `db:"contact_role"`
+	ContactTZ    *string         `db:"contact_timezone"`
+	ContactLoc   *string         `db:"contact_locale"`
+	ContactTr    json.RawMessage `db:"contact_traits"`
+	AccountID    *int64          `db:"account_id"`
+	Suppressed   *string         `db:"suppressed"`
+	Unsubscribed *string         `db:"unsubscribed"`
+}
+
+// SendBatch sends the given messages (those still scheduled and due; others
+// are left alone). It returns how many were handed to SMTP.
+func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
+	token := NewToken()
+	got, err := s.outbox.Claim(ctx, ids, token)
+	if err != nil || len(got) == 0 {
+		return 0, err
+	}
+	var msgs []claimed
+	err = s.db.SelectContext(ctx, &msgs, `
+		SELECT m.id, m.enrollment_id, en.status AS enrollment_status, m.campaign_id, c.name AS campaign, c.topic,
+		       m.version, m.step_id, m.channel, m.test, m.to_address, m.attempts, v.definition, v.templates,
+		       ct.id AS contact_id, ct.external_id AS contact_external_id, ct.email AS contact_email,
+		       ct.name AS contact_name, ct.role AS contact_role, ct.timezone AS contact_timezone,
+		       ct.locale AS contact_locale, ct.traits AS contact_traits,
+		       coalesce(en.account_id, ct.account_id) AS account_id,
+		       (SELECT sp.reason FROM suppression sp WHERE sp.email = coalesce(nullif(m.to_address, ''), ct.email)) AS suppressed,
+		       (SELECT u.topic FROM contact_unsubscribe u WHERE u.contact_id = ct.id AND u.topic IN (c.topic, '*') LIMIT 1) AS unsubscribed
+		FROM message m
+		JOIN campaign c ON c.id = m.campaign_id
+		JOIN campaign_version v ON v.campaign_id = m.campaign_id AND v.version = m.version
+		LEFT JOIN enrollment en ON en.id = m.enrollment_id
+		LEFT JOIN contact ct ON ct.id = m.contact_id
+		WHERE m.id = ANY($1) ORDER BY m.id`, pq.Array(got))
+	if err != nil {
+		s.outbox.Release(context.WithoutCancel(ctx), got, token)
+		return 0, fmt.Errorf("delivery: load batch: %w", err)
+	}
+	accounts, err := s.loadAccounts(ctx, msgs)
+	if err != nil {
+		s.outbox.Release(context.WithoutCancel(ctx), got, token)
+		return 0, err
+	}
+	touched := map[int64]bool{}
+	sent := 0
+	for i := range msgs {
+		m := &msgs[i]
+		if ctx.Err() != nil {
+			// Shutting down: what was not handed over goes back, untouched.
+			rest := make([]int64, 0, len(msgs)-i)
+			for _, r := range msgs[i:] {
+				rest = append(rest, r.ID)
+			}
+			s.outbox.Release(context.WithoutCancel(ctx), rest, token)
+			break
+		}
+		if m.EnrollmentID != nil {
+			touched[*m.EnrollmentID] = true
+		}
+		handed, err := s.one(ctx, m, accounts, token)
+		if err != nil {
+			s.log.Error("delivery: message failed to process", "message", m.ID, "err", err)
+		}
+		if handed {
+			sent++
+		}
+	}
+	if len(touched) > 0 {
+		ids := make([]int64, 0, len(touched))
+		for id := range touched {
+			ids = append(ids, id)
+		}
+		if err := postgres.InTx(context.WithoutCancel(ctx), s.db, func(tx *sqlx.Tx) error {
+			return s.enroller.Advance(ctx, tx, ids)
+		}); err != nil {
+			return sent, err
+		}
+	}
+	return sent, nil
+}
+
+// accountInfo is an account with its CSM and profile, for rendering.
+type accountInfo struct {
+	account account.Account
+	csm     *account.CSM
+	profile *account.Profile
+}
+
+func (s *Sender) loadAccounts(ctx context.Context, msgs []claimed) (map[int64]*accountInfo, error) {
+	idSet := map[int64]bool{}
+	for _, m := range msgs {
+		if m.AccountID != nil {
+			idSet[*m.AccountID] = true
+		}
+	}
+	ids := make([]int64, 0, len(idSet))
+	for id := range idSet {
+		ids = append(ids, id)
+	}
+	out := map[int64]*accountInfo{}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	var rows []struct {
+		account.Account
+		CSMID    *int64  `db:"csm_id"`
+		CSMName  *string `db:"csm_name"`
+		CSMTitle *string `db:"csm_title"`
+		CSMSig   *string `db:"csm_signature"`
+		CSMReply *string `db:"csm_reply_to"`
+		CSMPhone *string `db:"csm_phone"`
+		CSMCal   *string `db:"csm_calendar"`
+	}
+	err := s.db.SelectContext(ctx, &rows, `
+		SELECT a.id, a.external_id, a.name, a.plan, a.mrr, a.seats, a.signup_at, a.stage, a.tier, a.region,
+		       coalesce(c.email, '') AS csm_email, a.timezone, a.traits, a.created_at, a.updated_at,
+		       c.id AS csm_id, c.name AS csm_name, c.title AS csm_title, c.signature_html AS csm_signature,
+		       c.reply_to AS csm_reply_to, c.phone AS csm_phone, c.calendar_url AS csm_calendar
+		FROM account a LEFT JOIN csm c ON c.id = a.csm_id WHERE a.id = ANY($1)`, pq.Array(ids))
+	if err != nil {
+		return nil, fmt.Errorf("delivery: load accounts: %w", err)
+	}
+	profiles, err := account.CachedProfiles(ctx, s.db, ids, s.clock.Now(), account.AllMaps)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range rows {
+		info := &accountInfo{account: r.Account, profile: profiles[r.ID].Profile}
+		if r.CSMID != nil {
+			info.csm = &account.CSM{ID: *r.CSMID, Email: r.CSMEmail, Name: *r.CSMName, Title: *r.CSMTitle,
+				SignatureHTML: *r.CSMSig, ReplyTo: *r.CSMReply, Phone: *r.CSMPhone, CalendarURL: *r.CSMCal}
+		}
+		out[r.ID] = info
+	}
+	return out, nil
+}
+
+// one decides about, renders and sends one claimed message, and records the
+// outcome. It reports whether the message was handed to SMTP.
+func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accountInfo, token string) (bool, error) {
+	skip := func(reason string) (bool, error) {
+		return false, s.outbox.Finish(ctx, s.db, m.ID, token, StatusSkipped, reason)
+	}
+	var def campaign.Definition
+	if err := json.Unmarshal(m.RawDef, &def); err != nil {
+		return false, s.outbox.Finish(ctx, s.db, m.ID, token, StatusFailed, "the campaign version cannot be read")
+	}
+	var info *accountInfo
+	if m.AccountID != nil {
+		info = accounts[*m.AccountID]
+	}
+	contact := account.Contact{}
+	if m.ContactID != nil {
+		contact = account.Contact{ID: *m.ContactID, ExternalID: deref(m.ContactExt), Email: deref(m.ContactEmail),
+			Name: deref(m.ContactName), Role: deref(m.ContactRole), Timezone: deref(m.ContactTZ), Locale: deref(m.ContactLoc), Traits: m.ContactTr}
+	}
+	to := contact.Email
+	if m.Test {
+		to = m.ToAddress
+	}
+
+	if !m.Test {
+		switch {
+		case m.EnrollStatus != nil && *m.EnrollStatus != campaign.EnrollmentActive:
+			return skip("the enrollment is " + *m.EnrollStatus)
+		case info == nil:
+			return skip("the account no longer exists")
+		}
+		if def.Goal != "" {
+			ok, err := s.eval(def.Goal, campaign.CompileGoal, info.profile)
+			if err == nil && ok {
+				if err := s.enroller.Convert(ctx, s.db, *m.EnrollmentID); err != nil {
+					return false, err
+				}
+				return skip("converted: the goal holds")
+			}
+		}
+		if step := stepOf(def, m.StepID); step != nil && step.Unless != "" {
+			held, err := s.unless(ctx, m, step, info.profile, contact)
+			if err != nil {
+				return skip("unless could not be evaluated: " + err.Error())
+			}
+			if held {
+				return skip("unless held: " + step.Unless)
+			}
+		}
+		switch {
+		case m.Channel != campaign.ChannelEmail:
+			return skip("the in_app channel is not available yet")
+		case to == "":
+			return skip("the contact has no email address")
+		case m.Suppressed != nil:
+			return skip("the address is suppressed: " + *m.Suppressed)
+		case m.Unsubscribed != nil && *m.Unsubscribed == "*":
+			return skip("the contact unsubscribed from everything")
+		case m.Unsubscribed != nil:
+			return skip("the contact unsubscribed from topic " + *m.Unsubscribed)
+		}
+	}
+
+	msg, err := s.compose(m, def, info, contact, to)
+	if err != nil {
+		return false, s.outbox.Finish(ctx, s.db, m.ID, token, StatusFailed, "render: "+err.Error())
+	}
+	ok, err := s.outbox.MarkSending(ctx, m.ID, token)
+	if err != nil || !ok {
+		return false, err
+	}
+	sendErr := s.transport.Send(ctx, msg)
+	// Recording the outcome must survive a cancelled context: the message
+	// was handed over.
+	rctx := context.WithoutCancel(ctx)
+	if sendErr == nil {
+		return true, s.outbox.Finish(rctx, s.db, m.ID, token, StatusSent, "")
+	}
+	var se *SendError
+	if !errors.As(sendErr, &se) {
+		se = &SendError{Stage: StageAfterData, Err: sendErr}
+	}
+	switch {
+	case se.Uncertain():
+		return true, s.outbox.Finish(rctx, s.db, m.ID, token, StatusUncertain, "the SMTP server did not confirm the message: "+se.Error())
+	case IsHardBounce(se):
+		if _, err := s.db.ExecContext(rctx, `
+			INSERT INTO suppression (email, reason, at) VALUES (lower($1), $2, $3) ON CONFLICT (email) DO NOTHING`,
+			to, "hard bounce: "+se.Error(), s.clock.Now()); err != nil {
+			return true, fmt.Errorf("delivery: suppress: %w", err)
+		}
+		return true, s.outbox.Finish(rctx, s.db, m.ID, token, StatusFailed, "hard bounce: "+se.Error())
+	case se.Temporary && m.Attempts+1 < s.opts.MaxAttempts:
+		return true, s.outbox.Retry(rctx, m.ID, token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error())
+	default:
+		return true, s.outbox.Finish(rctx, s.db, m.ID, token, StatusFailed, se.Error())
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func stepOf(def campaign.Definition, id string) *campaign.Step {
+	for i := range def.Steps {
+		if def.Steps[i].ID == id {
+			return &def.Steps[i]
+		}
+	}
+	return nil
+}
+
+func (s *Sender) program(src string, compile func() (*vm.Program, error)) (*vm.Program, error) {
+	if p, ok := s.progs.Load(src); ok {
+		return p.(*vm.Program), nil
+	}
+	p, err := compile()
+	if err != nil {
+		return nil, err
+	}
+	s.progs.Store(src, p)
+	return p, nil
+}
+
+func (s *Sender) eval(src string, compile func(string, clock.Clock) (*vm.Program, error), env any) (bool, error) {
+	p, err := s.program("goal:"+src, func() (*vm.Program, error) { return compile(src, s.clock) })
+	if err != nil {
+		return false, err
+	}
+	out, err := vm.Run(p, env)
+	if err != nil {
+		return false, err
+	}
+	b, _ := out.(bool)
+	return b, nil
+}
+
+// unless evaluates a step's unless with the contact's human opens and
+// clicks of this enrollment's earlier steps.
+func (s *Sender) unless(ctx context.Context, m *claimed, step *campaign.Step, prof *account.Profile, c account.Contact) (bool, error) {
+	p, err := s.program("unless:"+step.Unless, func() (*vm.Program, error) {
+		return campaign.CompileUnless(step.Unless, nil, s.clock)
+	})
+	if err != nil && p == nil {
+		return false, err
+	}
+	st := &campaign.StepState{Opened: map[string]bool{}, Clicked: map[string]bool{}}
+	var rows []struct {
+		Step string `db:"step_id"`
+		Kind string `db:"kind"`
+	}
+	if err := s.db.SelectContext(ctx, &rows, `
+		SELECT DISTINCT m.step_id, e.kind FROM engagement_event e JOIN message m ON m.id = e.message_id
+		WHERE m.enrollment_id = $1 AND m.contact_id = $2 AND e.human AND e.kind IN ('open', 'click')`,
+		m.EnrollmentID, m.ContactID); err != nil {
+		return false, fmt.Errorf("delivery: engagement: %w", err)
+	}
+	for _, r := range rows {
+		if r.Kind == "open" {
+			st.Opened[r.Step] = true
+		} else {
+			st.Clicked[r.Step] = true
+			st.Opened[r.Step] = true // a click implies the message was opened
+		}
+	}
+	env := campaign.UnlessEnv{Profile: prof, Contact: campaign.ContactEnv{ID: c.ExternalID, Email: c.Email, Name: c.Name, Role: c.Role, Timezone: c.Timezone, Locale: c.Locale}, State: st}
+	out, err := vm.Run(p, env)
+	if err != nil {
+		return false, err
+	}
+	b, _ := out.(bool)
+	return b, nil
+}
+
+// template returns the parsed copy of a template a campaign version carries.
+func (s *Sender) template(m *claimed, name string) (*render.Template, error) {
+	key := fmt.Sprintf("%d:%d:%s", m.CampaignID, m.Version, name)
+	if t, ok := s.templates.Load(key); ok {
+		return t.(*render.Template), nil
+	}
+	var copies map[string]campaign.TemplateInput
+	if err := json.Unmarshal(m.RawTemplates, &copies); err != nil {
+		return nil, err
+	}
+	src, ok := copies[name]
+	if !ok {
+		return nil, fmt.Errorf("version %d of %s has no template %q", m.Version, m.Campaign, name)
+	}
+	t, err := render.Parse(name, render.Kind(src.Kind), src.Source)
+	if err != nil {
+		return nil, err
+	}
+	s.templates.Store(key, t)
+	return t, nil
+}
+
+// Composed is a rendered, addressed email.
+type Composed struct {
+	From    string `json:"from"`
+	ReplyTo string `json:"reply_to,omitempty"`
+	To      string `json:"to"`
+	render.Email
+}
+
+// render renders a message and addresses it: From the CSM (or the team),
+// Reply-To per DESIGN.md "Replies".
+func (s *Sender) render(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (Composed, error) {
+	step := stepOf(def, m.StepID)
+	if step == nil || step.Template == "" {
+		return Composed{}, fmt.Errorf("step %q has no template", m.StepID)
+	}
+	t, err := s.template(m, step.Template)
+	if err != nil {
+		return Composed{}, err
+	}
+	d := render.Data{Contact: render.ContactFrom(c), Campaign: render.CampaignData{Name: m.Campaign, Step: m.StepID}, Profile: &account.Profile{}}
+	var csm *account.CSM
+	if info != nil {
+		d.Account = render.AccountFrom(info.account)
+		d.Profile = info.profile
+		csm = info.csm
+	}
+	signAsCSM := def.Sender == campaign.SenderCSM && csm != nil
+	if signAsCSM {
+		d.CSM = render.CSMFrom(*csm)
+	}
+	e, err := s.renderer.Email(t, d, m.ID, render.EmailOptions{SignAsCSM: signAsCSM, Test: m.Test})
+	if err != nil {
+		return Composed{}, err
+	}
+	out := Composed{From: s.opts.TeamSender, To: to, Email: e}
+	if def.Sender != campaign.SenderCSM {
+		out.From = def.Sender
+	}
+	if signAsCSM {
+		csmAddr := (&mail.Address{Name: csm.Name, Address: csm.Email}).String()
+		if s.opts.SendingDomain == "" || strings.HasSuffix(strings.ToLower(csm.Email), "@"+strings.ToLower(s.opts.SendingDomain)) {
+			out.From = csmAddr
+		} else {
+			// The CSM's own domain is not ours to send from: a team From
+			// carrying the CSM's name, replies to the CSM.
+			team, err := mail.ParseAddress(s.opts.TeamSender)
+			if err != nil {
+				return Composed{}, fmt.Errorf("team sender: %w", err)
+			}
+			out.From = (&mail.Address{Name: csm.Name, Address: team.Address}).String()
+		}
+		out.ReplyTo = csmAddr
+		if csm.ReplyTo != "" {
+			out.ReplyTo = (&mail.Address{Name: csm.Name, Address: csm.ReplyTo}).String()
+		}
+		if s.opts.InboundDomain != "" && s.renderer.Signer != nil {
+			out.ReplyTo = (&mail.Address{Name: csm.Name, Address: "reply+" + s.renderer.Signer.Reply(m.ID) + "@" + s.opts.InboundDomain}).String()
+		}
+	}
+	return out, nil
+}
+
+// compose renders a message into an email with List-Unsubscribe one-click
+// (RFC 8058) and a Message-ID derived from the outbox row.
+func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (*gomail.Msg, error) {
+	e, err := s.render(m, def, info, c, to)
+	if err != nil {
+		return nil, err
+	}
+	msg := gomail.NewMsg()
+	if err := msg.From(e.From); err != nil {
+		return nil, fmt.Errorf("from %q: %w", e.From, err)
+	}
+	if err := msg.To(to); err != nil {
+		return nil, fmt.Errorf("to %q: %w", to, err)
+	}
+	if e.ReplyTo != "" {
+		if err := msg.ReplyTo(e.ReplyTo); err != nil {
+			return nil, fmt.Errorf("reply-to %q: %w", e.ReplyTo, err)
+		}
+	}
+	msg.Subject(e.Subject)
+	msg.SetMessageIDWithValue(fmt.Sprintf("tend.%d@%s", m.ID, s.opts.MessageIDDomain))
+	if e.UnsubscribeURL != "" {
+		msg.SetGenHeader("List-Unsubscribe", "<"+e.UnsubscribeURL+">")
+		msg.SetGenHeader("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+	}
+	msg.SetGenHeader("X-Tend-Message", fmt.Sprint(m.ID))
+	if m.Test {
+		msg.SetGenHeader("X-Tend-Test", "true")
+	}
+	msg.SetBodyString(gomail.TypeTextPlain, e.Text)
+	msg.AddAlternativeString(gomail.TypeTextHTML, e.HTML)
+	return msg, nil
+}
+
+// Preview renders the step of a campaign's current version for a contact,
+// sending nothing.
+func (s *Sender) Preview(ctx context.Context, campaignName, stepID, contactID string) (Composed, error) {
+	m, def, info, c, err := s.synthetic(ctx, campaignName, stepID, contactID)
+	if err != nil {
+		return Composed{}, err
+	}
+	m.Test = true
+	return s.render(m, def, info, c, c.Email)
+}
+
+// synthetic builds the claimed view of a message that does not exist yet,
+// for previews.
+func (s *Sender) synthetic(ctx context.Context, campaignName, stepID, contactID string) (*claimed, campaign.Definition, *accountInfo, account.Contact, error) {
+	var m claimed
+	err := s.db.GetContext(ctx, &m, `
+		SELECT 0 AS id, c.id AS campaign_id, c.name AS campaign, c.topic, c.current_version AS version,
+		       $2::text AS step_id, 'email' AS channel, true AS test, '' AS to_address, 0 AS attempts,
+		       v.definition, v.templates
+		FROM campaign c JOIN campaign_version v ON v.campaign_id = c.id AND v.version = c.current_version
+		WHERE c.name = $1`, campaignName, stepID)
+	if err != nil {
+		return nil, campaign.Definition{}, nil, account.Contact{}, postgres.NotFound(err, "delivery: preview",
+			errs.E(errs.NotFound, "campaign_not_found", "no campaign named %q", campaignName))
+	}
+	var def campaign.Definition
+	if err := json.Unmarshal(m.RawDef, &def); err != nil {
+		return nil, def, nil, account.Contact{}, err
+	}
+	if stepOf(def, stepID) == nil {
+		return nil, def, nil, account.Contact{}, errs.E(errs.Invalid, "unknown_step", "campaign %q has no step %q", campaignName, stepID).With("field", "step")
+	}
+	var c account.Contact
+	var accountID int64
+	row := s.db.QueryRowxContext(ctx, `
+		SELECT id, external_id, email, name, role, timezone, locale, traits, account_id FROM contact WHERE external_id = $1`, contactID)
+	if err := row.Scan(&c.ID, &c.ExternalID, &c.Email, &c.Name, &c.Role, &c.Timezone, &c.Locale, &c.Traits, &accountID); err != nil {
+		return nil, def, nil, c, postgres.NotFound(err, "delivery: preview",
+			errs.E(errs.NotFound, "contact_not_found", "no contact with id %q", contactID).With("field", "contact_id"))
+	}
+	m.ContactID, m.AccountID = &c.ID, &accountID
+	accounts, err := s.loadAccounts(ctx, []claimed{m})
+	if err != nil {
+		return nil, def, nil, c, err
+	}
+	return &m, def, accounts[accountID], c, nil
+}
+
+// CreateTest writes a test send of a campaign step to an address,
+// personalised for a contact: marked test, not counted in stats, not
+// subject to the drip's conditions. It returns the message id.
+func (s *Sender) CreateTest(ctx context.Context, campaignName, stepID, contactID, to string) (int64, error) {
+	if a, err := mail.ParseAddress(to); err != nil || a.Address != to {
+		return 0, errs.E(errs.Invalid, "invalid_address", "%q is not an email address", to).With("field", "to")
+	}
+	m, _, _, _, err := s.synthetic(ctx, campaignName, stepID, contactID)
+	if err != nil {
+		return 0, err
+	}
+	var id int64
+	now := s.clock.Now()
+	err = s.db.GetContext(ctx, &id, `
+		INSERT INTO message (campaign_id, version, step_id, contact_id, channel, to_address, test, status, due_at, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, 'email', $5, true, 'scheduled', $6, $6, $6) RETURNING id`,
+		m.CampaignID, m.Version, stepID, *m.ContactID, to, now)
+	if err != nil {
+		return 0, fmt.Errorf("delivery: create test: %w", err)
+	}
+	return id, nil
+}

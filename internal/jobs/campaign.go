@@ -1,0 +1,132 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/tendhq/tend/internal/campaign"
+	"github.com/tendhq/tend/internal/delivery"
+)
+
+// Campaign and delivery task types.
+const (
+	// TypeCampaignEnroll consumes segment entries and exits into enrollments.
+	TypeCampaignEnroll = "campaign:enroll"
+	// TypeDeliverySend sends a batch of due outbox messages (ids, not content).
+	TypeDeliverySend = "delivery:send"
+)
+
+// SendBatchSize is how many message ids one send task carries.
+const SendBatchSize = 50
+
+type sendPayload struct {
+	IDs []int64 `json:"ids"`
+}
+
+// SegmentEventsWritten signals that segment entries or exits wait to be
+// turned into enrollments.
+func (c *Client) SegmentEventsWritten(ctx context.Context) {
+	if err := c.enqueue(ctx, asynq.NewTask(TypeCampaignEnroll, nil),
+		asynq.TaskID("campaign:enroll"), asynq.Queue(QueueCritical), asynq.MaxRetry(3)); err != nil {
+		c.log.Warn("signal enrollment failed; the sweep will catch up", "err", err)
+	}
+}
+
+// SendMessages enqueues send tasks for message ids, in batches.
+func (c *Client) SendMessages(ctx context.Context, ids []int64) error {
+	for start := 0; start < len(ids); start += SendBatchSize {
+		end := min(start+SendBatchSize, len(ids))
+		payload, _ := json.Marshal(sendPayload{IDs: ids[start:end]})
+		if err := c.enqueue(ctx, asynq.NewTask(TypeDeliverySend, payload), asynq.Queue(QueueCritical),
+			asynq.MaxRetry(3), asynq.Timeout(10*time.Minute)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CampaignHandlers run enrollment and sending.
+type CampaignHandlers struct {
+	Enroller *campaign.Enroller
+	Sender   *delivery.Sender
+	Log      *slog.Logger
+}
+
+// Register adds the handlers to mux.
+func (h *CampaignHandlers) Register(mux *asynq.ServeMux) {
+	mux.HandleFunc(TypeCampaignEnroll, h.enroll)
+	mux.HandleFunc(TypeDeliverySend, h.send)
+}
+
+func (h *CampaignHandlers) enroll(ctx context.Context, _ *asynq.Task) error {
+	for round := 0; round < 100; round++ {
+		n, err := h.Enroller.ProcessSegmentEvents(ctx, 500)
+		if err != nil || n == 0 {
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *CampaignHandlers) send(ctx context.Context, t *asynq.Task) error {
+	var p sendPayload
+	if err := json.Unmarshal(t.Payload(), &p); err != nil || len(p.IDs) == 0 {
+		return fmt.Errorf("bad payload %q: %w", t.Payload(), asynq.SkipRetry)
+	}
+	n, err := h.Sender.SendBatch(ctx, p.IDs)
+	if n > 0 {
+		h.Log.Debug("sent batch", "messages", n, "of", len(p.IDs))
+	}
+	return err
+}
+
+// DeliverySweep re-sends what Redis may have lost and reclaims what dead
+// workers held: run by the Scheduler every sweep.
+type DeliverySweep struct {
+	Outbox   *delivery.Outbox
+	Enroller *campaign.Enroller
+	Client   *Client
+	Log      *slog.Logger
+	// Lease is how long a worker may hold a claimed or sending message
+	// before it is presumed dead.
+	Lease time.Duration
+	// RequeueAfter is how long an enqueued message may wait for its task
+	// before it is enqueued again.
+	RequeueAfter time.Duration
+}
+
+// Run does one sweep.
+func (d *DeliverySweep) Run(ctx context.Context) error {
+	released, uncertain, err := d.Outbox.Reap(ctx, d.Lease)
+	if err != nil {
+		return err
+	}
+	if released+uncertain > 0 {
+		d.Log.Warn("reclaimed messages of a stopped worker", "released", released, "uncertain", uncertain)
+	}
+	pending, err := d.Enroller.PendingSegmentEvents(ctx)
+	if err != nil {
+		return err
+	}
+	if pending {
+		d.Client.SegmentEventsWritten(ctx)
+	}
+	for round := 0; round < 20; round++ {
+		ids, err := d.Outbox.TakeDue(ctx, 5000, d.RequeueAfter)
+		if err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		if err := d.Client.SendMessages(ctx, ids); err != nil {
+			return err
+		}
+	}
+	return nil
+}

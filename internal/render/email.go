@@ -1,0 +1,227 @@
+package render
+
+import (
+	"errors"
+	htmlstd "html"
+	htmltemplate "html/template"
+	"net/url"
+	"strings"
+	"sync"
+
+	"golang.org/x/net/html"
+	"golang.org/x/net/html/atom"
+
+	"github.com/tendhq/tend/internal/token"
+)
+
+// Renderer renders messages. Its fields are set once; it is then safe for
+// concurrent use.
+type Renderer struct {
+	Signer        *token.Signer // signs tracking tokens; may be nil for test sends only
+	PublicURL     string        // where /t/o, /t/c and /u are served (TEND_PUBLIC_URL)
+	PostalAddress string        // the sender's postal address, shown in every email (CAN-SPAM)
+	Layout        *Layout       // nil: DefaultLayout()
+}
+
+// EmailOptions say how one email is rendered.
+type EmailOptions struct {
+	// SignAsCSM adds the CSM's signature (the message is sent as the CSM).
+	// It has no effect when Data.CSM is the zero value.
+	SignAsCSM bool
+	// Test marks a test send: the subject is prefixed with "[TEST] " and
+	// nothing is tracked (no pixel, links left as written, and an
+	// unsubscribe link that unsubscribes no one).
+	Test bool
+}
+
+// Email is a rendered email.
+type Email struct {
+	Subject string
+	HTML    string
+	// Text is the plain-text part, derived from the HTML. Its links are the
+	// original URLs, not the tracked ones: readable, and the same in a test
+	// send; clicks in text-only clients are therefore not counted. The
+	// unsubscribe URL is in it too.
+	Text string
+	// UnsubscribeURL is the message's unsubscribe page, also for the
+	// List-Unsubscribe header (RFC 8058 one-click POSTs to it).
+	UnsubscribeURL string
+	// Links are the http(s) links of the email that are tracked (or, in a
+	// test send, would be), as written, in order of first appearance.
+	Links []string
+}
+
+// TestUnsubscribePath is the unsubscribe path of a test send: not a token, so
+// the unsubscribe page refuses it and no one is unsubscribed.
+const TestUnsubscribePath = "/u/test"
+
+// sampleRenderer renders the samples that validate templates.
+var sampleRenderer = sync.OnceValue(func() *Renderer {
+	return &Renderer{
+		Signer:        token.NewSigner([]byte("tend-sample-secret-not-for-sending")),
+		PublicURL:     "https://tend.example.com",
+		PostalAddress: "Tend Inc., 1 Sample Street, Springfield",
+	}
+})
+
+// Email renders email template t for d as outbox message messageID.
+//
+// It executes the subject and body blocks, wraps the body in the layout
+// (which adds the signature, the unsubscribe link and the postal address),
+// inlines the CSS, derives the text part, rewrites every http(s) link for
+// click tracking and adds the open pixel.
+func (r *Renderer) Email(t *Template, d Data, messageID int64, opts EmailOptions) (Email, error) {
+	return r.email(t, d, messageID, opts, false)
+}
+
+// email renders an email; strict (parse-time validation) also refuses a
+// subject whose own text spans lines, where a send folds them.
+func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions, strict bool) (Email, error) {
+	if t.Kind != KindEmail || t.html == nil {
+		return Email{}, invalid(t.Name, "is a %s template, not an email", t.Kind)
+	}
+	track := !opts.Test
+	if track && r.Signer == nil {
+		return Email{}, errors.New("render: a renderer without a signer can only render test sends")
+	}
+	base := strings.TrimRight(r.PublicURL, "/")
+
+	raw, err := t.execHTML("subject", d)
+	if err != nil {
+		return Email{}, err
+	}
+	subject, multiline := subjectText(raw)
+	switch {
+	case subject == "":
+		return Email{}, invalid(t.Name, "the subject renders empty")
+	case strict && multiline:
+		return Email{}, invalid(t.Name, "the subject must be one line")
+	}
+	if opts.Test {
+		subject = "[TEST] " + subject
+	}
+	body, err := t.execHTML("body", d)
+	if err != nil {
+		return Email{}, err
+	}
+
+	out := Email{Subject: subject, UnsubscribeURL: base + TestUnsubscribePath}
+	if track {
+		out.UnsubscribeURL = base + "/u/" + r.Signer.Unsubscribe(messageID)
+	}
+	layout := r.Layout
+	if layout == nil {
+		layout = DefaultLayout()
+	}
+	page, err := layout.execute(LayoutData{
+		Data: d, Subject: subject, Body: htmltemplate.HTML(body),
+		SignAsCSM: opts.SignAsCSM && d.CSM != (CSMData{}), UnsubscribeURL: out.UnsubscribeURL, PostalAddress: r.PostalAddress,
+	})
+	if err != nil {
+		return Email{}, err
+	}
+
+	doc, err := html.Parse(strings.NewReader(page))
+	if err != nil {
+		return Email{}, invalid(t.Name, "the rendered HTML does not parse: %v", err)
+	}
+	t.styles.get(takeStyles(doc)).apply(doc)
+	// The text part is taken before the links are rewritten: it keeps the
+	// original URLs.
+	out.Text = textPart(doc)
+	out.Links = rewriteLinks(doc, func(u string) (string, bool) {
+		if u == out.UnsubscribeURL || strings.HasPrefix(u, base+"/t/") || strings.HasPrefix(u, base+"/u/") {
+			return "", false // Tend's own links are not tracked twice
+		}
+		if !track {
+			return u, true
+		}
+		return base + "/t/c/" + r.Signer.Click(messageID, u), true
+	})
+	if track {
+		addPixel(doc, base+"/t/o/"+r.Signer.Open(messageID))
+	}
+
+	var b strings.Builder
+	b.Grow(len(page) + len(page)/2)
+	if err := html.Render(&b, doc); err != nil {
+		return Email{}, invalid(t.Name, "the HTML could not be written: %v", err)
+	}
+	out.HTML = b.String()
+	return out, nil
+}
+
+// subjectText turns a rendered subject block (HTML text) into the plain text
+// of a Subject header: entities decoded, surrounding space trimmed, control
+// characters (line breaks that data may carry) made spaces. multiline tells
+// whether it spanned lines.
+func subjectText(raw string) (subject string, multiline bool) {
+	s := strings.TrimSpace(htmlstd.UnescapeString(raw))
+	multiline = strings.ContainsAny(s, "\r\n")
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	return strings.Join(strings.Fields(s), " "), multiline
+}
+
+// rewriteLinks passes the href of every <a> and <area> that is an absolute
+// http(s) URL to track, which returns the new href and whether the link
+// counts (is tracked). It returns the counted links, unique, in order.
+// Other links (mailto:, tel:, #anchors, relative) are left alone.
+func rewriteLinks(doc *html.Node, track func(string) (string, bool)) []string {
+	var links []string
+	seen := map[string]bool{}
+	var walk func(*html.Node)
+	walk = func(n *html.Node) {
+		for c := n.FirstChild; c != nil; c = c.NextSibling {
+			if c.Type != html.ElementNode {
+				continue
+			}
+			if c.DataAtom == atom.A || c.DataAtom == atom.Area {
+				for i, a := range c.Attr {
+					if a.Namespace != "" || a.Key != "href" {
+						continue
+					}
+					href := strings.TrimSpace(a.Val)
+					if !isWebURL(href) {
+						break
+					}
+					to, ok := track(href)
+					if !ok {
+						break
+					}
+					c.Attr[i].Val = to
+					if !seen[href] {
+						seen[href] = true
+						links = append(links, href)
+					}
+					break
+				}
+			}
+			walk(c)
+		}
+	}
+	walk(doc)
+	return links
+}
+
+// isWebURL tells whether s is an absolute http or https URL.
+func isWebURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
+// addPixel appends the open pixel to the end of the body.
+func addPixel(doc *html.Node, src string) {
+	body := find(doc, atom.Body)
+	if body == nil {
+		return // html.Parse always makes one
+	}
+	body.AppendChild(&html.Node{Type: html.ElementNode, Data: "img", DataAtom: atom.Img, Attr: []html.Attribute{
+		{Key: "src", Val: src}, {Key: "width", Val: "1"}, {Key: "height", Val: "1"}, {Key: "alt", Val: ""},
+		{Key: "style", Val: "display:block;border:0;width:1px;height:1px"},
+	}})
+}

@@ -1,0 +1,349 @@
+package render
+
+import (
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/net/html"
+
+	"github.com/tendhq/tend/internal/token"
+)
+
+// attrs returns the value of attribute key of every element named tag.
+func attrs(t *testing.T, doc, tag, key string) []string {
+	t.Helper()
+	root, err := html.Parse(strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	var walk func(*html.Node)
+	walk = func(n *html.Node) {
+		if n.Type == html.ElementNode && n.Data == tag {
+			for _, a := range n.Attr {
+				if a.Key == key {
+					out = append(out, a.Val)
+				}
+			}
+		}
+		for c := n.FirstChild; c != nil; c = c.NextSibling {
+			walk(c)
+		}
+	}
+	walk(root)
+	return out
+}
+
+const linksBody = `<p>
+<a href="https://example.com/docs?a=1&amp;b=2">Docs</a>
+<a href="http://example.com/plain">Plain</a>
+<a href="HTTPS://Example.com/Upper">Upper</a>
+<a href=" https://example.com/spaced ">Spaced</a>
+<a href="https://example.com/docs?a=1&amp;b=2">Docs again</a>
+<a href="mailto:help@example.com">Mail us</a>
+<a href="#section">Jump</a>
+<a href="tel:+15551234">Call</a>
+<a href="/relative">Relative</a>
+<a href="https://example.com/{{.Account.ID}}/settings">Settings</a>
+<a name="no-href">Anchor</a>
+</p>`
+
+func TestEmailLinks(t *testing.T) {
+	r := testRenderer()
+	tmpl := mustParse(t, KindEmail, email("Links", linksBody))
+	e, err := r.Email(tmpl, SampleData(), 4242, EmailOptions{SignAsCSM: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLinks := []string{
+		"https://example.com/docs?a=1&b=2", "http://example.com/plain", "HTTPS://Example.com/Upper",
+		"https://example.com/spaced", "https://example.com/acme/settings", "https://cal.example.com/grace",
+	}
+	if strings.Join(e.Links, " ") != strings.Join(wantLinks, " ") {
+		t.Errorf("Links = %q\nwant    %q", e.Links, wantLinks)
+	}
+
+	var tracked []string
+	untouched := map[string]bool{}
+	for _, href := range attrs(t, e.HTML, "a", "href") {
+		tok, ok := strings.CutPrefix(href, "https://tend.test/t/c/")
+		if !ok {
+			untouched[href] = true
+			continue
+		}
+		got, err := r.Signer.ParseAs(token.KindClick, tok)
+		if err != nil {
+			t.Fatalf("tracked link %q: %v", href, err)
+		}
+		if got.MessageID != 4242 {
+			t.Errorf("click token for %q has message %d", got.URL, got.MessageID)
+		}
+		tracked = append(tracked, got.URL)
+	}
+	wantTracked := []string{
+		"https://example.com/docs?a=1&b=2", "http://example.com/plain", "HTTPS://Example.com/Upper",
+		"https://example.com/spaced", "https://example.com/docs?a=1&b=2", "https://example.com/acme/settings",
+		"https://cal.example.com/grace",
+	}
+	if strings.Join(tracked, " ") != strings.Join(wantTracked, " ") {
+		t.Errorf("tracked = %q\nwant      %q", tracked, wantTracked)
+	}
+	for _, href := range []string{"mailto:help@example.com", "#section", "tel:+15551234", "/relative", e.UnsubscribeURL} {
+		if !untouched[href] {
+			t.Errorf("link %q was rewritten or lost; untouched: %v", href, untouched)
+		}
+	}
+}
+
+func TestEmailPixelAndUnsubscribe(t *testing.T) {
+	r := testRenderer()
+	tmpl := mustParse(t, KindEmail, email("Hi", "<p>Hello</p>"))
+	e, err := r.Email(tmpl, SampleData(), 77, EmailOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pixel: last in the body, 1x1, empty alt, an open token of message 77.
+	var pixel string
+	for _, src := range attrs(t, e.HTML, "img", "src") {
+		if strings.HasPrefix(src, "https://tend.test/t/o/") {
+			pixel = src
+		}
+	}
+	if pixel == "" {
+		t.Fatalf("no open pixel in:\n%s", e.HTML)
+	}
+	if !strings.Contains(e.HTML, `<img src="`+pixel+`" width="1" height="1" alt=""`) {
+		t.Errorf("pixel is not a 1x1 image with an empty alt:\n%s", e.HTML)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(e.HTML), `</body></html>`) || strings.Index(e.HTML, pixel) < strings.Index(e.HTML, "Unsubscribe") {
+		t.Errorf("pixel is not at the end of the body")
+	}
+	if got, err := r.Signer.ParseAs(token.KindOpen, strings.TrimPrefix(pixel, "https://tend.test/t/o/")); err != nil || got.MessageID != 77 {
+		t.Errorf("pixel token: %+v, %v", got, err)
+	}
+
+	tok, ok := strings.CutPrefix(e.UnsubscribeURL, "https://tend.test/u/")
+	if !ok {
+		t.Fatalf("UnsubscribeURL = %q", e.UnsubscribeURL)
+	}
+	if got, err := r.Signer.ParseAs(token.KindUnsubscribe, tok); err != nil || got.MessageID != 77 {
+		t.Errorf("unsubscribe token: %+v, %v", got, err)
+	}
+	if !slicesContains(attrs(t, e.HTML, "a", "href"), e.UnsubscribeURL) {
+		t.Errorf("no unsubscribe link in the HTML")
+	}
+	if !strings.Contains(e.Text, e.UnsubscribeURL) {
+		t.Errorf("no unsubscribe link in the text:\n%s", e.Text)
+	}
+	if !strings.Contains(e.HTML, "Acme Sender Ltd, 1 Test Road, Testville") || !strings.Contains(e.Text, "Acme Sender Ltd, 1 Test Road, Testville") {
+		t.Errorf("the postal address is missing")
+	}
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func TestEmailSignature(t *testing.T) {
+	r := testRenderer()
+	tmpl := mustParse(t, KindEmail, email("Hi", "<p>Body</p>"))
+	noSig := SampleData()
+	noSig.CSM.SignatureHTML = ""
+	team := SampleData()
+	team.CSM = CSMData{}
+
+	generated := []string{"Grace Hopper", "Customer Success Manager", "+44 20 7946 0000", "Book a time", "/t/c/"}
+	tests := []struct {
+		name       string
+		d          Data
+		sign       bool
+		want, none []string
+	}{
+		{"signed, own signature", SampleData(), true,
+			[]string{`<p style="margin:0 0 4px">Grace Hopper<br/>Customer Success Manager</p>`, "Book a time with me"},
+			[]string{"signature-name", "+44 20 7946 0000"}},
+		{"signed, generated", noSig, true, generated, nil},
+		{"not signed", SampleData(), false, nil, append(generated, "Grace", `class="signature"`)},
+		{"signed but no CSM", team, true, nil, []string{`class="signature"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, err := r.Email(tmpl, tt.d, 1, EmailOptions{SignAsCSM: tt.sign})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(e.HTML, w) {
+					t.Errorf("HTML lacks %q:\n%s", w, e.HTML)
+				}
+			}
+			for _, w := range tt.none {
+				if strings.Contains(e.HTML, w) {
+					t.Errorf("HTML has %q:\n%s", w, e.HTML)
+				}
+			}
+		})
+	}
+}
+
+var tagRe = regexp.MustCompile(`<[a-zA-Z/!?][^>]*>`)
+
+func TestEmailText(t *testing.T) {
+	r := testRenderer()
+	tmpl := mustParse(t, KindEmail, email("Hi", `<h1>Hello {{.Contact.FirstName}}</h1>
+<p>Your <b>usage</b> is down.<br>Here is <a href="https://example.com/guide">the guide</a> &amp; more.</p>
+<ul><li>One</li><li>Two</li></ul>`))
+	e, err := r.Email(tmpl, SampleData(), 5, EmailOptions{SignAsCSM: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := tagRe.FindString(e.Text); m != "" {
+		t.Errorf("text part has a tag %q:\n%s", m, e.Text)
+	}
+	for _, w := range []string{
+		"Hello Ada\n\nYour usage is down.\nHere is the guide (https://example.com/guide) & more.\n\n- One\n- Two",
+		"Book a time with me (https://cal.example.com/grace)",
+		"Unsubscribe (" + e.UnsubscribeURL + ")",
+	} {
+		if !strings.Contains(e.Text, w) {
+			t.Errorf("text part lacks %q:\n%s", w, e.Text)
+		}
+	}
+	if strings.Contains(e.Text, "/t/c/") || strings.Contains(e.Text, "/t/o/") {
+		t.Errorf("text part has tracked links:\n%s", e.Text)
+	}
+	if strings.Contains(e.Text, "max-width") || strings.Contains(e.Text, "Hi\n") {
+		t.Errorf("text part has the head's CSS or title:\n%s", e.Text)
+	}
+}
+
+func TestEmailCSSInlined(t *testing.T) {
+	r := testRenderer()
+	tmpl := mustParse(t, KindEmail, email("Hi", `<style>
+.note { color: #c00; font-weight: bold }
+p.note { margin: 0 }
+.note:hover { color: #f00 }
+</style>
+<p class="note" style="font-weight: normal">Careful</p>
+<p>Plain</p>`))
+	for i := 0; i < 2; i++ { // the second time from the stylesheet cache
+		e, err := r.Email(tmpl, SampleData(), 1, EmailOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range []string{
+			// The template's own rules, its style attribute winning over them.
+			`<p class="note" style="color:#c00;margin:0;font-weight:normal">Careful</p>`,
+			// The layout's p rule.
+			`<p style="margin:0 0 16px">Plain</p>`,
+			// The layout's body rule.
+			`<body style="margin:0;padding:0;width:100%;background-color:#f4f5f7;-webkit-text-size-adjust:100%">`,
+		} {
+			if !strings.Contains(e.HTML, w) {
+				t.Errorf("HTML lacks %q:\n%s", w, e.HTML)
+			}
+		}
+		// What cannot be inlined stays in one <style> in the head.
+		styles := regexp.MustCompile(`(?s)<style[^>]*>(.*?)</style>`).FindAllStringSubmatch(e.HTML, -1)
+		if len(styles) != 1 || !strings.Contains(e.HTML, "</style></head>") {
+			t.Fatalf("want one <style> left, in the head: %q", styles)
+		}
+		left := styles[0][1]
+		for _, w := range []string{"@media only screen and (max-width: 620px)", ".content {padding:20px !important}", ".note:hover {color:#f00 !important}"} {
+			if !strings.Contains(left, w) {
+				t.Errorf("leftover CSS lacks %q:\n%s", w, left)
+			}
+		}
+		if strings.Contains(left, "#c00") || strings.Contains(left, "#f4f5f7") {
+			t.Errorf("inlined rules were kept too:\n%s", left)
+		}
+	}
+	if n := len(tmpl.styles.m); n != 1 {
+		t.Errorf("%d stylesheets cached, want 1", n)
+	}
+}
+
+func TestEmailTestSend(t *testing.T) {
+	for _, r := range []*Renderer{testRenderer(), {PublicURL: "https://tend.test", PostalAddress: "1 Road"}} {
+		tmpl := mustParse(t, KindEmail, email("Hi {{.Contact.FirstName}}", linksBody))
+		e, err := r.Email(tmpl, SampleData(), 9, EmailOptions{Test: true, SignAsCSM: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Subject != "[TEST] Hi Ada" {
+			t.Errorf("subject = %q", e.Subject)
+		}
+		if strings.Contains(e.HTML, "/t/c/") || strings.Contains(e.HTML, "/t/o/") {
+			t.Errorf("a test send is tracked:\n%s", e.HTML)
+		}
+		if e.UnsubscribeURL != "https://tend.test/u/test" || !strings.Contains(e.HTML, `href="https://tend.test/u/test"`) {
+			t.Errorf("test unsubscribe URL = %q", e.UnsubscribeURL)
+		}
+		if len(e.Links) != 6 || !strings.Contains(e.HTML, `href="https://example.com/docs?a=1&amp;b=2"`) {
+			t.Errorf("links = %q", e.Links)
+		}
+	}
+}
+
+func TestEmailRefused(t *testing.T) {
+	nudge := mustParse(t, KindNudge, "title: Hi\nbody: There\n")
+	if _, err := testRenderer().Email(nudge, SampleData(), 1, EmailOptions{}); err == nil {
+		t.Error("a nudge rendered as an email")
+	}
+	tmpl := mustParse(t, KindEmail, email("Hi", "<p>x</p>"))
+	if _, err := (&Renderer{PublicURL: "https://x"}).Email(tmpl, SampleData(), 1, EmailOptions{}); err == nil {
+		t.Error("a renderer without a signer tracked an email")
+	}
+	// Data that makes the subject empty fails the send.
+	tmpl = mustParse(t, KindEmail, email("{{.Contact.FirstName}}", "<p>x</p>"))
+	d := SampleData()
+	d.Contact.FirstName = " "
+	_, err := testRenderer().Email(tmpl, d, 1, EmailOptions{})
+	wantInvalid(t, err, 0, "", "subject renders empty")
+}
+
+func TestEmailDataIsEscaped(t *testing.T) {
+	tmpl := mustParse(t, KindEmail, email("Hi {{.Contact.Name}}", `<p>{{.Contact.Name}}</p><a href="{{index .Contact.Traits "site"}}">site</a>`))
+	d := SampleData()
+	d.Contact.Name = "Eve\r\nBcc: all@x.example <script>alert(1)</script>"
+	d.Contact.Traits["site"] = "javascript:alert(1)"
+	e, err := testRenderer().Email(tmpl, d, 1, EmailOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Subject != "Hi Eve Bcc: all@x.example <script>alert(1)</script>" {
+		t.Errorf("subject = %q: line breaks from data must become spaces", e.Subject)
+	}
+	if strings.Contains(e.HTML, "<script>") || strings.Contains(e.HTML, "javascript:") {
+		t.Errorf("data was not escaped:\n%s", e.HTML)
+	}
+}
+
+func TestEmailConcurrent(t *testing.T) {
+	r := testRenderer()
+	tmpl := mustParse(t, KindEmail, benchSource)
+	want, err := r.Email(tmpl, SampleData(), 1, EmailOptions{SignAsCSM: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 20 {
+				got, err := r.Email(tmpl, SampleData(), 1, EmailOptions{SignAsCSM: true})
+				if err != nil || got.HTML != want.HTML || got.Text != want.Text {
+					t.Errorf("concurrent render differs: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

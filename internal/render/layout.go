@@ -1,0 +1,94 @@
+package render
+
+import (
+	_ "embed"
+	htmltemplate "html/template"
+	"strings"
+	"sync"
+
+	"github.com/tendhq/tend/internal/errs"
+)
+
+// LayoutData is what a layout sees as dot: the message's Data (so a layout
+// may use .Contact, .CSM...) and the parts the renderer fills in.
+type LayoutData struct {
+	Data
+	Subject string
+	Body    htmltemplate.HTML // the template's rendered body block
+	// SignAsCSM is true when the message is signed by the account's CSM:
+	// the layout then adds the CSM's signature.
+	SignAsCSM      bool
+	UnsubscribeURL string
+	PostalAddress  string // the sender's postal address (CAN-SPAM)
+}
+
+// Layout wraps the body of every email: the HTML shell, its CSS, the
+// signature, the unsubscribe link and the postal address. The renderer adds
+// the open pixel itself, so a layout cannot forget it.
+type Layout struct {
+	Name string
+	t    *htmltemplate.Template
+}
+
+//go:embed layouts/default.html
+var defaultLayoutSource string
+
+// DefaultLayout is the built-in layout (layouts/default.html).
+var DefaultLayout = sync.OnceValue(func() *Layout {
+	l, err := ParseLayout("default", defaultLayoutSource)
+	if err != nil {
+		panic("render: the default layout is broken: " + err.Error())
+	}
+	return l
+})
+
+// Markers that ParseLayout looks for in a layout's output.
+const (
+	markBody  = "tend-layout-body-e1c2"
+	markUnsub = "https://tend.invalid/u/tend-layout-unsubscribe-e1c2"
+	markAddr  = "tend-layout-postal-e1c2"
+)
+
+// ParseLayout parses a layout: an html/template that must output {{.Body}},
+// {{.UnsubscribeURL}} and {{.PostalAddress}}, whether or not the message is
+// signed by a CSM. It is refused (errs.Invalid, "invalid_template") otherwise.
+func ParseLayout(name, source string) (*Layout, error) {
+	t, err := htmltemplate.New(name).Option("missingkey=error").Funcs(funcs).Parse(source)
+	if err != nil {
+		return nil, templateError(name, err)
+	}
+	l := &Layout{Name: name, t: t}
+	// Execute it rather than search its source, so that a reference inside a
+	// branch that is never taken does not count.
+	for _, signed := range []bool{true, false} {
+		d := LayoutData{
+			Data: SampleData(), Subject: "Sample subject", Body: "<p>" + markBody + "</p>",
+			SignAsCSM: signed, UnsubscribeURL: markUnsub, PostalAddress: markAddr,
+		}
+		if !signed {
+			d.CSM = CSMData{}
+		}
+		out, err := l.execute(d)
+		if err != nil {
+			return nil, err
+		}
+		for _, need := range []struct{ mark, field string }{
+			{markBody, "Body"}, {markUnsub, "UnsubscribeURL"}, {markAddr, "PostalAddress"},
+		} {
+			if !strings.Contains(out, need.mark) {
+				return nil, errs.E(errs.Invalid, "invalid_template", "layout %q must output {{.%s}}", name, need.field).
+					With("template", name)
+			}
+		}
+	}
+	return l, nil
+}
+
+func (l *Layout) execute(d LayoutData) (string, error) {
+	var b strings.Builder
+	b.Grow(len(d.Body) + 4096)
+	if err := l.t.Execute(&b, d); err != nil {
+		return "", templateError(l.Name, err)
+	}
+	return b.String(), nil
+}
