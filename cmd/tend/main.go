@@ -18,8 +18,8 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
-	"strings"
 	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -29,9 +29,9 @@ import (
 	"github.com/tendhq/tend/internal/app"
 	"github.com/tendhq/tend/internal/audit"
 	"github.com/tendhq/tend/internal/campaign"
-	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/config"
+	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/postgres"
 )
 

@@ -55,8 +55,8 @@ type Deps struct {
 	Outbox       *delivery.Outbox
 	Sender       *delivery.Sender
 	Unsubscribes *delivery.Unsubscribes
-	Signals  Signals                         // may be nil
-	Ready    func(ctx context.Context) error // readiness of PostgreSQL and Redis
+	Signals      Signals                         // may be nil
+	Ready        func(ctx context.Context) error // readiness of PostgreSQL and Redis
 	// Registry receives the API's metrics; nil makes a private one.
 	Registry *prometheus.Registry
 }
