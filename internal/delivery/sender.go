@@ -272,7 +272,7 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 			}
 		}
 		if step := stepOf(def, m.StepID); step != nil && step.Unless != "" {
-			held, err := s.unless(ctx, m, step, info.profile, contact)
+			held, err := s.unless(ctx, m, def, step, info.profile, contact)
 			if err != nil {
 				return skip("unless could not be evaluated: " + err.Error())
 			}
@@ -373,11 +373,18 @@ func (s *Sender) eval(src string, compile func(string, clock.Clock) (*vm.Program
 
 // unless evaluates a step's unless with the contact's human opens and
 // clicks of this enrollment's earlier steps.
-func (s *Sender) unless(ctx context.Context, m *claimed, step *campaign.Step, prof *account.Profile, c account.Contact) (bool, error) {
-	p, err := s.program("unless:"+step.Unless, func() (*vm.Program, error) {
-		return campaign.CompileUnless(step.Unless, nil, s.clock)
+func (s *Sender) unless(ctx context.Context, m *claimed, def campaign.Definition, step *campaign.Step, prof *account.Profile, c account.Contact) (bool, error) {
+	earlier := map[string]bool{}
+	for _, st := range def.Steps {
+		if st.ID == step.ID {
+			break
+		}
+		earlier[st.ID] = true
+	}
+	p, err := s.program(fmt.Sprintf("unless:%d:%d:%s", m.CampaignID, m.Version, step.ID), func() (*vm.Program, error) {
+		return campaign.CompileUnless(step.Unless, earlier, s.clock)
 	})
-	if err != nil && p == nil {
+	if err != nil {
 		return false, err
 	}
 	st := &campaign.StepState{Opened: map[string]bool{}, Clicked: map[string]bool{}}
@@ -432,10 +439,13 @@ func (s *Sender) template(m *claimed, name string) (*render.Template, error) {
 
 // Composed is a rendered, addressed email.
 type Composed struct {
-	From    string `json:"from"`
-	ReplyTo string `json:"reply_to,omitempty"`
-	To      string `json:"to"`
-	render.Email
+	From           string `json:"from"`
+	ReplyTo        string `json:"reply_to,omitempty"`
+	To             string `json:"to"`
+	Subject        string `json:"subject"`
+	HTML           string `json:"html"`
+	Text           string `json:"text"`
+	UnsubscribeURL string `json:"unsubscribe_url,omitempty"`
 }
 
 // render renders a message and addresses it: From the CSM (or the team),
@@ -464,7 +474,7 @@ func (s *Sender) render(m *claimed, def campaign.Definition, info *accountInfo, 
 	if err != nil {
 		return Composed{}, err
 	}
-	out := Composed{From: s.opts.TeamSender, To: to, Email: e}
+	out := Composed{From: s.opts.TeamSender, To: to, Subject: e.Subject, HTML: e.HTML, Text: e.Text, UnsubscribeURL: e.UnsubscribeURL}
 	if def.Sender != campaign.SenderCSM {
 		out.From = def.Sender
 	}

@@ -1,0 +1,372 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tendhq/tend/internal/apikey"
+	"github.com/tendhq/tend/internal/app"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/config"
+	"github.com/tendhq/tend/internal/smtptest"
+	"github.com/tendhq/tend/internal/testsvc"
+)
+
+// tend is a whole Tend process (API, worker, scheduler) on private
+// PostgreSQL and Redis databases, sending to an SMTP server on loopback,
+// under a manual clock.
+type tend struct {
+	t     *testing.T
+	app   *app.App
+	db    *testsvc.DB
+	smtp  *smtptest.Server
+	clock *clock.Manual
+	url   string
+	key   string
+}
+
+var t0 = time.Date(2026, 6, 15, 9, 0, 0, 0, time.UTC)
+
+func start(t *testing.T) *tend {
+	t.Helper()
+	t.Parallel()
+	db := testsvc.NewDB(t)
+	rd := testsvc.NewRedis(t)
+	sink := smtptest.Start(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg, err := config.Load(map[string]string{
+		"TEND_DATABASE_URL":     db.URL,
+		"TEND_REDIS_URL":        rd.URL,
+		"TEND_SMTP_URL":         sink.URL(),
+		"TEND_HTTP_ADDR":        addr,
+		"TEND_PUBLIC_URL":       "http://" + addr,
+		"TEND_SWEEP_INTERVAL":   "200ms",
+		"TEND_POSTAL_ADDRESS":   "Acme Analytics, 10 Market St, Springfield",
+		"TEND_TEAM_SENDER":      "Acme Success <success@acme-analytics.example>",
+		"TEND_SMTP_CONNECTIONS": "2",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewManual(t0)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, err := app.New(context.Background(), cfg, log, app.WithClock(clk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, app.ModeAll) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+		a.Close()
+	})
+	_, key, err := a.Keys.Create(context.Background(), "test", apikey.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := &tend{t: t, app: a, db: db, smtp: sink, clock: clk, url: "http://" + addr, key: key}
+	tn.eventually("the API answers", 10*time.Second, func() bool {
+		res, err := http.Get(tn.url + "/healthz")
+		if err == nil {
+			res.Body.Close()
+		}
+		return err == nil && res.StatusCode == 200
+	})
+	return tn
+}
+
+// call sends JSON and fails the test unless the status is want.
+func (tn *tend) call(want int, method, path string, body any) map[string]any {
+	tn.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, tn.url+path, rd)
+	req.Header.Set("Authorization", "Bearer "+tn.key)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tn.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	if res.StatusCode != want {
+		tn.t.Fatalf("%s %s: %d, want %d: %s", method, path, res.StatusCode, want, raw)
+	}
+	out := map[string]any{}
+	json.Unmarshal(raw, &out)
+	return out
+}
+
+func (tn *tend) eventually(what string, within time.Duration, cond func() bool) {
+	tn.t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	tn.t.Fatalf("%s: not within %s", what, within)
+}
+
+// messages returns the contact's messages as "step:status" plus reasons.
+func (tn *tend) messages(contact string) []map[string]any {
+	tn.t.Helper()
+	out := tn.call(200, "GET", "/v1/contacts/"+contact+"/messages", nil)
+	var list []map[string]any
+	for _, m := range out["messages"].([]any) {
+		list = append(list, m.(map[string]any))
+	}
+	return list
+}
+
+func (tn *tend) reason(contact, step string) string {
+	for _, m := range tn.messages(contact) {
+		if m["step"] == step {
+			r, _ := m["reason"].(string)
+			return r
+		}
+	}
+	return ""
+}
+
+func (tn *tend) status(contact, step string) string {
+	for _, m := range tn.messages(contact) {
+		if m["step"] == step {
+			return m["status"].(string)
+		}
+	}
+	return ""
+}
+
+const checkin = `{{define "subject"}}Checking in on {{.Account.Name}}, {{.Contact.FirstName}}{{end}}
+{{define "body"}}<p>Hi {{.Contact.FirstName}},</p>
+<p>I noticed the team has been quieter in Acme Analytics lately. Is anything getting in the way?
+Here is <a href="https://docs.acme-analytics.example/reports">a five-minute guide to reports</a>.</p>{{end}}`
+
+const followup = `{{define "subject"}}Following up, {{.Contact.FirstName}}{{end}}
+{{define "body"}}<p>Hi {{.Contact.FirstName}}, just making sure my last note reached you.</p>{{end}}`
+
+const final = `{{define "subject"}}One last thing{{end}}
+{{define "body"}}<p>Hi {{.Contact.FirstName}}, I am here whenever you need me.</p>{{end}}`
+
+func (tn *tend) setup() {
+	tn.t.Helper()
+	tn.call(200, "POST", "/v1/csms", map[string]any{"email": "dana@acme-analytics.example", "name": "Dana Reyes",
+		"title": "Customer Success Manager", "phone": "+1 555 0100", "reply_to": "dana.reyes@acme-analytics.example"})
+	tn.call(200, "POST", "/v1/accounts", map[string]any{"id": "globex", "name": "Globex", "plan": "pro",
+		"csm_email": "dana@acme-analytics.example", "timezone": "America/New_York", "traits": map[string]any{"risk": "low"}})
+	tn.call(200, "POST", "/v1/contacts", map[string]any{"contacts": []any{
+		map[string]any{"id": "hank", "account_id": "globex", "email": "hank@globex.example", "name": "Hank Scorpio", "role": "admin"},
+		map[string]any{"id": "viewer", "account_id": "globex", "email": "viewer@globex.example", "name": "Vic Viewer", "role": "viewer"},
+	}})
+	tn.call(201, "POST", "/v1/segments", map[string]any{"name": "at-risk", "predicate": `traits.risk == "high"`})
+	for name, src := range map[string]string{"at-risk/checkin": checkin, "at-risk/followup": followup, "at-risk/final": final} {
+		tn.call(200, "PUT", "/v1/templates/"+name, map[string]any{"kind": "email", "source": src})
+	}
+	tn.call(201, "POST", "/v1/campaigns", map[string]any{
+		"name": "at-risk-checkin", "kind": "drip", "segment": "at-risk", "topic": "success",
+		"audience": `contact.role in ["admin", "champion"]`, "sender": "csm", "exit": "leaves_segment",
+		"goal": `logins_7d >= 3`,
+		"steps": []any{
+			map[string]any{"id": "checkin", "wait": "0h", "channel": "email", "template": "at-risk/checkin"},
+			map[string]any{"id": "followup", "wait": "2d", "channel": "email", "template": "at-risk/followup", "unless": `opened("checkin")`},
+			map[string]any{"id": "final", "wait": "5d", "channel": "email", "template": "at-risk/final"},
+		},
+	})
+	tn.call(200, "POST", "/v1/campaigns/at-risk-checkin/activate", nil)
+	tn.eventually("segment built", 10*time.Second, func() bool {
+		return tn.call(200, "GET", "/v1/segments/at-risk", nil)["status"] == "ready"
+	})
+}
+
+func (tn *tend) risk(level string) {
+	tn.call(200, "POST", "/v1/accounts", map[string]any{"id": "globex", "traits": map[string]any{"risk": level}})
+}
+
+func TestAWholeDrip(t *testing.T) {
+	tn := start(t)
+	tn.setup()
+	tn.risk("high")
+
+	// Step one arrives, signed by the CSM, to the audience only.
+	if !tn.smtp.WaitFor(1, 15*time.Second) {
+		t.Fatalf("no email; messages: %v", tn.messages("hank"))
+	}
+	m := tn.smtp.Messages()[0]
+	h := m.Header
+	if got := h.Get("From"); got != `"Dana Reyes" <dana@acme-analytics.example>` {
+		t.Errorf("From = %q", got)
+	}
+	if got := h.Get("Reply-To"); !strings.Contains(got, "dana.reyes@acme-analytics.example") {
+		t.Errorf("Reply-To = %q", got)
+	}
+	if got := h.Get("To"); !strings.Contains(got, "hank@globex.example") || len(m.To) != 1 {
+		t.Errorf("To = %q (%v)", got, m.To)
+	}
+	if !strings.HasPrefix(h.Get("List-Unsubscribe"), "<"+tn.url+"/u/") || h.Get("List-Unsubscribe-Post") != "List-Unsubscribe=One-Click" {
+		t.Errorf("unsubscribe headers: %q / %q", h.Get("List-Unsubscribe"), h.Get("List-Unsubscribe-Post"))
+	}
+	if !strings.HasPrefix(h.Get("Message-Id"), "<tend.") {
+		t.Errorf("Message-ID = %q", h.Get("Message-Id"))
+	}
+	body := string(m.Data)
+	for _, want := range []string{"Dana Reyes", "Customer Success Manager", "Acme Analytics, 10 Market St, Springfield", "/t/c/", "/t/o/"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the email lacks %q", want)
+		}
+	}
+	if strings.Contains(body, "Checking in on Globex, Hank") == false && !strings.Contains(h.Get("Subject"), "Globex") {
+		t.Errorf("subject = %q", h.Get("Subject"))
+	}
+	if tn.status("viewer", "checkin") != "" {
+		t.Error("a contact outside the audience got a message")
+	}
+
+	// Hank opens step one (a human open: the tracking endpoints come with the
+	// engagement work; here the open is recorded directly).
+	if _, err := tn.db.Exec(`
+		INSERT INTO engagement_event (message_id, kind, at) SELECT id, 'open', $1 FROM message WHERE step_id = 'checkin'`, tn.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// Two days later the follow-up is due, and skipped: unless opened("checkin").
+	tn.clock.Advance(2*24*time.Hour + time.Hour)
+	tn.eventually("followup skipped by unless", 10*time.Second, func() bool { return tn.status("hank", "followup") == "skipped" })
+	if r := tn.reason("hank", "followup"); !strings.HasPrefix(r, "unless held") {
+		t.Fatalf("followup skipped because %q, want unless held", r)
+	}
+	// The final step is scheduled 5 days after the follow-up's due time.
+	tn.eventually("final scheduled", 10*time.Second, func() bool { return tn.status("hank", "final") == "scheduled" })
+
+	// The account leaves the segment: the drip exits, the final step is skipped.
+	tn.risk("low")
+	tn.eventually("drip exits", 10*time.Second, func() bool { return tn.status("hank", "final") == "skipped" })
+	if r := tn.reason("hank", "final"); !strings.HasPrefix(r, "exited") {
+		t.Fatalf("final skipped because %q, want exited", r)
+	}
+	tn.clock.Advance(6 * 24 * time.Hour)
+	time.Sleep(600 * time.Millisecond) // three sweeps: nothing more may be sent
+	if n := tn.smtp.Count(); n != 1 {
+		t.Fatalf("%d emails sent, want only step one", n)
+	}
+	stats := tn.call(200, "GET", "/v1/campaigns/at-risk-checkin/stats", nil)
+	totals := stats["totals"].(map[string]any)
+	if totals["sent"] != 1.0 || totals["skipped"] != 2.0 {
+		t.Fatalf("stats = %v", stats)
+	}
+	if e := stats["enrollments"].(map[string]any); e["exited"] != 1.0 {
+		t.Fatalf("enrollments = %v", e)
+	}
+	for _, m := range tn.messages("hank") {
+		if m["status"] == "skipped" && m["reason"] == "" {
+			t.Errorf("a skipped message has no reason: %v", m)
+		}
+	}
+}
+
+func TestGoalConversionAndTestSends(t *testing.T) {
+	tn := start(t)
+	tn.setup()
+	// A test send: marked, delivered to the given address, not counted.
+	out := tn.call(202, "POST", "/v1/campaigns/at-risk-checkin/test", map[string]any{"step": "checkin", "contact_id": "hank", "to": "qa@acme-analytics.example"})
+	if out["message_id"] == nil {
+		t.Fatalf("test send: %v", out)
+	}
+	if !tn.smtp.WaitFor(1, 15*time.Second) {
+		t.Fatal("the test send did not arrive")
+	}
+	tm := tn.smtp.Messages()[0]
+	if !strings.HasPrefix(tm.Header.Get("Subject"), "[TEST]") || tm.Header.Get("X-Tend-Test") != "true" || tm.To[0] != "qa@acme-analytics.example" {
+		t.Fatalf("test send headers: %v to %v", tm.Header, tm.To)
+	}
+	// Preview renders without sending.
+	pv := tn.call(200, "POST", "/v1/campaigns/at-risk-checkin/preview", map[string]any{"step": "followup", "contact_id": "hank"})
+	if !strings.Contains(pv["subject"].(string), "Hank") || !strings.Contains(pv["from"].(string), "Dana Reyes") {
+		t.Fatalf("preview = %v", pv)
+	}
+	tn.call(404, "POST", "/v1/campaigns/at-risk-checkin/preview", map[string]any{"step": "followup", "contact_id": "nobody"})
+	tn.call(422, "POST", "/v1/campaigns/at-risk-checkin/preview", map[string]any{"step": "nope", "contact_id": "hank"})
+	tn.call(422, "POST", "/v1/campaigns/at-risk-checkin/test", map[string]any{"step": "checkin", "contact_id": "hank", "to": "not-an-address"})
+
+	tn.risk("high")
+	if !tn.smtp.WaitFor(2, 15*time.Second) {
+		t.Fatal("step one did not arrive")
+	}
+	// Logins resume before the follow-up is due: the goal holds when it is due.
+	events := []any{}
+	for i := 0; i < 3; i++ {
+		events = append(events, map[string]any{"account_id": "globex", "name": "login", "timestamp": tn.clock.Now().Add(time.Duration(i) * time.Minute)})
+	}
+	tn.call(202, "POST", "/v1/events", map[string]any{"events": events})
+	tn.clock.Advance(2*24*time.Hour + time.Hour)
+	tn.eventually("converted", 10*time.Second, func() bool { return tn.status("hank", "followup") == "skipped" })
+	if r := tn.reason("hank", "followup"); !strings.HasPrefix(r, "converted") {
+		t.Fatalf("followup skipped because %q, want converted", r)
+	}
+	stats := tn.call(200, "GET", "/v1/campaigns/at-risk-checkin/stats", nil)
+	if e := stats["enrollments"].(map[string]any); e["converted"] != 1.0 {
+		t.Fatalf("enrollments = %v", e)
+	}
+	if totals := stats["totals"].(map[string]any); totals["sent"] != 1.0 {
+		t.Fatalf("the test send must not count: %v", totals)
+	}
+	if n := tn.smtp.Count(); n != 2 {
+		t.Fatalf("%d emails, want the test and step one", n)
+	}
+}
+
+func TestANewVersionNeverResends(t *testing.T) {
+	tn := start(t)
+	tn.setup()
+	tn.risk("high")
+	if !tn.smtp.WaitFor(1, 15*time.Second) {
+		t.Fatal("step one did not arrive")
+	}
+	// Edit the running drip: its step templates change; a new version.
+	tn.call(200, "PUT", "/v1/templates/at-risk/followup", map[string]any{"kind": "email",
+		"source": `{{define "subject"}}New follow-up text{{end}}{{define "body"}}<p>v2</p>{{end}}`})
+	c := tn.call(200, "GET", "/v1/campaigns/at-risk-checkin", nil)
+	def := c["definition"]
+	out := tn.call(200, "POST", "/v1/campaigns", def)
+	if out["campaign"].(map[string]any)["version"] != 2.0 {
+		t.Fatalf("want version 2: %v", out)
+	}
+	tn.clock.Advance(2*24*time.Hour + time.Hour)
+	if !tn.smtp.WaitFor(2, 15*time.Second) {
+		t.Fatalf("the follow-up did not arrive: %v", tn.messages("hank"))
+	}
+	msgs := tn.smtp.Messages()
+	if got := msgs[1].Header.Get("Subject"); !strings.Contains(got, "Following up") {
+		t.Fatalf("the running enrollment must finish on version 1's template, got subject %q", got)
+	}
+	time.Sleep(600 * time.Millisecond)
+	n := 0
+	for _, m := range msgs {
+		if strings.Contains(m.Header.Get("Subject"), "Checking in") {
+			n++
+		}
+	}
+	if n != 1 || tn.smtp.Count() != 2 {
+		t.Fatalf("step one sent %d times, %d emails in all", n, tn.smtp.Count())
+	}
+}
