@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -368,5 +369,77 @@ func TestANewVersionNeverResends(t *testing.T) {
 	}
 	if n != 1 || tn.smtp.Count() != 2 {
 		t.Fatalf("step one sent %d times, %d emails in all", n, tn.smtp.Count())
+	}
+}
+
+// TestSMTPFaults drives every SMTP failure through the pipeline: a 4xx is
+// retried and then sent, a 5xx at RCPT fails and suppresses the address, a
+// connection dropped before DATA is retried, one dropped after DATA is
+// uncertain and not resent; nothing is lost and nothing is sent twice.
+func TestSMTPFaults(t *testing.T) {
+	tn := start(t)
+	tn.setup()
+	cases := []struct {
+		who    string
+		fault  smtptest.Fault
+		status string // the first attempt's outcome
+		final  string // after the clock passes the retry backoff
+		stored int    // how many copies the server holds in the end
+	}{
+		{"temp", smtptest.Fault{Kind: smtptest.TempFailRcpt, Times: 1}, "scheduled", "sent", 1},
+		{"tempdata", smtptest.Fault{Kind: smtptest.TempFailData, Times: 1}, "scheduled", "sent", 1},
+		{"bounce", smtptest.Fault{Kind: smtptest.RejectRcpt}, "failed", "failed", 0},
+		{"dropbefore", smtptest.Fault{Kind: smtptest.DropAtRcpt, Times: 1}, "scheduled", "sent", 1},
+		{"dropafter", smtptest.Fault{Kind: smtptest.DropAfterData, Times: 1}, "uncertain", "uncertain", 1},
+	}
+	for _, c := range cases {
+		acc := "acc-" + c.who
+		tn.call(200, "POST", "/v1/accounts", map[string]any{"id": acc, "csm_email": "dana@acme-analytics.example", "traits": map[string]any{"risk": "low"}})
+		tn.call(200, "POST", "/v1/contacts", map[string]any{"id": c.who, "account_id": acc, "email": c.who + "@globex.example", "role": "admin"})
+		f := c.fault
+		f.Match = c.who + "@"
+		tn.smtp.SetFault(f)
+		tn.call(200, "POST", "/v1/accounts", map[string]any{"id": acc, "traits": map[string]any{"risk": "high"}})
+		tn.eventually(c.who+": first attempt recorded", 10*time.Second, func() bool {
+			st := tn.status(c.who, "checkin")
+			return st == c.status && (st != "scheduled" || strings.HasPrefix(tn.reason(c.who, "checkin"), "retrying"))
+		})
+		tn.smtp.SetFault(smtptest.Fault{})
+	}
+	// Past the retry backoff, retried messages go out once.
+	tn.clock.Advance(10 * time.Minute)
+	for _, c := range cases {
+		tn.eventually(c.who+": final outcome", 10*time.Second, func() bool { return tn.status(c.who, "checkin") == c.final })
+		if r := tn.reason(c.who, "checkin"); c.final != "sent" && r == "" {
+			t.Errorf("%s: %s without a reason", c.who, c.final)
+		}
+	}
+	time.Sleep(600 * time.Millisecond) // three sweeps: nothing more may go out
+	copies := map[string]int{}
+	for _, m := range tn.smtp.Messages() {
+		copies[m.To[0]]++
+	}
+	for _, c := range cases {
+		if got := copies[c.who+"@globex.example"]; got != c.stored {
+			t.Errorf("%s: the server holds %d copies, want %d", c.who, got, c.stored)
+		}
+	}
+	var suppressed int
+	tn.db.Get(&suppressed, `SELECT count(*) FROM suppression WHERE email = 'bounce@globex.example'`)
+	if suppressed != 1 {
+		t.Fatal("a hard bounce must suppress the address")
+	}
+	// The operator sees the uncertain message and may settle it.
+	out := tn.call(200, "GET", "/v1/messages?status=uncertain", nil)
+	list := out["messages"].([]any)
+	if len(list) != 1 || list[0].(map[string]any)["email"] != "dropafter@globex.example" {
+		t.Fatalf("uncertain = %v", out)
+	}
+	id := list[0].(map[string]any)["id"].(float64)
+	tn.call(422, "POST", fmt.Sprintf("/v1/messages/%d/resolve", int64(id)), map[string]any{"action": "shrug"})
+	tn.call(200, "POST", fmt.Sprintf("/v1/messages/%d/resolve", int64(id)), map[string]any{"action": "drop"})
+	tn.call(409, "POST", fmt.Sprintf("/v1/messages/%d/resolve", int64(id)), map[string]any{"action": "resend"})
+	if st := tn.status("dropafter", "checkin"); st != "failed" {
+		t.Fatalf("dropped uncertain message is %s", st)
 	}
 }
