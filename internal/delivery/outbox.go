@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -94,33 +95,69 @@ func (o *Outbox) Claim(ctx context.Context, ids []int64, token string) ([]int64,
 	return got, nil
 }
 
-// MarkSending records that one claimed message is being handed to SMTP now.
-// From here on a crash makes it uncertain. It reports false when the claim
-// was lost (the lease expired and the message was released).
-func (o *Outbox) MarkSending(ctx context.Context, id int64, token string) (bool, error) {
-	res, err := o.db.ExecContext(ctx, `
-		UPDATE message SET status = 'sending', claimed_at = $3, attempts = attempts + 1, updated_at = $4
-		WHERE id = $1 AND claim_token = $2 AND status = 'claimed'`, id, token, o.wall(), o.clock.Now())
-	if err != nil {
-		return false, fmt.Errorf("delivery: mark sending: %w", err)
+// Outcome is the result of one claimed message, to be recorded.
+type Outcome struct {
+	ID     int64  `json:"id"`
+	Status string `json:"status"` // sent, failed, skipped or uncertain
+	Reason string `json:"reason"`
+}
+
+// settleSQL records outcomes and (when $3 is not 0) marks the next message
+// as being handed to SMTP, in one statement: one commit per message sent.
+const settleSQL = `
+	WITH done AS (
+		UPDATE message m SET status = x.status, reason = x.reason, updated_at = $4,
+			sent_at = CASE WHEN x.status = 'sent' THEN $4 ELSE m.sent_at END,
+			last_error = CASE WHEN x.status IN ('failed', 'uncertain') THEN x.reason ELSE m.last_error END
+		FROM jsonb_to_recordset($2::jsonb) AS x(id bigint, status text, reason text)
+		WHERE m.id = x.id AND m.claim_token = $1 AND m.status IN ('claimed', 'sending')
+		RETURNING m.id
+	), next AS (
+		UPDATE message SET status = 'sending', claimed_at = $5, attempts = attempts + 1, updated_at = $4
+		WHERE id = $3 AND claim_token = $1 AND status = 'claimed'
+		RETURNING id
+	)
+	SELECT (SELECT count(*) FROM next) + 0 * (SELECT count(*) FROM done)`
+
+// Handover records earlier outcomes of the batch and marks message next as
+// being handed to SMTP now, durably, in one commit. From here on a crash
+// makes next uncertain. It reports false when next's claim was lost (its
+// lease expired and it was released).
+func (o *Outbox) Handover(ctx context.Context, token string, done []Outcome, next int64) (bool, error) {
+	var n int
+	if err := o.db.GetContext(ctx, &n, settleSQL, token, outcomes(done), next, o.clock.Now(), o.wall()); err != nil {
+		return false, fmt.Errorf("delivery: hand over: %w", err)
 	}
-	n, _ := res.RowsAffected()
 	return n == 1, nil
 }
 
-// Finish records the outcome of one claimed or sending message: sent,
-// failed, skipped or uncertain, with a reason.
-func (o *Outbox) Finish(ctx context.Context, q postgres.Queryer, id int64, token, status, reason string) error {
-	now := o.clock.Now()
-	_, err := q.ExecContext(ctx, `
-		UPDATE message SET status = $3, reason = $4, updated_at = $5,
-			sent_at = CASE WHEN $3 = 'sent' THEN $5 ELSE sent_at END,
-			last_error = CASE WHEN $3 IN ('failed', 'uncertain') THEN $4 ELSE last_error END
-		WHERE id = $1 AND claim_token = $2 AND status IN ('claimed', 'sending')`, id, token, status, reason, now)
-	if err != nil {
-		return fmt.Errorf("delivery: finish: %w", err)
+// Settle records the last outcomes of a batch. The commit does not wait for
+// the WAL flush (synchronous_commit off): should a crash of PostgreSQL lose
+// it, a sent message is still "sending" and the reaper marks it uncertain,
+// and a skipped one is still "claimed" and is decided again. Nothing is ever
+// resent; the write that must be durable is Handover's, and it is.
+func (o *Outbox) Settle(ctx context.Context, token string, done []Outcome) error {
+	if len(done) == 0 {
+		return nil
 	}
-	return nil
+	return postgres.InTx(ctx, o.db, func(tx *sqlx.Tx) error {
+		if _, err := tx.ExecContext(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+			return fmt.Errorf("delivery: settle: %w", err)
+		}
+		var n int
+		if err := tx.GetContext(ctx, &n, settleSQL, token, outcomes(done), 0, o.clock.Now(), o.wall()); err != nil {
+			return fmt.Errorf("delivery: settle: %w", err)
+		}
+		return nil
+	})
+}
+
+func outcomes(done []Outcome) []byte {
+	if len(done) == 0 {
+		return []byte("[]")
+	}
+	b, _ := json.Marshal(done)
+	return b
 }
 
 // Retry puts a message the server did not accept back to scheduled, due

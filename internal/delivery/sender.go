@@ -139,6 +139,7 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 	}
 	touched := map[int64]bool{}
 	sent := 0
+	b := &batch{token: token}
 	for i := range msgs {
 		m := &msgs[i]
 		if ctx.Err() != nil {
@@ -153,13 +154,16 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 		if m.EnrollmentID != nil {
 			touched[*m.EnrollmentID] = true
 		}
-		handed, err := s.one(ctx, m, accounts, token)
+		handed, err := s.one(ctx, m, accounts, b)
 		if err != nil {
 			s.log.Error("delivery: message failed to process", "message", m.ID, "err", err)
 		}
 		if handed {
 			sent++
 		}
+	}
+	if err := s.outbox.Settle(context.WithoutCancel(ctx), token, b.done); err != nil {
+		return sent, err
 	}
 	if len(touched) > 0 {
 		ids := make([]int64, 0, len(touched))
@@ -231,15 +235,29 @@ func (s *Sender) loadAccounts(ctx context.Context, msgs []claimed) (map[int64]*a
 	return out, nil
 }
 
+// batch carries a batch's claim token and the outcomes not yet written:
+// they go out with the next hand-over, or with Settle at the end.
+type batch struct {
+	token string
+	done  []Outcome
+}
+
+func (b *batch) record(id int64, status, reason string) {
+	b.done = append(b.done, Outcome{ID: id, Status: status, Reason: reason})
+}
+
 // one decides about, renders and sends one claimed message, and records the
 // outcome. It reports whether the message was handed to SMTP.
-func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accountInfo, token string) (bool, error) {
+func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accountInfo, b *batch) (bool, error) {
+	token := b.token
 	skip := func(reason string) (bool, error) {
-		return false, s.outbox.Finish(ctx, s.db, m.ID, token, StatusSkipped, reason)
+		b.record(m.ID, StatusSkipped, reason)
+		return false, nil
 	}
 	var def campaign.Definition
 	if err := json.Unmarshal(m.RawDef, &def); err != nil {
-		return false, s.outbox.Finish(ctx, s.db, m.ID, token, StatusFailed, "the campaign version cannot be read")
+		b.record(m.ID, StatusFailed, "the campaign version cannot be read")
+		return false, nil
 	}
 	var info *accountInfo
 	if m.AccountID != nil {
@@ -296,18 +314,24 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 
 	msg, err := s.compose(m, def, info, contact, to)
 	if err != nil {
-		return false, s.outbox.Finish(ctx, s.db, m.ID, token, StatusFailed, "render: "+err.Error())
+		b.record(m.ID, StatusFailed, "render: "+err.Error())
+		return false, nil
 	}
-	ok, err := s.outbox.MarkSending(ctx, m.ID, token)
-	if err != nil || !ok {
+	ok, err := s.outbox.Handover(ctx, token, b.done, m.ID)
+	if err != nil {
 		return false, err
+	}
+	b.done = nil
+	if !ok {
+		return false, nil
 	}
 	sendErr := s.transport.Send(ctx, msg)
 	// Recording the outcome must survive a cancelled context: the message
 	// was handed over.
 	rctx := context.WithoutCancel(ctx)
 	if sendErr == nil {
-		return true, s.outbox.Finish(rctx, s.db, m.ID, token, StatusSent, "")
+		b.record(m.ID, StatusSent, "")
+		return true, nil
 	}
 	var se *SendError
 	if !errors.As(sendErr, &se) {
@@ -315,19 +339,20 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 	}
 	switch {
 	case se.Uncertain():
-		return true, s.outbox.Finish(rctx, s.db, m.ID, token, StatusUncertain, "the SMTP server did not confirm the message: "+se.Error())
+		b.record(m.ID, StatusUncertain, "the SMTP server did not confirm the message: "+se.Error())
 	case IsHardBounce(se):
 		if _, err := s.db.ExecContext(rctx, `
 			INSERT INTO suppression (email, reason, at) VALUES (lower($1), $2, $3) ON CONFLICT (email) DO NOTHING`,
 			to, "hard bounce: "+se.Error(), s.clock.Now()); err != nil {
 			return true, fmt.Errorf("delivery: suppress: %w", err)
 		}
-		return true, s.outbox.Finish(rctx, s.db, m.ID, token, StatusFailed, "hard bounce: "+se.Error())
+		b.record(m.ID, StatusFailed, "hard bounce: "+se.Error())
 	case se.Temporary && m.Attempts+1 < s.opts.MaxAttempts:
 		return true, s.outbox.Retry(rctx, m.ID, token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error())
 	default:
-		return true, s.outbox.Finish(rctx, s.db, m.ID, token, StatusFailed, se.Error())
+		b.record(m.ID, StatusFailed, se.Error())
 	}
+	return true, nil
 }
 
 func deref(s *string) string {

@@ -1,0 +1,138 @@
+package app_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tendhq/tend/internal/app"
+	"github.com/tendhq/tend/internal/campaign"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/config"
+	"github.com/tendhq/tend/internal/segment"
+	"github.com/tendhq/tend/internal/smtptest"
+	"github.com/tendhq/tend/internal/testsvc"
+)
+
+// benchTemplate is a personalised CSM email of about 4 KB with tracked links.
+var benchTemplate = `{{define "subject"}}{{.Account.Name}}: your quarterly check-in, {{.Contact.FirstName}}{{end}}
+{{define "body"}}<p>Hi {{.Contact.FirstName}},</p>` + strings.Repeat(`
+<p>Over the last month your team at {{.Account.Name}} logged in {{.Profile.Logins30d}} times and {{.Profile.ActiveUsers}} of
+{{.Account.Seats}} seats were active. Teams that use <a href="https://docs.example.com/reports">scheduled reports</a> and
+<a href="https://docs.example.com/alerts">alerts</a> save hours every week; here is
+<a href="https://docs.example.com/guide">a short guide</a> if you would like to try them.</p>`, 9) + `
+<p>If you would rather talk it through, <a href="https://cal.example.com/dana">pick a time on my calendar</a>.</p>{{end}}`
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkSendPipeline sends TEND_BENCH_EMAILS (default 20,000) CSM-signed,
+// personalised emails through the whole pipeline (outbox rows → sweep →
+// asynq send tasks → claim → render → go-mail over reused connections) into
+// a counting SMTP sink on loopback, and reports msgs/s from the first
+// enqueue to the last message accepted.
+func BenchmarkSendPipeline(b *testing.B) {
+	n := envInt("TEND_BENCH_EMAILS", 20000)
+	perAccount := 10
+	db := testsvc.NewDB(b)
+	rd := testsvc.NewRedis(b)
+	sink := smtptest.Start(b, smtptest.Discard())
+	cfg, err := config.Load(map[string]string{
+		"TEND_DATABASE_URL": db.URL, "TEND_REDIS_URL": rd.URL, "TEND_SMTP_URL": sink.URL(),
+		"TEND_HTTP_ADDR": "127.0.0.1:0", "TEND_SWEEP_INTERVAL": "100ms",
+		"TEND_SMTP_CONNECTIONS":   strconv.Itoa(envInt("TEND_BENCH_CONNECTIONS", 8)),
+		"TEND_WORKER_CONCURRENCY": strconv.Itoa(envInt("TEND_BENCH_CONCURRENCY", 8)),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	clk := clock.NewManual(t0)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, err := app.New(context.Background(), cfg, log, app.WithClock(clk))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	ctx := context.Background()
+
+	// Accounts, contacts and a CSM, set-based.
+	accounts := n / perAccount
+	seed(b, db, `
+		INSERT INTO csm (email, name, title, signature_html, created_at, updated_at)
+		VALUES ('dana@acme.example', 'Dana Reyes', 'Customer Success Manager', '<p>Dana Reyes<br>Customer Success Manager</p>', now(), now())`)
+	seed(b, db, `
+		INSERT INTO account (external_id, name, plan, seats, signup_at, csm_id, timezone, created_at, updated_at)
+		SELECT 'acc-' || i, 'Account ' || i, 'pro', 25, now() - interval '90 days', (SELECT id FROM csm), 'Europe/Paris', now(), now()
+		FROM generate_series(1, $1) i`, accounts)
+	seed(b, db, `
+		INSERT INTO contact (external_id, account_id, email, name, role, created_at, updated_at)
+		SELECT 'c-' || a.id || '-' || j, a.id, 'c' || a.id || '.' || j || '@example.com', 'Person ' || j || ' Last', 'admin', now(), now()
+		FROM account a, generate_series(1, $1) j`, perAccount)
+	if _, err := a.Segments.Create(ctx, segment.Input{Name: "everyone", Predicate: `seats > 0`}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := a.Campaigns.Apply(ctx, campaign.Bundle{
+		Campaigns: []campaign.Definition{{Name: "checkin", Kind: "drip", Segment: "everyone",
+			Steps: []campaign.Step{{ID: "checkin", Wait: "0h", Channel: "email", Template: "bench/checkin"}}}},
+		Templates: []campaign.TemplateInput{{Name: "bench/checkin", Kind: "email", Source: benchTemplate}},
+	}, false); err != nil {
+		b.Fatal(err)
+	}
+	// One enrollment per account and one due outbox row per contact, as
+	// enrollment would write them.
+	seed(b, db, `
+		INSERT INTO enrollment (campaign_id, version, account_id, entry_number, contacts, status, step, anchor_at, entered_at)
+		SELECT (SELECT id FROM campaign), 1, a.id, 1, ARRAY(SELECT id FROM contact WHERE account_id = a.id), 'active', 0, $1, $1
+		FROM account a`, clk.Now())
+	seed(b, db, `
+		INSERT INTO message (enrollment_id, campaign_id, version, step_id, contact_id, channel, status, due_at, created_at, updated_at)
+		SELECT en.id, en.campaign_id, 1, 'checkin', c, 'email', 'scheduled', $1, $1, $1
+		FROM enrollment en, unnest(en.contacts) c`, clk.Now())
+	var rows int
+	db.Get(&rows, `SELECT count(*) FROM message`)
+	if rows != n {
+		b.Fatalf("seeded %d messages, want %d", rows, n)
+	}
+	a.Enroller.ProcessSegmentEvents(ctx, 1) // nothing pending; warms the pool
+
+	b.ResetTimer()
+	start := time.Now()
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx, app.ModeWorker) }()
+	if !sink.WaitFor(n, 10*time.Minute) {
+		cancel()
+		b.Fatalf("only %d of %d accepted", sink.Count(), n)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	cancel()
+	<-done
+	var sent int
+	db.Get(&sent, `SELECT count(*) FROM message WHERE status = 'sent'`)
+	if sent != n || sink.Count() != n {
+		b.Fatalf("%d sent, %d accepted, want %d each", sent, sink.Count(), n)
+	}
+	rate := float64(n) / elapsed.Seconds()
+	b.ReportMetric(rate, "msgs/s")
+	b.ReportMetric(elapsed.Seconds(), "s")
+	b.Logf("%d emails in %s: %.0f msgs/s (%d connections, concurrency %s, DKIM off)", n, elapsed.Round(time.Millisecond), rate,
+		cfg.SMTPConnections, fmt.Sprint(cfg.WorkerConcurrency))
+}
+
+func seed(b *testing.B, db *testsvc.DB, query string, args ...any) {
+	b.Helper()
+	if _, err := db.Exec(query, args...); err != nil {
+		b.Fatal(err)
+	}
+}
