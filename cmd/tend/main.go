@@ -260,6 +260,9 @@ func campaignsCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args
 			if _, err := a.Campaigns.SetStatus(ctx, d.Name, "activate"); err != nil {
 				return describe(err)
 			}
+			if _, err := a.Enroller.EnrollExisting(ctx, d.Name); err != nil {
+				return err
+			}
 			fmt.Fprintf(stdout, "activated %s\n", d.Name)
 		}
 	}

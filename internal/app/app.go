@@ -173,7 +173,7 @@ func (a *App) API() *httpapi.Server {
 	return httpapi.New(httpapi.Deps{
 		Accounts: a.Accounts, Keys: a.Keys, Audit: a.Audit, Clock: a.Clock, Log: a.Log,
 		Segments: a.Segments, Engine: a.Engine, Signals: a.Jobs,
-		Campaigns: a.Campaigns, Outbox: a.Outbox, Sender: a.Sender, Unsubscribes: a.Unsubscribes,
+		Campaigns: a.Campaigns, Enroller: a.Enroller, Outbox: a.Outbox, Sender: a.Sender, Unsubscribes: a.Unsubscribes,
 		Ready: a.Ready, Registry: a.Registry,
 	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst})
 }

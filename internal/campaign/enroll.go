@@ -168,7 +168,7 @@ func (e *Enroller) enter(ctx context.Context, tx *sqlx.Tx, d *runningDrip, ev se
 	err = tx.GetContext(ctx, &id, `
 		INSERT INTO enrollment (campaign_id, version, account_id, entry_number, segment_event_id, contacts,
 			status, step, anchor_at, entered_at)
-		VALUES ($1, $2, $3, $4, $5, $6, 'active', 0, $7, $7)
+		VALUES ($1, $2, $3, $4, nullif($5, 0), $6, 'active', 0, $7, $7)
 		ON CONFLICT DO NOTHING
 		RETURNING id`, d.ID, d.Version, ev.AccountID, last.Entry+1, ev.ID, pq.Array(contacts), ev.At)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -420,4 +420,50 @@ func (e *Enroller) PendingSegmentEvents(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("campaign: pending events: %w", err)
 	}
 	return b, nil
+}
+
+// EnrollExisting enrolls the current members of an active drip's segment
+// when the drip says enroll_existing (a no-op otherwise). It runs after each
+// activation; re-entry rules keep it from enrolling anyone twice. It returns
+// how many enrollments it made.
+func (e *Enroller) EnrollExisting(ctx context.Context, campaignName string) (int, error) {
+	made := 0
+	err := postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) error {
+		var d runningDrip
+		err := tx.GetContext(ctx, &d, `
+			SELECT c.id, c.current_version, c.activated_at, s.id AS segment_id, v.definition
+			FROM campaign c
+			JOIN campaign_version v ON v.campaign_id = c.id AND v.version = c.current_version
+			JOIN segment s ON s.name = v.definition->>'segment' AND s.deleted_at IS NULL
+			WHERE c.name = $1 AND c.status = 'active' AND c.kind = 'drip'
+			FOR UPDATE OF c`, campaignName)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("campaign: enroll existing: %w", err)
+		}
+		if err := json.Unmarshal(d.Raw, &d.Def); err != nil || !d.Def.EnrollExisting {
+			return err
+		}
+		var members []int64
+		if err := tx.SelectContext(ctx, &members, `
+			SELECT account_id FROM segment_membership WHERE segment_id = $1 AND exited_at IS NULL ORDER BY account_id`,
+			d.SegmentID); err != nil {
+			return fmt.Errorf("campaign: enroll existing: %w", err)
+		}
+		now := e.clock.Now()
+		for _, acc := range members {
+			var before int
+			tx.GetContext(ctx, &before, `SELECT count(*) FROM enrollment WHERE campaign_id = $1 AND account_id = $2`, d.ID, acc)
+			if err := e.enter(ctx, tx, &d, segEvent{SegmentID: d.SegmentID, AccountID: acc, Kind: "enter", Reason: "initial", At: now}); err != nil {
+				return err
+			}
+			var after int
+			tx.GetContext(ctx, &after, `SELECT count(*) FROM enrollment WHERE campaign_id = $1 AND account_id = $2`, d.ID, acc)
+			made += after - before
+		}
+		return nil
+	})
+	return made, err
 }

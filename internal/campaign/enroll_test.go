@@ -274,3 +274,49 @@ func TestStepsAdvanceOnTheLastSendInTheContactsZone(t *testing.T) {
 		t.Fatalf("enrollments = %v", e)
 	}
 }
+
+func TestActivationEnrollsExistingMembersOnlyWhenAsked(t *testing.T) {
+	for _, existing := range []bool{false, true} {
+		t.Run(map[bool]string{false: "without", true: "with"}[existing], func(t *testing.T) {
+			l := newLoop(t)
+			l.riskySegment()
+			l.account("acme", "UTC", account.ContactInput{ID: "ann", Email: ptr("ann@acme.example")})
+			l.risk("acme", "high") // a member before the drip exists
+			d := riskDrip()
+			d.Audience, d.EnrollExisting = "", existing
+			l.applyDrip(d) // activates
+			n, err := l.enroller.EnrollExisting(context.Background(), "risk")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(l.enrollments()); got != map[bool]int{false: 0, true: 1}[existing] || n != got {
+				t.Fatalf("enroll_existing=%v: %d enrollments (reported %d)", existing, got, n)
+			}
+			// Activating again enrolls nobody twice.
+			if n, _ := l.enroller.EnrollExisting(context.Background(), "risk"); n != 0 {
+				t.Fatalf("a second activation enrolled %d", n)
+			}
+		})
+	}
+}
+
+func TestArchiveEndsRunningEnrollments(t *testing.T) {
+	l := newLoop(t)
+	l.riskySegment()
+	d := riskDrip()
+	d.Audience = ""
+	l.applyDrip(d)
+	l.account("acme", "UTC", account.ContactInput{ID: "ann", Email: ptr("ann@acme.example")})
+	l.risk("acme", "high")
+	if _, err := l.store.SetStatus(context.Background(), "risk", "archive"); err != nil {
+		t.Fatal(err)
+	}
+	if e := l.enrollments(); len(e) != 1 || e[0] != "exited:1" {
+		t.Fatalf("enrollments = %v", e)
+	}
+	for _, m := range l.messages() {
+		if m.Status != "skipped" || m.Reason != "exited: the campaign was archived" {
+			t.Fatalf("message = %+v", m)
+		}
+	}
+}

@@ -449,6 +449,18 @@ func (s *Store) SetStatus(ctx context.Context, name, action string) (Campaign, e
 	if n, _ := res.RowsAffected(); n == 0 {
 		return Campaign{}, errs.E(errs.Conflict, "concurrent_change", "campaign %q changed meanwhile; try again", name)
 	}
+	if t.to == StatusArchived && c.Status != StatusArchived {
+		// Archiving ends running enrollments; their scheduled sends are skipped.
+		var ended []int64
+		if err := s.db.SelectContext(ctx, &ended, `
+			UPDATE enrollment SET status = 'exited', finished_at = $2, finish_reason = 'campaign archived'
+			WHERE campaign_id = $1 AND status = 'active' RETURNING id`, c.ID, s.clock.Now()); err != nil {
+			return Campaign{}, fmt.Errorf("campaign: archive: %w", err)
+		}
+		if err := skipScheduled(ctx, s.db, ended, "exited: the campaign was archived", s.clock.Now()); err != nil {
+			return Campaign{}, err
+		}
+	}
 	return s.Get(ctx, name)
 }
 

@@ -69,10 +69,11 @@ func (o *Outbox) TakeDue(ctx context.Context, limit int, requeueAfter time.Durat
 	err := o.db.SelectContext(ctx, &ids, `
 		UPDATE message SET enqueued_at = $2
 		WHERE id IN (
-			SELECT id FROM message
-			WHERE status = 'scheduled' AND due_at <= $1 AND (enqueued_at IS NULL OR enqueued_at < $3)
-			ORDER BY due_at, id LIMIT $4
-			FOR UPDATE SKIP LOCKED)
+			SELECT m.id FROM message m JOIN campaign c ON c.id = m.campaign_id
+			WHERE m.status = 'scheduled' AND m.due_at <= $1 AND (m.enqueued_at IS NULL OR m.enqueued_at < $3)
+			  AND (m.test OR c.status = 'active') -- a paused campaign's messages wait
+			ORDER BY m.due_at, m.id LIMIT $4
+			FOR UPDATE OF m SKIP LOCKED)
 		RETURNING id`, o.clock.Now(), wall, wall.Add(-requeueAfter), limit)
 	if err != nil {
 		return nil, fmt.Errorf("delivery: take due: %w", err)
@@ -298,6 +299,7 @@ type StepStats struct {
 	Failed    int    `db:"failed" json:"failed"`
 	Skipped   int    `db:"skipped" json:"skipped"`
 	Uncertain int    `db:"uncertain" json:"uncertain"`
+	Converted int    `db:"converted" json:"converted"`
 	Opened    int    `db:"opened" json:"opened"`
 	Clicked   int    `db:"clicked" json:"clicked"`
 }
@@ -313,6 +315,7 @@ func (o *Outbox) Stats(ctx context.Context, campaignID int64) ([]StepStats, map[
 			count(*) FILTER (WHERE m.status = 'failed') AS failed,
 			count(*) FILTER (WHERE m.status = 'skipped') AS skipped,
 			count(*) FILTER (WHERE m.status = 'uncertain') AS uncertain,
+			count(*) FILTER (WHERE m.status = 'skipped' AND m.reason LIKE 'converted%') AS converted,
 			count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id AND e.kind = 'open' AND e.human)) AS opened,
 			count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id AND e.kind = 'click' AND e.human)) AS clicked
 		FROM message m WHERE m.campaign_id = $1 AND NOT m.test

@@ -83,6 +83,11 @@ func (s *Server) campaignAction(action string) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
+		if action == "activate" {
+			if _, err := s.deps.Enroller.EnrollExisting(ctx, got.Name); err != nil {
+				return err
+			}
+		}
 		auditTarget(c, "campaign %s", got.Name)
 		return c.JSON(http.StatusOK, got)
 	}

@@ -66,7 +66,7 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 	api := httpapi.New(httpapi.Deps{
 		Accounts: h.accounts, Keys: h.keys, Audit: audit.NewLog(db.DB), Clock: clk,
 		Segments: segment.NewStore(db.DB, clk), Engine: segment.NewEngine(db.DB, clk, log),
-		Campaigns: h.campaigns, Outbox: outbox, Unsubscribes: delivery.NewUnsubscribes(db.DB, clk, signer),
+		Campaigns: h.campaigns, Enroller: enroller, Outbox: outbox, Unsubscribes: delivery.NewUnsubscribes(db.DB, clk, signer),
 		Sender: delivery.NewSender(db.DB, clk, log, outbox, enroller, renderer, mailer, delivery.SenderOptions{
 			TeamSender: "Success <success@tend.test>", MessageIDDomain: "tend.test"}),
 		Log:   log,

@@ -52,6 +52,7 @@ type Deps struct {
 	Engine   *segment.Engine
 	// Campaigns, Outbox, Sender and Unsubscribes serve campaigns and mail.
 	Campaigns    *campaign.Store
+	Enroller     *campaign.Enroller
 	Outbox       *delivery.Outbox
 	Sender       *delivery.Sender
 	Unsubscribes *delivery.Unsubscribes
