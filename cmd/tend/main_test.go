@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -86,5 +88,64 @@ func TestBadConfigSaysWhatToFix(t *testing.T) {
 	_, err := tend(t, "migrate")
 	if err == nil || !strings.Contains(err.Error(), "TEND_REDIS_URL") {
 		t.Fatalf("want an error naming TEND_REDIS_URL, got %v", err)
+	}
+}
+
+func TestCampaignsApplyAndDiff(t *testing.T) {
+	db := testsvc.NewDB(t)
+	t.Setenv("TEND_DATABASE_URL", db.URL)
+	t.Setenv("TEND_LOG_LEVEL", "error")
+	if _, err := db.Exec(`INSERT INTO segment (name, predicate, created_at, updated_at) VALUES ('at-risk', 'health_score < 40', now(), now())`); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	write := func(path, body string) {
+		t.Helper()
+		full := filepath.Join(root, path)
+		os.MkdirAll(filepath.Dir(full), 0o755)
+		if err := os.WriteFile(full, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("campaigns/at-risk.yaml", `
+name: at-risk-checkin
+kind: drip
+segment: at-risk
+steps:
+  - {id: checkin, wait: 0h, channel: email, template: at-risk/checkin}
+`)
+	write("templates/at-risk/checkin.html", `{{define "subject"}}Checking in, {{.Contact.FirstName}}{{end}}{{define "body"}}<p>Hi</p>{{end}}`)
+	dir := filepath.Join(root, "campaigns")
+
+	out, err := tend(t, "campaigns", "diff", dir)
+	if err != nil || !strings.Contains(out, "at-risk-checkin") || !strings.Contains(out, "create") {
+		t.Fatalf("diff = %q, %v", out, err)
+	}
+	var n int
+	db.Get(&n, `SELECT count(*) FROM campaign`)
+	if n != 0 {
+		t.Fatal("diff changed something")
+	}
+	if out, err = tend(t, "campaigns", "apply", dir, "--activate"); err != nil || !strings.Contains(out, "activated at-risk-checkin") {
+		t.Fatalf("apply = %q, %v", out, err)
+	}
+	var status string
+	db.Get(&status, `SELECT status FROM campaign WHERE name = 'at-risk-checkin'`)
+	if status != "active" {
+		t.Fatalf("status = %s", status)
+	}
+	if out, _ = tend(t, "campaigns", "diff", dir); strings.Contains(out, "create") || !strings.Contains(out, "unchanged") {
+		t.Fatalf("diff after apply = %q", out)
+	}
+	// A broken template is refused by name, and nothing changes.
+	write("templates/at-risk/checkin.html", `{{define "subject"}}Hi {{.Contact.Nmae}}{{end}}{{define "body"}}x{{end}}`)
+	_, err = tend(t, "campaigns", "apply", dir)
+	if err == nil || !strings.Contains(err.Error(), "at-risk/checkin") {
+		t.Fatalf("want a refusal naming the template, got %v", err)
+	}
+	var versions int
+	db.Get(&versions, `SELECT count(*) FROM campaign_version`)
+	if versions != 1 {
+		t.Fatalf("%d versions after a refused apply", versions)
 	}
 }
