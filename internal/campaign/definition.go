@@ -485,3 +485,53 @@ func (f stepRefs) Visit(node *ast.Node) {
 func canonical(d Definition) ([]byte, error) {
 	return json.Marshal(d)
 }
+
+// weekdayNames maps window day names to time.Weekday.
+var weekdayNames = map[string]time.Weekday{"sun": time.Sunday, "mon": time.Monday, "tue": time.Tuesday,
+	"wed": time.Wednesday, "thu": time.Thursday, "fri": time.Friday, "sat": time.Saturday}
+
+// Next returns the first moment at or after t that falls inside the window,
+// in loc: t itself when it is inside, else the start of the next allowed
+// day's window. Days are calendar days in loc, so DST changes keep the
+// local time of day. A nil window allows any time.
+func (w *Window) Next(t time.Time, loc *time.Location) time.Time {
+	if w == nil {
+		return t
+	}
+	days := map[time.Weekday]bool{}
+	for _, d := range w.Days {
+		days[weekdayNames[d]] = true
+	}
+	if len(days) == 0 {
+		for d := time.Sunday; d <= time.Saturday; d++ {
+			days[d] = true
+		}
+	}
+	fh, fm := clockOf(w.From, 0)
+	th, tm := clockOf(w.To, 24)
+	lt := t.In(loc)
+	for i := 0; i < 8; i++ {
+		y, mo, d := lt.Date()
+		day := time.Date(y, mo, d+i, 0, 0, 0, 0, loc)
+		if !days[day.Weekday()] {
+			continue
+		}
+		from := time.Date(day.Year(), day.Month(), day.Day(), fh, fm, 0, 0, loc)
+		to := time.Date(day.Year(), day.Month(), day.Day(), th, tm, 0, 0, loc)
+		switch {
+		case i == 0 && !lt.Before(from) && lt.Before(to):
+			return t
+		case i == 0 && lt.Before(from), i > 0:
+			return from.UTC()
+		}
+	}
+	return t // unreachable with at least one allowed day
+}
+
+func clockOf(hhmm string, defHour int) (int, int) {
+	var h, m int
+	if _, err := fmt.Sscanf(hhmm, "%d:%d", &h, &m); err != nil {
+		return defHour, 0
+	}
+	return h, m
+}

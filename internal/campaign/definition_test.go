@@ -175,3 +175,35 @@ func TestUnlessReadsTheStepState(t *testing.T) {
 		t.Fatal("clicked && plan")
 	}
 }
+
+func TestWindowsInTheContactsZone(t *testing.T) {
+	paris, _ := time.LoadLocation("Europe/Paris")
+	ny, _ := time.LoadLocation("America/New_York")
+	w := &Window{Days: []string{"mon", "tue", "wed", "thu", "fri"}, From: "09:00", To: "17:00"}
+	cases := []struct {
+		name string
+		at   time.Time
+		loc  *time.Location
+		want time.Time
+	}{
+		{"inside", time.Date(2026, 6, 17, 10, 30, 0, 0, paris), paris, time.Date(2026, 6, 17, 10, 30, 0, 0, paris)},
+		{"before opening", time.Date(2026, 6, 17, 7, 0, 0, 0, paris), paris, time.Date(2026, 6, 17, 9, 0, 0, 0, paris)},
+		{"after closing", time.Date(2026, 6, 17, 18, 0, 0, 0, paris), paris, time.Date(2026, 6, 18, 9, 0, 0, 0, paris)},
+		{"closing time is outside", time.Date(2026, 6, 17, 17, 0, 0, 0, paris), paris, time.Date(2026, 6, 18, 9, 0, 0, 0, paris)},
+		{"friday evening to monday", time.Date(2026, 6, 19, 20, 0, 0, 0, paris), paris, time.Date(2026, 6, 22, 9, 0, 0, 0, paris)},
+		{"weekend", time.Date(2026, 6, 20, 12, 0, 0, 0, paris), paris, time.Date(2026, 6, 22, 9, 0, 0, 0, paris)},
+		// The same instant is Friday 23:00 in Paris but 17:00 in New York.
+		{"other zone", time.Date(2026, 6, 19, 21, 0, 0, 0, time.UTC), ny, time.Date(2026, 6, 22, 9, 0, 0, 0, ny)},
+		// Across the spring DST change (Sunday 2026-03-29 in Paris): Monday 09:00 local, UTC+2.
+		{"across DST", time.Date(2026, 3, 27, 18, 0, 0, 0, paris), paris, time.Date(2026, 3, 30, 9, 0, 0, 0, paris)},
+	}
+	for _, c := range cases {
+		got := w.Next(c.at, c.loc)
+		if !got.Equal(c.want) {
+			t.Errorf("%s: Next(%s) = %s, want %s", c.name, c.at.In(c.loc), got.In(c.loc), c.want)
+		}
+	}
+	if at := time.Date(2026, 6, 20, 3, 0, 0, 0, paris); !(*Window)(nil).Next(at, paris).Equal(at) {
+		t.Error("no window: any time goes")
+	}
+}

@@ -244,8 +244,8 @@ func (e *Enroller) compiled(src string, compile func(string, clock.Clock) (*vm.P
 
 // scheduleStep writes the outbox rows of one step: one per audience contact,
 // due at anchor plus the step's wait in the contact's time zone (else the
-// account's, else the default). An enrollment with nobody to write to
-// completes at once.
+// account's, else the default), moved into the campaign's send window in
+// that zone. An enrollment with nobody to write to completes at once.
 func (e *Enroller) scheduleStep(ctx context.Context, tx *sqlx.Tx, enrollmentID, campaignID int64, version int, def Definition,
 	accountID int64, contacts []int64, step int, anchor time.Time) error {
 	if len(contacts) == 0 {
@@ -274,7 +274,8 @@ func (e *Enroller) scheduleStep(ctx context.Context, tx *sqlx.Tx, enrollmentID, 
 	due := make([]time.Time, len(zones))
 	for i, z := range zones {
 		ids[i] = z.ID
-		due[i] = wait.After(anchor, e.location(z.Contact, z.Account))
+		loc := e.location(z.Contact, z.Account)
+		due[i] = def.Window.Next(wait.After(anchor, loc), loc)
 	}
 	now := e.clock.Now()
 	if _, err := tx.ExecContext(ctx, `
