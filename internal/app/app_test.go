@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -36,7 +37,8 @@ type tend struct {
 
 var t0 = time.Date(2026, 6, 15, 9, 0, 0, 0, time.UTC)
 
-func start(t *testing.T) *tend {
+// start starts a Tend; env adds to (or overrides) its configuration.
+func start(t *testing.T, env ...map[string]string) *tend {
 	t.Helper()
 	t.Parallel()
 	db := testsvc.NewDB(t)
@@ -48,7 +50,7 @@ func start(t *testing.T) *tend {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	cfg, err := config.Load(map[string]string{
+	environ := map[string]string{
 		"TEND_DATABASE_URL":     db.URL,
 		"TEND_REDIS_URL":        rd.URL,
 		"TEND_SMTP_URL":         sink.URL(),
@@ -58,7 +60,11 @@ func start(t *testing.T) *tend {
 		"TEND_POSTAL_ADDRESS":   "Acme Analytics, 10 Market St, Springfield",
 		"TEND_TEAM_SENDER":      "Acme Success <success@acme-analytics.example>",
 		"TEND_SMTP_CONNECTIONS": "2",
-	})
+	}
+	for _, e := range env {
+		maps.Copy(environ, e)
+	}
+	cfg, err := config.Load(environ)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,4 +448,46 @@ func TestSMTPFaults(t *testing.T) {
 	if st := tn.status("dropafter", "checkin"); st != "failed" {
 		t.Fatalf("dropped uncertain message is %s", st)
 	}
+}
+
+// TestHoldsAndTheSendSwitch: a CSM's hold stops automated mail to an
+// account until released; the global switch pauses everything; neither
+// loses a message.
+func TestHoldsAndTheSendSwitch(t *testing.T) {
+	tn := start(t)
+	tn.setup()
+	out := tn.call(201, "POST", "/v1/accounts/globex/hold", map[string]any{"reason": "renewal call on Friday, handling by hand"})
+	if out["reason"] == nil {
+		t.Fatalf("hold = %v", out)
+	}
+	tn.call(422, "POST", "/v1/accounts/globex/hold", map[string]any{"reason": ""})
+	tn.call(422, "POST", "/v1/accounts/globex/hold", map[string]any{"reason": "x", "until": tn.clock.Now().Add(-time.Hour)})
+	tn.call(404, "POST", "/v1/accounts/nobody/hold", map[string]any{"reason": "x"})
+	if acc := tn.call(200, "GET", "/v1/accounts/globex", nil); acc["hold"] == nil {
+		t.Fatalf("the account shows its hold: %v", acc)
+	}
+	tn.risk("high")
+	tn.eventually("step one scheduled and held", 10*time.Second, func() bool {
+		return tn.status("hank", "checkin") == "scheduled" && tn.reason("hank", "checkin") == "waiting: the account is on hold"
+	})
+	time.Sleep(600 * time.Millisecond) // three sweeps
+	if tn.smtp.Count() != 0 {
+		t.Fatal("a held account was mailed")
+	}
+	// The global switch, then the release: still nothing until sending resumes.
+	tn.call(200, "PUT", "/v1/sending", map[string]any{"paused": true, "reason": "incident"})
+	tn.call(400, "PUT", "/v1/sending", map[string]any{})
+	if r := tn.call(200, "DELETE", "/v1/accounts/globex/hold", nil); r["released"] != 1.0 {
+		t.Fatalf("release = %v", r)
+	}
+	tn.eventually("waiting on the switch", 5*time.Second, func() bool { return tn.reason("hank", "checkin") == "waiting: sending is paused" })
+	time.Sleep(600 * time.Millisecond)
+	if tn.smtp.Count() != 0 {
+		t.Fatal("mail went out while sending was paused")
+	}
+	tn.call(200, "PUT", "/v1/sending", map[string]any{"paused": false})
+	if !tn.smtp.WaitFor(1, 10*time.Second) {
+		t.Fatal("nothing was lost: the message goes out once sending resumes")
+	}
+	tn.eventually("recorded sent", 5*time.Second, func() bool { return tn.status("hank", "checkin") == "sent" })
 }

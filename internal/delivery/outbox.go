@@ -72,6 +72,7 @@ func (o *Outbox) TakeDue(ctx context.Context, limit int, requeueAfter time.Durat
 			SELECT m.id FROM message m JOIN campaign c ON c.id = m.campaign_id
 			WHERE m.status = 'scheduled' AND m.due_at <= $1 AND (m.enqueued_at IS NULL OR m.enqueued_at < $3)
 			  AND (m.test OR c.status = 'active') -- a paused campaign's messages wait
+			  AND NOT `+heldOrPaused+`
 			ORDER BY m.due_at, m.id LIMIT $4
 			FOR UPDATE OF m SKIP LOCKED)
 		RETURNING id`, o.clock.Now(), wall, wall.Add(-requeueAfter), limit)
@@ -87,9 +88,10 @@ func (o *Outbox) TakeDue(ctx context.Context, limit int, requeueAfter time.Durat
 func (o *Outbox) Claim(ctx context.Context, ids []int64, token string) ([]int64, error) {
 	var got []int64
 	err := o.db.SelectContext(ctx, &got, `
-		UPDATE message SET status = 'claimed', claim_token = $2, claimed_at = $3, updated_at = $4
-		WHERE id = ANY($1) AND status = 'scheduled' AND due_at <= $4
-		RETURNING id`, pq.Array(ids), token, o.wall(), o.clock.Now())
+		UPDATE message m SET status = 'claimed', claim_token = $2, claimed_at = $3, updated_at = $1
+		WHERE id = ANY($4) AND status = 'scheduled' AND due_at <= $1
+		  AND NOT `+heldOrPaused+` -- a hold placed since the task was queued still holds
+		RETURNING id`, o.clock.Now(), token, o.wall(), pq.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("delivery: claim: %w", err)
 	}
@@ -229,9 +231,20 @@ type MessageView struct {
 	Test      bool       `db:"test" json:"test,omitempty"`
 }
 
+// viewColumns selects a message for people; $1 must be the clock's now. A
+// scheduled message says why it is waiting.
 const viewColumns = `m.id, c.name AS campaign, m.version, m.step_id, ct.external_id AS contact,
-	coalesce(nullif(m.to_address, ''), ct.email, '') AS email, m.channel, m.status, m.reason, m.due_at, m.sent_at,
-	m.attempts, m.last_error, m.test`
+	coalesce(nullif(m.to_address, ''), ct.email, '') AS email, m.channel, m.status,
+	CASE WHEN m.status = 'scheduled' AND m.reason = '' THEN
+		CASE
+		WHEN coalesce((SELECT paused FROM send_switch WHERE id = 1), false) THEN 'waiting: sending is paused'
+		WHEN EXISTS (SELECT 1 FROM account_hold h WHERE h.account_id = ct.account_id AND h.released_at IS NULL
+		             AND (h.until IS NULL OR h.until > $1)) THEN 'waiting: the account is on hold'
+		WHEN c.status <> 'active' AND NOT m.test THEN 'waiting: the campaign is ' || c.status
+		WHEN m.due_at > $1 THEN 'waiting: due at ' || to_char(m.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC (the step''s wait and send window)'
+		ELSE 'due: being sent' END
+	ELSE m.reason END AS reason,
+	m.due_at, m.sent_at, m.attempts, m.last_error, m.test`
 
 // ByStatus lists messages in a status, oldest first, after the given id.
 func (o *Outbox) ByStatus(ctx context.Context, status string, after int64, limit int) ([]MessageView, error) {
@@ -239,7 +252,7 @@ func (o *Outbox) ByStatus(ctx context.Context, status string, after int64, limit
 	err := o.db.SelectContext(ctx, &out, `
 		SELECT `+viewColumns+`
 		FROM message m JOIN campaign c ON c.id = m.campaign_id LEFT JOIN contact ct ON ct.id = m.contact_id
-		WHERE m.status = $1 AND m.id > $2 ORDER BY m.id LIMIT $3`, status, after, limit)
+		WHERE m.status = $2 AND m.id > $3 ORDER BY m.id LIMIT $4`, o.clock.Now(), status, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("delivery: by status: %w", err)
 	}
@@ -253,7 +266,7 @@ func (o *Outbox) OfContact(ctx context.Context, contactExternalID string, limit 
 	err := o.db.SelectContext(ctx, &out, `
 		SELECT `+viewColumns+`
 		FROM message m JOIN campaign c ON c.id = m.campaign_id JOIN contact ct ON ct.id = m.contact_id
-		WHERE ct.external_id = $1 ORDER BY m.id DESC LIMIT $2`, contactExternalID, limit)
+		WHERE ct.external_id = $2 ORDER BY m.id DESC LIMIT $3`, o.clock.Now(), contactExternalID, limit)
 	if err != nil {
 		return nil, fmt.Errorf("delivery: messages of contact: %w", err)
 	}
@@ -284,7 +297,7 @@ func (o *Outbox) Resolve(ctx context.Context, id int64, action string) (MessageV
 	err := o.db.GetContext(ctx, &v, `
 		SELECT `+viewColumns+`
 		FROM message m JOIN campaign c ON c.id = m.campaign_id LEFT JOIN contact ct ON ct.id = m.contact_id
-		WHERE m.id = $1`, id)
+		WHERE m.id = $2`, o.clock.Now(), id)
 	if err != nil {
 		return MessageView{}, fmt.Errorf("delivery: resolve: %w", err)
 	}

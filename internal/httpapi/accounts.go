@@ -31,6 +31,7 @@ type accountView struct {
 	Profile  *account.Profile `json:"profile"`
 	Contacts int              `json:"contacts"`
 	Segments []string         `json:"segments"`
+	Hold     any              `json:"hold"`
 }
 
 func (s *Server) getAccount(c echo.Context) error {
@@ -51,7 +52,15 @@ func (s *Server) getAccount(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, accountView{Account: a, Profile: p, Contacts: len(contacts), Segments: segs})
+	hold, err := s.deps.Outbox.ActiveHold(ctx, a.ID)
+	if err != nil {
+		return err
+	}
+	v := accountView{Account: a, Profile: p, Contacts: len(contacts), Segments: segs}
+	if hold != nil {
+		v.Hold = hold
+	}
+	return c.JSON(http.StatusOK, v)
 }
 
 func (s *Server) postContacts(c echo.Context) error {

@@ -98,6 +98,8 @@ type DeliverySweep struct {
 	// RequeueAfter is how long an enqueued message may wait for its task
 	// before it is enqueued again.
 	RequeueAfter time.Duration
+	// MaxDelay is how late a held message may get before it is skipped.
+	MaxDelay time.Duration
 }
 
 // Run does one sweep.
@@ -108,6 +110,13 @@ func (d *DeliverySweep) Run(ctx context.Context) error {
 	}
 	if released+uncertain > 0 {
 		d.Log.Warn("reclaimed messages of a stopped worker", "released", released, "uncertain", uncertain)
+	}
+	if d.MaxDelay > 0 {
+		if n, err := d.Outbox.ExpireHeld(ctx, d.MaxDelay); err != nil {
+			return err
+		} else if n > 0 {
+			d.Log.Info("skipped messages held past the maximum delay", "messages", n)
+		}
 	}
 	pending, err := d.Enroller.PendingSegmentEvents(ctx)
 	if err != nil {
