@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/net/html"
+
 	"github.com/tendhq/tend/internal/token"
 )
 
@@ -68,4 +70,28 @@ func BenchmarkRenderEmailParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkTextPart is the text part's share of a render: inbucket/html2text
+// over the parsed email of BenchmarkRenderEmail.
+func BenchmarkTextPart(b *testing.B) {
+	tmpl, err := Parse("bench", KindEmail, benchSource)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := &Renderer{Signer: token.NewSigner([]byte("bench-secret-0123456789")), PublicURL: "https://tend.example.com", PostalAddress: "Tend Inc., 1 Main Street, Springfield"}
+	e, err := r.Email(tmpl, SampleData(), 1, EmailOptions{SignAsCSM: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	doc, err := html.Parse(strings.NewReader(e.HTML))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := textPart(doc); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

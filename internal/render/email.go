@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/inbucket/html2text"
 	"golang.org/x/net/html"
 	"golang.org/x/net/html/atom"
 
@@ -38,10 +39,11 @@ type EmailOptions struct {
 type Email struct {
 	Subject string
 	HTML    string
-	// Text is the plain-text part, derived from the HTML. Its links are the
-	// original URLs, not the tracked ones: readable, and the same in a test
-	// send; clicks in text-only clients are therefore not counted. The
-	// unsubscribe URL is in it too.
+	// Text is the plain-text part, derived from the HTML by
+	// inbucket/html2text ("link text ( URL )", headings underlined, list
+	// items starred). Its links are the original URLs, not the tracked ones:
+	// readable, and the same in a test send; clicks in text-only clients
+	// are therefore not counted. The unsubscribe URL is in it too.
 	Text string
 	// UnsubscribeURL is the message's unsubscribe page, also for the
 	// List-Unsubscribe header (RFC 8058 one-click POSTs to it).
@@ -68,8 +70,9 @@ var sampleRenderer = sync.OnceValue(func() *Renderer {
 //
 // It executes the subject and body blocks, wraps the body in the layout
 // (which adds the signature, the unsubscribe link and the postal address),
-// inlines the CSS, derives the text part, rewrites every http(s) link for
-// click tracking and adds the open pixel.
+// derives the text part, rewrites every http(s) link for click tracking and
+// adds the open pixel. The CSS is already inlined in the template and layout
+// executed (see premail.go): nothing is inlined per message.
 func (r *Renderer) Email(t *Template, d Data, messageID int64, opts EmailOptions) (Email, error) {
 	return r.email(t, d, messageID, opts, false)
 }
@@ -86,7 +89,13 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 	}
 	base := strings.TrimRight(r.PublicURL, "/")
 
-	raw, err := t.execHTML("subject", d)
+	layout := r.Layout
+	if layout == nil {
+		layout = DefaultLayout()
+	}
+	in := t.inlinedFor(layout)
+
+	raw, err := t.execHTML(in.set, "subject", d)
 	if err != nil {
 		return Email{}, err
 	}
@@ -100,7 +109,7 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 	if opts.Test {
 		subject = "[TEST] " + subject
 	}
-	body, err := t.execHTML("body", d)
+	body, err := t.execHTML(in.set, "body", d)
 	if err != nil {
 		return Email{}, err
 	}
@@ -109,11 +118,7 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 	if track {
 		out.UnsubscribeURL = base + "/u/" + r.Signer.Unsubscribe(messageID)
 	}
-	layout := r.Layout
-	if layout == nil {
-		layout = DefaultLayout()
-	}
-	page, err := layout.execute(LayoutData{
+	page, err := layout.execute(in.layout, LayoutData{
 		Data: d, Subject: subject, Body: htmltemplate.HTML(body),
 		SignAsCSM: opts.SignAsCSM && d.CSM != (CSMData{}), UnsubscribeURL: out.UnsubscribeURL, PostalAddress: r.PostalAddress,
 	})
@@ -125,10 +130,11 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 	if err != nil {
 		return Email{}, invalid(t.Name, "the rendered HTML does not parse: %v", err)
 	}
-	t.styles.get(takeStyles(doc)).apply(doc)
 	// The text part is taken before the links are rewritten: it keeps the
 	// original URLs.
-	out.Text = textPart(doc)
+	if out.Text, err = textPart(doc); err != nil {
+		return Email{}, invalid(t.Name, "the text part could not be written: %v", err)
+	}
 	out.Links = rewriteLinks(doc, func(u string) (string, bool) {
 		if u == out.UnsubscribeURL || strings.HasPrefix(u, base+"/t/") || strings.HasPrefix(u, base+"/u/") {
 			return "", false // Tend's own links are not tracked twice
@@ -149,6 +155,16 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 	}
 	out.HTML = b.String()
 	return out, nil
+}
+
+// textPart returns the plain text of doc, with inbucket/html2text: what
+// is in the head (CSS, title) is left out.
+func textPart(doc *html.Node) (string, error) {
+	text, err := html2text.FromHTMLNode(doc)
+	if err != nil {
+		return "", err
+	}
+	return text + "\n", nil
 }
 
 // subjectText turns a rendered subject block (HTML text) into the plain text
@@ -224,4 +240,23 @@ func addPixel(doc *html.Node, src string) {
 		{Key: "src", Val: src}, {Key: "width", Val: "1"}, {Key: "height", Val: "1"}, {Key: "alt", Val: ""},
 		{Key: "style", Val: "display:block;border:0;width:1px;height:1px"},
 	}})
+}
+
+// attr returns n's attribute key, or "".
+func attr(n *html.Node, key string) string {
+	v, _ := attrOK(n, key)
+	return v
+}
+
+// find returns the first element of kind a in document order, or nil.
+func find(n *html.Node, a atom.Atom) *html.Node {
+	for c := n.FirstChild; c != nil; c = c.NextSibling {
+		if c.Type == html.ElementNode && c.DataAtom == a {
+			return c
+		}
+		if f := find(c, a); f != nil {
+			return f
+		}
+	}
+	return nil
 }

@@ -166,8 +166,13 @@ func TestEmailSignature(t *testing.T) {
 		sign       bool
 		want, none []string
 	}{
+		// The signature's own markup comes with the data: the stylesheet is
+		// not inlined into it (the layout's <style data-premailer="ignore">
+		// styles it where <style> is read); the div around it is styled.
 		{"signed, own signature", SampleData(), true,
-			[]string{`<p style="margin:0 0 4px">Grace Hopper<br/>Customer Success Manager</p>`, "Book a time with me"},
+			[]string{`<p>Grace Hopper<br/>Customer Success Manager</p>`, "Book a time with me",
+				`<div style="margin-top:24px;padding-top:16px;border-top:1px solid #e4e7eb;font-size:14px;line-height:1.5;color:#52606d" class="signature">`,
+				"<style data-premailer=\"ignore\">\n.signature p { margin: 0 0 4px; }\n</style>"},
 			[]string{"signature-name", "+44 20 7946 0000"}},
 		{"signed, generated", noSig, true, generated, nil},
 		{"not signed", SampleData(), false, nil, append(generated, "Grace", `class="signature"`)},
@@ -208,9 +213,10 @@ func TestEmailText(t *testing.T) {
 		t.Errorf("text part has a tag %q:\n%s", m, e.Text)
 	}
 	for _, w := range []string{
-		"Hello Ada\n\nYour usage is down.\nHere is the guide (https://example.com/guide) & more.\n\n- One\n- Two",
-		"Book a time with me (https://cal.example.com/grace)",
-		"Unsubscribe (" + e.UnsubscribeURL + ")",
+		"*********\nHello Ada\n*********\n\nYour *usage* is down.\nHere is the guide ( https://example.com/guide ) & more.\n\n* One\n* Two",
+		"Book a time with me ( https://cal.example.com/grace )",
+		"Unsubscribe ( " + e.UnsubscribeURL + " )",
+		"Acme Sender Ltd, 1 Test Road, Testville\n",
 	} {
 		if !strings.Contains(e.Text, w) {
 			t.Errorf("text part lacks %q:\n%s", w, e.Text)
@@ -230,10 +236,11 @@ func TestEmailCSSInlined(t *testing.T) {
 .note { color: #c00; font-weight: bold }
 p.note { margin: 0 }
 .note:hover { color: #f00 }
+.footer a { color: #00f }
 </style>
 <p class="note" style="font-weight: normal">Careful</p>
 <p>Plain</p>`))
-	for i := 0; i < 2; i++ { // the second time from the stylesheet cache
+	for range 2 { // the second time with the template as inlined the first
 		e, err := r.Email(tmpl, SampleData(), 1, EmailOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -245,28 +252,42 @@ p.note { margin: 0 }
 			`<p style="margin:0 0 16px">Plain</p>`,
 			// The layout's body rule.
 			`<body style="margin:0;padding:0;width:100%;background-color:#f4f5f7;-webkit-text-size-adjust:100%">`,
+			// The template's rule for the layout's links, after the layout's.
+			`style="text-decoration:underline;color:#00f">Unsubscribe</a>`,
 		} {
 			if !strings.Contains(e.HTML, w) {
 				t.Errorf("HTML lacks %q:\n%s", w, e.HTML)
 			}
 		}
-		// What cannot be inlined stays in one <style> in the head.
-		styles := regexp.MustCompile(`(?s)<style[^>]*>(.*?)</style>`).FindAllStringSubmatch(e.HTML, -1)
-		if len(styles) != 1 || !strings.Contains(e.HTML, "</style></head>") {
-			t.Fatalf("want one <style> left, in the head: %q", styles)
+		// What cannot be inlined stays in one <style> in the head, beside
+		// the layout's <style> that premailer leaves alone.
+		var left []string
+		for _, m := range regexp.MustCompile(`(?s)<style([^>]*)>(.*?)</style>`).FindAllStringSubmatchIndex(e.HTML, -1) {
+			if strings.Contains(e.HTML[m[2]:m[3]], "data-premailer") {
+				continue
+			}
+			if m[0] > strings.Index(e.HTML, "</head>") {
+				t.Errorf("a <style> outside the head: %s", e.HTML[m[0]:m[1]])
+			}
+			left = append(left, e.HTML[m[4]:m[5]])
 		}
-		left := styles[0][1]
-		for _, w := range []string{"@media only screen and (max-width: 620px)", ".content {padding:20px !important}", ".note:hover {color:#f00 !important}"} {
-			if !strings.Contains(left, w) {
-				t.Errorf("leftover CSS lacks %q:\n%s", w, left)
+		if len(left) != 1 {
+			t.Fatalf("want one <style> left: %q", left)
+		}
+		for _, w := range []string{"@media only screen and (max-width: 620px){", ".content { padding: 20px !important }", ".note:hover { color: #f00 !important }"} {
+			if !strings.Contains(left[0], w) {
+				t.Errorf("leftover CSS lacks %q:\n%s", w, left[0])
 			}
 		}
-		if strings.Contains(left, "#c00") || strings.Contains(left, "#f4f5f7") {
-			t.Errorf("inlined rules were kept too:\n%s", left)
+		if strings.Contains(left[0], "#c00") || strings.Contains(left[0], "#f4f5f7") {
+			t.Errorf("inlined rules were kept too:\n%s", left[0])
 		}
 	}
-	if n := len(tmpl.styles.m); n != 1 {
-		t.Errorf("%d stylesheets cached, want 1", n)
+	if n := len(tmpl.inlined); n != 1 {
+		t.Errorf("%d inlined copies, want 1", n)
+	}
+	if in := tmpl.inlinedFor(DefaultLayout()); in.err != nil {
+		t.Errorf("not inlined: %v", in.err)
 	}
 }
 
@@ -346,4 +367,38 @@ func TestEmailConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// The text part is inbucket/html2text's: these are the parts of its format
+// that an email's text relies on.
+func TestTextPart(t *testing.T) {
+	tests := []struct {
+		name, html, want string
+	}{
+		{"paragraphs", "<p>One\n\t\t   two</p><p>Three</p>", "One two\n\nThree"},
+		{"line breaks", `<p>a<br>b<br><br>c</p>`, "a\nb\n\nc"},
+		{"inline elements", `<p>a <b>bold</b> and <i>it</i> alic</p>`, "a *bold* and it alic"},
+		{"headings", `<h1>Title</h1><p>Text</p>`, "*****\nTitle\n*****\n\nText"},
+		{"lists", `<ul><li>a</li><li>b</li></ul><ol><li>one</li><li>two</li></ol>`, "* a\n* b\n\n* one\n* two"},
+		{"links", `<p><a href="https://x.example/a">Docs</a></p>`, "Docs ( https://x.example/a )"},
+		{"link whose text is its URL", `<p><a href="https://x.example/">https://x.example/</a></p>`, "https://x.example/"},
+		{"mailto", `<p><a href="mailto:help@x.example">Write to us</a>, <a href="mailto:a@x.example">a@x.example</a></p>`,
+			"Write to us ( help@x.example ) , a@x.example"},
+		{"image link", `<a href="https://x.example"><img src="logo.png" alt="Acme"></a>`, "Acme ( https://x.example )"},
+		{"head and scripts left out", `<html><head><title>T</title><style>p{}</style></head><body><p>B</p><script>x()</script></body></html>`, "B"},
+		{"entities", `<p>Tom &amp; Jerry &lt;3</p>`, "Tom & Jerry <3"},
+		{"unicode", `<p>Grüße, 東京</p>`, "Grüße, 東京"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc, err := html.Parse(strings.NewReader(tt.html))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := textPart(doc)
+			if err != nil || got != tt.want+"\n" {
+				t.Errorf("got  %q, %v\nwant %q", got, err, tt.want+"\n")
+			}
+		})
+	}
 }

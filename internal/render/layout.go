@@ -25,9 +25,20 @@ type LayoutData struct {
 // Layout wraps the body of every email: the HTML shell, its CSS, the
 // signature, the unsubscribe link and the postal address. The renderer adds
 // the open pixel itself, so a layout cannot forget it.
+//
+// The CSS of its <style> elements is inlined, with the template's, into the
+// layout's and the template's own elements, once per template (premail.go).
+// Markup that comes with the data is not styled by it: the CSM's
+// signature_html, which the default layout puts in a <div class="signature">
+// (itself styled), gets what inherits from that div (font, colour), but a
+// rule such as ".signature p" is not inlined into its paragraphs. Rules for
+// such markup go in a <style data-premailer="ignore">, which stays as it is
+// for the clients that read <style> (the default layout has one); otherwise
+// a signature styles itself with style attributes.
 type Layout struct {
-	Name string
-	t    *htmltemplate.Template
+	Name   string
+	t      *htmltemplate.Template // as written
+	source string
 }
 
 //go:embed layouts/default.html
@@ -57,7 +68,7 @@ func ParseLayout(name, source string) (*Layout, error) {
 	if err != nil {
 		return nil, templateError(name, err)
 	}
-	l := &Layout{Name: name, t: t}
+	l := &Layout{Name: name, t: t, source: source}
 	// Execute it rather than search its source, so that a reference inside a
 	// branch that is never taken does not count.
 	for _, signed := range []bool{true, false} {
@@ -68,7 +79,7 @@ func ParseLayout(name, source string) (*Layout, error) {
 		if !signed {
 			d.CSM = CSMData{}
 		}
-		out, err := l.execute(d)
+		out, err := l.execute(l.t, d)
 		if err != nil {
 			return nil, err
 		}
@@ -84,10 +95,11 @@ func ParseLayout(name, source string) (*Layout, error) {
 	return l, nil
 }
 
-func (l *Layout) execute(d LayoutData) (string, error) {
+// execute executes t, a parse of l (as written or inlined).
+func (l *Layout) execute(t *htmltemplate.Template, d LayoutData) (string, error) {
 	var b strings.Builder
 	b.Grow(len(d.Body) + 4096)
-	if err := l.t.Execute(&b, d); err != nil {
+	if err := t.Execute(&b, d); err != nil {
 		return "", templateError(l.Name, err)
 	}
 	return b.String(), nil

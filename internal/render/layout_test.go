@@ -55,7 +55,7 @@ func TestCustomLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, w := range []string{
-		`<div class="brand" style="color:#123456">Brand for Ada: Hello</div>`,
+		`<div style="color:#123456" class="brand">Brand for Ada: Hello</div>`,
 		"<p>-- Grace Hopper</p>", `href="` + e.UnsubscribeURL + `">Stop</a>`, "Acme Sender Ltd",
 		"https://tend.test/t/c/", "https://tend.test/t/o/",
 	} {

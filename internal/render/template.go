@@ -41,10 +41,13 @@ type Template struct {
 	Kind   Kind
 	Source string
 
-	html  *htmltemplate.Template // KindEmail: the set holding "subject" and "body"
+	html  *htmltemplate.Template // KindEmail: the set holding "subject" and "body", as written
 	nudge *nudgeTemplate         // KindNudge
 
-	styles styleCache // compiled stylesheets of this template's rendered emails
+	// KindEmail: the set and the layout as sent, their CSS inlined (see
+	// premail.go), per layout.
+	mu      sync.RWMutex
+	inlined map[*Layout]*inlined
 }
 
 // funcs are the functions templates may call besides the builtins.
@@ -161,10 +164,10 @@ func templateError(name string, err error) error {
 // missingKeyRe finds "at <.Account.Traits.industry>: map has no entry for key "industry"".
 var missingKeyRe = regexp.MustCompile(`at <(\.[\w.]+)\.\w+>: map has no entry for key "(\w+)"`)
 
-// execHTML executes one block of an email template.
-func (t *Template) execHTML(block string, d any) (string, error) {
+// execHTML executes one block of set, a parse of email template t.
+func (t *Template) execHTML(set *htmltemplate.Template, block string, d any) (string, error) {
 	var b strings.Builder
-	if err := t.html.ExecuteTemplate(&b, block, d); err != nil {
+	if err := set.ExecuteTemplate(&b, block, d); err != nil {
 		return "", templateError(t.Name, err)
 	}
 	return b.String(), nil
@@ -177,35 +180,4 @@ func execText(t *Template, tt *texttemplate.Template, d any) (string, error) {
 		return "", templateError(t.Name, err)
 	}
 	return b.String(), nil
-}
-
-// styleCache keeps the compiled stylesheets of a template's emails, keyed by
-// the CSS text collected from the rendered document. The CSS of a template
-// and layout is nearly always the same from one message to the next, so this
-// holds one or two entries; it stops growing at maxCachedStyles (a template
-// that writes data into its CSS then compiles it each time).
-type styleCache struct {
-	mu sync.RWMutex
-	m  map[string]*stylesheet
-}
-
-const maxCachedStyles = 8
-
-func (c *styleCache) get(css string) *stylesheet {
-	c.mu.RLock()
-	s, ok := c.m[css]
-	c.mu.RUnlock()
-	if ok {
-		return s
-	}
-	s = compileStylesheet(css)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = map[string]*stylesheet{}
-	}
-	if len(c.m) < maxCachedStyles {
-		c.m[css] = s
-	}
-	return s
 }
