@@ -146,6 +146,21 @@ func lockKeys(ctx context.Context, tx *sqlx.Tx, namespace string, keys []string)
 	return err
 }
 
+// LockAccounts locks account rows in id order for the rest of the
+// transaction. Every transaction that updates several account rows (ingest,
+// metrics, upserts, the segment engine) takes its locks this way first, so
+// that two of them never wait for each other in a cycle.
+func LockAccounts(ctx context.Context, q postgres.Queryer, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := q.ExecContext(ctx, `SELECT 1 FROM account WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, pq.Array(ids))
+	if err != nil {
+		return fmt.Errorf("account: lock: %w", err)
+	}
+	return nil
+}
+
 // UpsertAccounts creates or updates accounts by their external id and returns
 // the internal ids of those whose data actually changed.
 func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64, error) {
@@ -200,6 +215,13 @@ func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64,
 		}
 		if err := lockKeys(ctx, tx, "account:", ids); err != nil {
 			return fmt.Errorf("account: upsert: lock: %w", err)
+		}
+		existing, err := s.ResolveIDs(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		if err := LockAccounts(ctx, tx, values(existing)); err != nil {
+			return err
 		}
 		payload, err := json.Marshal(in)
 		if err != nil {
@@ -300,4 +322,12 @@ func ptr[T any](v T) *T { return &v }
 // isAbsent reports whether an optional JSON value was left out or sent as null.
 func isAbsent(raw json.RawMessage) bool {
 	return len(raw) == 0 || string(bytes.TrimSpace(raw)) == "null"
+}
+
+func values(m map[string]int64) []int64 {
+	out := make([]int64, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
 }

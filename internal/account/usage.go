@@ -140,6 +140,9 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 		if len(rows) == 0 {
 			return nil
 		}
+		if err := LockAccounts(ctx, tx, values(known)); err != nil {
+			return err
+		}
 		inserted, changed, err := insertEvents(ctx, tx, rows, now)
 		if err != nil {
 			return err
@@ -298,6 +301,9 @@ func (s *Store) RecordMetrics(ctx context.Context, in []MetricInput) ([]int64, e
 		payload, err := json.Marshal(rows)
 		if err != nil {
 			return fmt.Errorf("account: metrics: %w", err)
+		}
+		if err := LockAccounts(ctx, tx, values(known)); err != nil {
+			return err
 		}
 		err = tx.SelectContext(ctx, &changed, `
 			WITH up AS (
