@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -143,6 +144,19 @@ func (a *App) wireCampaigns() error {
 	a.Enroller = campaign.NewEnroller(a.DB, a.Clock, a.Log, tz)
 	a.Outbox = delivery.NewOutbox(a.DB, a.Clock)
 	a.Unsubscribes = delivery.NewUnsubscribes(a.DB, a.Clock, signer)
+	var dkim *delivery.DKIM
+	if cfg.DKIMKeyFile != "" {
+		keyPEM, err := os.ReadFile(cfg.DKIMKeyFile)
+		if err != nil {
+			return fmt.Errorf("app: TEND_DKIM_KEY_FILE: %w", err)
+		}
+		if dkim, err = delivery.NewDKIM(cfg.DKIMDomain, cfg.DKIMSelector, keyPEM); err != nil {
+			return fmt.Errorf("app: TEND_DKIM_KEY_FILE %q: %w", cfg.DKIMKeyFile, err)
+		}
+		name, record := dkim.DNSRecord()
+		a.Log.Info("signing campaign mail with DKIM", "domain", cfg.DKIMDomain, "selector", cfg.DKIMSelector,
+			"algorithm", dkim.Algorithm(), "txt_name", name, "txt_record", record)
+	}
 	mailer, err := delivery.NewMailer(cfg.SMTPURL, delivery.MailerOptions{Connections: cfg.SMTPConnections})
 	if err != nil {
 		return fmt.Errorf("app: TEND_SMTP_URL: %w", err)
@@ -152,7 +166,7 @@ func (a *App) wireCampaigns() error {
 	renderer := &render.Renderer{Signer: signer, PublicURL: strings.TrimRight(cfg.PublicURL, "/"), PostalAddress: cfg.PostalAddress}
 	a.Sender = delivery.NewSender(a.DB, a.Clock, a.Log, a.Outbox, a.Enroller, renderer, mailer, delivery.SenderOptions{
 		TeamSender: cfg.TeamSender, SendingDomain: cfg.SendingDomain, InboundDomain: cfg.InboundDomain,
-		MessageIDDomain: pub.Hostname(),
+		MessageIDDomain: pub.Hostname(), DKIM: dkim,
 	})
 	return nil
 }

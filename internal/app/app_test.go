@@ -89,7 +89,7 @@ func start(t *testing.T, env ...map[string]string) *tend {
 		t.Fatal(err)
 	}
 	tn := &tend{t: t, app: a, db: db, smtp: sink, clock: clk, url: "http://" + addr, key: key}
-	tn.eventually("the API answers", 10*time.Second, func() bool {
+	tn.eventually("the API answers", 30*time.Second, func() bool {
 		res, err := http.Get(tn.url + "/healthz")
 		if err == nil {
 			res.Body.Close()
@@ -202,7 +202,7 @@ func (tn *tend) setup() {
 		},
 	})
 	tn.call(200, "POST", "/v1/campaigns/at-risk-checkin/activate", nil)
-	tn.eventually("segment built", 10*time.Second, func() bool {
+	tn.eventually("segment built", 30*time.Second, func() bool {
 		return tn.call(200, "GET", "/v1/segments/at-risk", nil)["status"] == "ready"
 	})
 }
@@ -217,7 +217,7 @@ func TestAWholeDrip(t *testing.T) {
 	tn.risk("high")
 
 	// Step one arrives, signed by the CSM, to the audience only.
-	if !tn.smtp.WaitFor(1, 15*time.Second) {
+	if !tn.smtp.WaitFor(1, 30*time.Second) {
 		t.Fatalf("no email; messages: %v", tn.messages("hank"))
 	}
 	m := tn.smtp.Messages()[0]
@@ -258,16 +258,16 @@ func TestAWholeDrip(t *testing.T) {
 	}
 	// Two days later the follow-up is due, and skipped: unless opened("checkin").
 	tn.clock.Advance(2*24*time.Hour + time.Hour)
-	tn.eventually("followup skipped by unless", 10*time.Second, func() bool { return tn.status("hank", "followup") == "skipped" })
+	tn.eventually("followup skipped by unless", 30*time.Second, func() bool { return tn.status("hank", "followup") == "skipped" })
 	if r := tn.reason("hank", "followup"); !strings.HasPrefix(r, "unless held") {
 		t.Fatalf("followup skipped because %q, want unless held", r)
 	}
 	// The final step is scheduled 5 days after the follow-up's due time.
-	tn.eventually("final scheduled", 10*time.Second, func() bool { return tn.status("hank", "final") == "scheduled" })
+	tn.eventually("final scheduled", 30*time.Second, func() bool { return tn.status("hank", "final") == "scheduled" })
 
 	// The account leaves the segment: the drip exits, the final step is skipped.
 	tn.risk("low")
-	tn.eventually("drip exits", 10*time.Second, func() bool { return tn.status("hank", "final") == "skipped" })
+	tn.eventually("drip exits", 30*time.Second, func() bool { return tn.status("hank", "final") == "skipped" })
 	if r := tn.reason("hank", "final"); !strings.HasPrefix(r, "exited") {
 		t.Fatalf("final skipped because %q, want exited", r)
 	}
@@ -299,7 +299,7 @@ func TestGoalConversionAndTestSends(t *testing.T) {
 	if out["message_id"] == nil {
 		t.Fatalf("test send: %v", out)
 	}
-	if !tn.smtp.WaitFor(1, 15*time.Second) {
+	if !tn.smtp.WaitFor(1, 30*time.Second) {
 		t.Fatal("the test send did not arrive")
 	}
 	tm := tn.smtp.Messages()[0]
@@ -316,7 +316,7 @@ func TestGoalConversionAndTestSends(t *testing.T) {
 	tn.call(422, "POST", "/v1/campaigns/at-risk-checkin/test", map[string]any{"step": "checkin", "contact_id": "hank", "to": "not-an-address"})
 
 	tn.risk("high")
-	if !tn.smtp.WaitFor(2, 15*time.Second) {
+	if !tn.smtp.WaitFor(2, 30*time.Second) {
 		t.Fatal("step one did not arrive")
 	}
 	// Logins resume before the follow-up is due: the goal holds when it is due.
@@ -326,7 +326,7 @@ func TestGoalConversionAndTestSends(t *testing.T) {
 	}
 	tn.call(202, "POST", "/v1/events", map[string]any{"events": events})
 	tn.clock.Advance(2*24*time.Hour + time.Hour)
-	tn.eventually("converted", 10*time.Second, func() bool { return tn.status("hank", "followup") == "skipped" })
+	tn.eventually("converted", 30*time.Second, func() bool { return tn.status("hank", "followup") == "skipped" })
 	if r := tn.reason("hank", "followup"); !strings.HasPrefix(r, "converted") {
 		t.Fatalf("followup skipped because %q, want converted", r)
 	}
@@ -346,7 +346,7 @@ func TestANewVersionNeverResends(t *testing.T) {
 	tn := start(t)
 	tn.setup()
 	tn.risk("high")
-	if !tn.smtp.WaitFor(1, 15*time.Second) {
+	if !tn.smtp.WaitFor(1, 30*time.Second) {
 		t.Fatal("step one did not arrive")
 	}
 	// Edit the running drip: its step templates change; a new version.
@@ -359,7 +359,7 @@ func TestANewVersionNeverResends(t *testing.T) {
 		t.Fatalf("want version 2: %v", out)
 	}
 	tn.clock.Advance(2*24*time.Hour + time.Hour)
-	if !tn.smtp.WaitFor(2, 15*time.Second) {
+	if !tn.smtp.WaitFor(2, 30*time.Second) {
 		t.Fatalf("the follow-up did not arrive: %v", tn.messages("hank"))
 	}
 	msgs := tn.smtp.Messages()
@@ -406,7 +406,7 @@ func TestSMTPFaults(t *testing.T) {
 		f.Match = c.who + "@"
 		tn.smtp.SetFault(f)
 		tn.call(200, "POST", "/v1/accounts", map[string]any{"id": acc, "traits": map[string]any{"risk": "high"}})
-		tn.eventually(c.who+": first attempt recorded", 10*time.Second, func() bool {
+		tn.eventually(c.who+": first attempt recorded", 30*time.Second, func() bool {
 			st := tn.status(c.who, "checkin")
 			return st == c.status && (st != "scheduled" || strings.HasPrefix(tn.reason(c.who, "checkin"), "retrying"))
 		})
@@ -415,7 +415,7 @@ func TestSMTPFaults(t *testing.T) {
 	// Past the retry backoff, retried messages go out once.
 	tn.clock.Advance(10 * time.Minute)
 	for _, c := range cases {
-		tn.eventually(c.who+": final outcome", 10*time.Second, func() bool { return tn.status(c.who, "checkin") == c.final })
+		tn.eventually(c.who+": final outcome", 30*time.Second, func() bool { return tn.status(c.who, "checkin") == c.final })
 		if r := tn.reason(c.who, "checkin"); c.final != "sent" && r == "" {
 			t.Errorf("%s: %s without a reason", c.who, c.final)
 		}
@@ -467,7 +467,7 @@ func TestHoldsAndTheSendSwitch(t *testing.T) {
 		t.Fatalf("the account shows its hold: %v", acc)
 	}
 	tn.risk("high")
-	tn.eventually("step one scheduled and held", 10*time.Second, func() bool {
+	tn.eventually("step one scheduled and held", 30*time.Second, func() bool {
 		return tn.status("hank", "checkin") == "scheduled" && tn.reason("hank", "checkin") == "waiting: the account is on hold"
 	})
 	time.Sleep(600 * time.Millisecond) // three sweeps
@@ -486,7 +486,7 @@ func TestHoldsAndTheSendSwitch(t *testing.T) {
 		t.Fatal("mail went out while sending was paused")
 	}
 	tn.call(200, "PUT", "/v1/sending", map[string]any{"paused": false})
-	if !tn.smtp.WaitFor(1, 10*time.Second) {
+	if !tn.smtp.WaitFor(1, 30*time.Second) {
 		t.Fatal("nothing was lost: the message goes out once sending resumes")
 	}
 	tn.eventually("recorded sent", 5*time.Second, func() bool { return tn.status("hank", "checkin") == "sent" })

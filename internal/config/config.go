@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/mail"
 	"net/url"
+	"os"
 	"reflect"
 	"strings"
 	"time"
@@ -38,6 +39,12 @@ type Config struct {
 	SendingDomain string `env:"TEND_SENDING_DOMAIN"`
 	// InboundDomain, when set, routes replies to CSM mail through the reply webhook.
 	InboundDomain string `env:"TEND_INBOUND_DOMAIN"`
+	// DKIMKeyFile, when set, is the PEM private key (RSA or Ed25519) that
+	// signs campaign mail as DKIMDomain, whose DNS publishes the public key
+	// at DKIMSelector._domainkey.DKIMDomain.
+	DKIMKeyFile  string `env:"TEND_DKIM_KEY_FILE"`
+	DKIMDomain   string `env:"TEND_DKIM_DOMAIN"`
+	DKIMSelector string `env:"TEND_DKIM_SELECTOR" envDefault:"tend"`
 	// PostalAddress is printed in every campaign email (CAN-SPAM).
 	PostalAddress string `env:"TEND_POSTAL_ADDRESS" envDefault:"Tend demo, 1 Example Street, Springfield"`
 	// SMTPConnections is the number of reused SMTP connections per process.
@@ -149,6 +156,22 @@ func (c Config) Validate() error {
 	if _, err := time.LoadLocation(c.DefaultTimezone); err != nil || c.DefaultTimezone == "" {
 		bad("TEND_DEFAULT_TIMEZONE", "want an IANA time zone such as Europe/Paris, got %q", c.DefaultTimezone)
 	}
+	if c.DKIMKeyFile != "" || c.DKIMDomain != "" {
+		// All or nothing; the key itself is read when the app is wired.
+		if c.DKIMKeyFile == "" {
+			bad("TEND_DKIM_KEY_FILE", "required with TEND_DKIM_DOMAIN: the path to the PEM private key that signs mail")
+		} else if st, err := os.Stat(c.DKIMKeyFile); err != nil || !st.Mode().IsRegular() {
+			bad("TEND_DKIM_KEY_FILE", "want a readable PEM private key file, got %q", c.DKIMKeyFile)
+		}
+		if c.DKIMDomain == "" {
+			bad("TEND_DKIM_DOMAIN", "required with TEND_DKIM_KEY_FILE: the domain that signs (d=), such as acme.example")
+		} else if !dnsName(c.DKIMDomain) {
+			bad("TEND_DKIM_DOMAIN", "want a domain name such as acme.example, got %q", c.DKIMDomain)
+		}
+		if !dnsName(c.DKIMSelector) {
+			bad("TEND_DKIM_SELECTOR", "want a DNS label such as tend (the key is at SELECTOR._domainkey.DOMAIN), got %q", c.DKIMSelector)
+		}
+	}
 	if strings.TrimSpace(c.PostalAddress) == "" {
 		bad("TEND_POSTAL_ADDRESS", "campaign email must carry a postal address (CAN-SPAM)")
 	}
@@ -165,6 +188,25 @@ func (c Config) Validate() error {
 		return fmt.Errorf("config: fix these environment variables:\n  %w", joinLines(errs))
 	}
 	return nil
+}
+
+// dnsName reports whether s is a DNS name: dot-separated labels of letters,
+// digits, '-' (not at either end) and '_'.
+func dnsName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Warnings lists settings that work but should not reach production.

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -37,5 +39,47 @@ func TestLoadReportsEveryBadVariable(t *testing.T) {
 func TestLoadRejectsUnparsable(t *testing.T) {
 	if _, err := Load(map[string]string{"TEND_WORKER_CONCURRENCY": "many"}); err == nil || !strings.Contains(err.Error(), "TEND_WORKER_CONCURRENCY") {
 		t.Fatalf("want an error naming the variable, got %v", err)
+	}
+}
+
+func TestDKIMIsAllOrNothing(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "dkim.pem")
+	if err := os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(map[string]string{"TEND_DKIM_KEY_FILE": key, "TEND_DKIM_DOMAIN": "acme.example"})
+	if err != nil {
+		t.Fatalf("a key file and a domain must validate: %v", err)
+	}
+	if cfg.DKIMSelector != "tend" {
+		t.Fatalf("selector = %q, want the default tend", cfg.DKIMSelector)
+	}
+	if cfg, err := Load(map[string]string{}); err != nil || cfg.DKIMKeyFile != "" || cfg.DKIMDomain != "" {
+		t.Fatalf("DKIM must be off by default: %+v, %v", cfg, err)
+	}
+	tests := []struct {
+		env  map[string]string
+		want []string // variables the error must name
+	}{
+		{map[string]string{"TEND_DKIM_KEY_FILE": key}, []string{"TEND_DKIM_DOMAIN"}},
+		{map[string]string{"TEND_DKIM_DOMAIN": "acme.example"}, []string{"TEND_DKIM_KEY_FILE"}},
+		{map[string]string{"TEND_DKIM_KEY_FILE": key + ".missing", "TEND_DKIM_DOMAIN": "acme.example"}, []string{"TEND_DKIM_KEY_FILE"}},
+		{map[string]string{"TEND_DKIM_KEY_FILE": t.TempDir(), "TEND_DKIM_DOMAIN": "acme.example"}, []string{"TEND_DKIM_KEY_FILE"}},
+		{map[string]string{"TEND_DKIM_KEY_FILE": key, "TEND_DKIM_DOMAIN": "acme example"}, []string{"TEND_DKIM_DOMAIN"}},
+		{map[string]string{"TEND_DKIM_KEY_FILE": key, "TEND_DKIM_DOMAIN": "-acme.example"}, []string{"TEND_DKIM_DOMAIN"}},
+		{map[string]string{"TEND_DKIM_KEY_FILE": key, "TEND_DKIM_DOMAIN": "acme.example", "TEND_DKIM_SELECTOR": "s;x=1"}, []string{"TEND_DKIM_SELECTOR"}},
+		{map[string]string{"TEND_DKIM_KEY_FILE": key, "TEND_DKIM_DOMAIN": "acme..example", "TEND_DKIM_SELECTOR": "a b"}, []string{"TEND_DKIM_DOMAIN", "TEND_DKIM_SELECTOR"}},
+	}
+	for _, tt := range tests {
+		_, err := Load(tt.env)
+		if err == nil {
+			t.Errorf("%v: want an error", tt.env)
+			continue
+		}
+		for _, name := range tt.want {
+			if !strings.Contains(err.Error(), name) {
+				t.Errorf("%v: the error does not name %s: %v", tt.env, name, err)
+			}
+		}
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	netmail "net/mail"
 	"net/textproto"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -180,6 +182,35 @@ func (m *Mailer) Send(ctx context.Context, msg *mail.Msg) error {
 	if msg == nil {
 		return &SendError{Stage: StageBeforeData, Command: CommandMessage, Err: errors.New("delivery: nil message")}
 	}
+	return m.handOver(ctx, func(sc *smtp.Client) error { return m.client.SendWithSMTPClient(sc, msg) })
+}
+
+// SendRaw is Send for a message already serialised (by Msg.WriteTo, then
+// DKIM-signed, say): data, header and body with CRLF line ends, goes to the
+// server byte for byte, so that a signature over it stays valid. from is the
+// envelope sender and to the envelope recipients, each a bare address or one
+// in angle brackets (as Msg.GetSender and Msg.GetRecipients return them).
+//
+// The pool, the retry on a stale connection and the classification of
+// failures are Send's: every failure is a *SendError, StageBeforeData until
+// the end of DATA was sent, StageAfterData when its reply never came.
+func (m *Mailer) SendRaw(ctx context.Context, from string, to []string, data []byte) error {
+	env, err := parseEnvelope(from, to)
+	if err != nil {
+		se, _ := classify(err)
+		return se
+	}
+	return m.handOver(ctx, func(sc *smtp.Client) error { return m.sendRaw(sc, env, data) })
+}
+
+// handover runs one message's SMTP transaction on a connection. Its error is
+// one classify understands: a *mail.SendError (go-mail's Send) or a
+// *stepError (sendRaw).
+type handover func(*smtp.Client) error
+
+// handOver runs h on a pooled connection: the waiting, dialling and
+// once-only retry Send and SendRaw describe.
+func (m *Mailer) handOver(ctx context.Context, h handover) error {
 	if err := ctx.Err(); err != nil {
 		return dialError(err)
 	}
@@ -195,12 +226,12 @@ func (m *Mailer) Send(ctx context.Context, msg *mail.Msg) error {
 		return dialError(err)
 	}
 	reused := c.reused // c may be back in the pool, in other hands, once send returns
-	se := m.send(c, msg)
+	se := m.send(c, h)
 	if reused && closedWhileIdle(se) {
 		if c, err = m.dial(ctx); err != nil {
 			return dialError(err)
 		}
-		se = m.send(c, msg)
+		se = m.send(c, h)
 	}
 	if se != nil {
 		return se
@@ -216,9 +247,9 @@ func closedWhileIdle(se *SendError) bool {
 		(se.Code == 0 || se.Code == 421)
 }
 
-// send sends msg over c, then returns c to the pool or closes it.
-func (m *Mailer) send(c *conn, msg *mail.Msg) *SendError {
-	err := m.client.SendWithSMTPClient(c.smtp, msg)
+// send runs h over c, then returns c to the pool or closes it.
+func (m *Mailer) send(c *conn, h handover) *SendError {
+	err := h(c.smtp)
 	if err == nil {
 		m.put(c)
 		return nil
@@ -375,7 +406,8 @@ const (
 // false because it must not be retried automatically.
 //
 // How go-mail's SendError.Reason maps (Code is its ErrorCode, 0 when the
-// failure was not a server reply):
+// failure was not a server reply; SendRaw names its steps' failures with the
+// same reasons):
 //
 //	ErrConnCheck                       StageBeforeData  temporary        connection unusable before MAIL FROM
 //	ErrGetSender, ErrGetRcpts,
@@ -396,7 +428,7 @@ type SendError struct {
 	Code      int    // the SMTP reply code, 0 when there was none
 	Enhanced  string // the RFC 3463 enhanced status code ("5.1.1"), when the server sent one
 	Command   string // the step that failed: one of the Command constants
-	Err       error  // the cause (a *mail.SendError once go-mail's Send ran)
+	Err       error  // the cause (a *mail.SendError once go-mail's Send ran; SendRaw's wraps the server's *textproto.Error)
 }
 
 func (e *SendError) Error() string {
@@ -450,31 +482,36 @@ func IsHardBounce(err error) bool {
 	return se.Code == 550 || se.Code == 551 || se.Code == 553
 }
 
-// classify turns the error of go-mail's SendWithSMTPClient into a SendError
-// (nil when the message was in fact delivered) and says whether the
-// connection can carry another message.
+// classify turns the error of a handover (go-mail's SendWithSMTPClient, or
+// sendRaw) into a SendError (nil when the message was in fact delivered) and
+// says whether the connection can carry another message.
 func classify(err error) (*SendError, bool) {
+	var st *stepError
 	var ge *mail.SendError
-	if !errors.As(err, &ge) {
-		// Not a go-mail SendError (none of its paths returns one): nothing
+	switch {
+	case errors.As(err, &ge):
+		st = &stepError{reason: ge.Reason, code: ge.ErrorCode(), enhanced: ge.EnhancedStatusCode()}
+	case errors.As(err, &st):
+	default:
+		// Neither (none of go-mail's paths returns such an error): nothing
 		// proves the message was not handed over.
 		return &SendError{Stage: StageAfterData, Command: CommandUnknown, Err: err}, false
 	}
-	se, reusable := classifyReason(ge, err)
+	se, reusable := classifyReason(st.reason, st.code, err)
 	if se != nil {
-		se.Enhanced = ge.EnhancedStatusCode()
+		se.Enhanced = st.enhanced
 	}
 	return se, reusable
 }
 
-// classifyReason implements the table on SendError; err wraps ge.
-func classifyReason(ge *mail.SendError, err error) (se *SendError, reusable bool) {
-	code := ge.ErrorCode()
+// classifyReason implements the table on SendError for a step that failed
+// for reason with reply code (0 for none); err is the handover's error.
+func classifyReason(reason mail.SendErrReason, code int, err error) (se *SendError, reusable bool) {
 	replied := code >= 400 && code < 600
 	notAccepted := func(cmd string) *SendError {
 		return &SendError{Stage: StageBeforeData, Temporary: !replied || code < 500, Code: code, Command: cmd, Err: err}
 	}
-	switch ge.Reason {
+	switch reason {
 	case mail.ErrGetSender, mail.ErrGetRcpts, mail.ErrNoUnencoded:
 		// Checked before any command is sent; the connection is untouched.
 		return &SendError{Stage: StageBeforeData, Command: CommandMessage, Err: err}, true
@@ -507,6 +544,111 @@ func classifyReason(ge *mail.SendError, err error) (se *SendError, reusable bool
 		return &SendError{Stage: StageAfterData, Code: code, Command: CommandUnknown, Err: err}, false
 	}
 }
+
+// envelope is a raw message's MAIL FROM and RCPT TO paths, "<addr>".
+type envelope struct {
+	from string
+	to   []string
+}
+
+// parseEnvelope checks SendRaw's addresses as go-mail's GetSender and
+// GetRecipients would: a failure is ErrGetSender or ErrGetRcpts.
+func parseEnvelope(from string, to []string) (envelope, error) {
+	path := func(s string) (string, error) {
+		a, err := netmail.ParseAddress(s)
+		if err != nil {
+			return "", fmt.Errorf("delivery: address %q: %w", s, err)
+		}
+		return (&netmail.Address{Address: a.Address}).String(), nil
+	}
+	var env envelope
+	var err error
+	if env.from, err = path(from); err != nil {
+		return env, &stepError{reason: mail.ErrGetSender, err: err}
+	}
+	if len(to) == 0 {
+		return env, &stepError{reason: mail.ErrGetRcpts, err: mail.ErrNoRcptAddresses}
+	}
+	env.to = make([]string, len(to))
+	for i, r := range to {
+		if env.to[i], err = path(r); err != nil {
+			return env, &stepError{reason: mail.ErrGetRcpts, err: err}
+		}
+	}
+	return env, nil
+}
+
+// sendRaw is SendRaw's handover: the SMTP transaction of go-mail's Send
+// (connection check, 8BITMIME check, MAIL FROM, RCPT TO, DATA, the body, the
+// end of DATA), each failure named by the go-mail reason classify maps.
+func (m *Mailer) sendRaw(sc *smtp.Client, env envelope, data []byte) error {
+	esc, _ := sc.Extension("ENHANCEDSTATUSCODES")
+	fail := func(reason mail.SendErrReason, err error) error {
+		st := &stepError{reason: reason, err: err}
+		var te *textproto.Error
+		if errors.As(err, &te) && te.Code >= 400 && te.Code < 600 {
+			st.code = te.Code
+			if esc {
+				st.enhanced = enhancedCode.FindString(te.Msg)
+			}
+		}
+		return st
+	}
+	if !sc.HasConnection() {
+		return fail(mail.ErrConnCheck, mail.ErrNoActiveConnection)
+	}
+	if err := sc.UpdateDeadline(m.timeout); err != nil {
+		return fail(mail.ErrConnCheck, err)
+	}
+	if ok, _ := sc.Extension("8BITMIME"); !ok && !is7bit(data) {
+		return fail(mail.ErrNoUnencoded, mail.ErrServerNoUnencoded)
+	}
+	if err := sc.Mail(env.from); err != nil {
+		return fail(mail.ErrSMTPMailFrom, err)
+	}
+	for _, rcpt := range env.to {
+		if err := sc.Rcpt(rcpt); err != nil {
+			return fail(mail.ErrSMTPRcptTo, err)
+		}
+	}
+	w, err := sc.Data()
+	if err != nil {
+		return fail(mail.ErrSMTPData, err)
+	}
+	if _, err := w.Write(data); err != nil {
+		return fail(mail.ErrWriteContent, err) // the final dot was not written
+	}
+	if err := w.Close(); err != nil {
+		return fail(mail.ErrSMTPDataClose, err)
+	}
+	return nil
+}
+
+// enhancedCode finds an RFC 3463 status code in a reply, as go-mail does.
+var enhancedCode = regexp.MustCompile(`\b([245])\.\d{1,3}\.\d{1,3}\b`)
+
+func is7bit(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// stepError is a failed step of sendRaw, in the terms of go-mail's SendError
+// (which cannot be built outside go-mail with its reply code) so that
+// classify treats both alike.
+type stepError struct {
+	reason   mail.SendErrReason
+	code     int    // the reply code, 0 when there was none
+	enhanced string // the enhanced status code, when the server offers them
+	err      error
+}
+
+func (e *stepError) Error() string { return e.reason.String() + ": " + e.err.Error() }
+
+func (e *stepError) Unwrap() error { return e.err }
 
 // dialError classifies a failure to get a connection (including giving up
 // waiting for one).

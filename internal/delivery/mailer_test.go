@@ -1,9 +1,11 @@
 package delivery_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net/textproto"
 	"os"
 	"strconv"
 	"strings"
@@ -40,6 +42,25 @@ func newMsg(t testing.TB, to, subject, html string) *mail.Msg {
 	m.Subject(subject)
 	m.SetBodyString(mail.TypeTextHTML, html)
 	return m
+}
+
+// sendRaw sends msg through SendRaw: serialised by go-mail, with its
+// envelope.
+func sendRaw(t *testing.T, m *delivery.Mailer, msg *mail.Msg) error {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := msg.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	from, err := msg.GetSender(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	to, err := msg.GetRecipients()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.SendRaw(t.Context(), from, to, buf.Bytes())
 }
 
 func sendErr(t *testing.T, err error) *delivery.SendError {
@@ -132,52 +153,65 @@ func TestMailerFaults(t *testing.T) {
 		{smtptest.DropAtRcpt, 1, delivery.StageBeforeData, true, 0, delivery.CommandRcpt, false, false, 2},
 		{smtptest.DropAfterData, 1, delivery.StageAfterData, false, 0, delivery.CommandDataEnd, true, false, 2},
 	}
-	for _, tt := range tests {
-		t.Run(tt.fault.String(), func(t *testing.T) {
-			t.Parallel()
-			srv := smtptest.Start(t)
-			m := newMailer(t, srv.URL(), delivery.MailerOptions{Connections: 2})
-			// Warm one connection so the fault hits a pooled one.
-			if err := m.Send(t.Context(), newMsg(t, "warm@customer.example", "warm", "<p>w</p>")); err != nil {
-				t.Fatalf("warm-up send: %v", err)
-			}
-
-			srv.SetFault(smtptest.Fault{Kind: tt.fault, Times: tt.times})
-			err := m.Send(t.Context(), newMsg(t, "target@customer.example", "target", "<p>t</p>"))
-			se := sendErr(t, err)
-			if se.Stage != tt.stage || se.Temporary != tt.temporary || se.Code != tt.code || se.Command != tt.command ||
-				(se.Code != 0) != (se.Enhanced != "") {
-				t.Fatalf("got stage %v temporary %v code %d command %q, want %v %v %d %q (%v)",
-					se.Stage, se.Temporary, se.Code, se.Command, tt.stage, tt.temporary, tt.code, tt.command, err)
-			}
-			if got := delivery.IsHardBounce(err); got != tt.hardBounce {
-				t.Fatalf("IsHardBounce = %v, want %v", got, tt.hardBounce)
-			}
-			if got, want := delivery.IsUncertain(err), tt.stage == delivery.StageAfterData; got != want {
-				t.Fatalf("IsUncertain = %v, want %v", got, want)
-			}
-			if !errors.As(err, new(*mail.SendError)) {
-				t.Fatalf("go-mail's SendError is not in the chain of %v", err)
-			}
-			targets := 0
-			for _, msg := range srv.Messages() {
-				if msg.To[0] == "target@customer.example" {
-					targets++
+	// The same faults through Send and through SendRaw: one classification.
+	vias := []struct {
+		name string
+		send func(t *testing.T, m *delivery.Mailer, msg *mail.Msg) error
+	}{
+		{"Send", func(t *testing.T, m *delivery.Mailer, msg *mail.Msg) error { return m.Send(t.Context(), msg) }},
+		{"SendRaw", sendRaw},
+	}
+	for _, via := range vias {
+		for _, tt := range tests {
+			t.Run(via.name+"/"+tt.fault.String(), func(t *testing.T) {
+				t.Parallel()
+				srv := smtptest.Start(t)
+				m := newMailer(t, srv.URL(), delivery.MailerOptions{Connections: 2})
+				// Warm one connection so the fault hits a pooled one.
+				if err := via.send(t, m, newMsg(t, "warm@customer.example", "warm", "<p>w</p>")); err != nil {
+					t.Fatalf("warm-up send: %v", err)
 				}
-			}
-			if stored := targets == 1; stored != tt.stored {
-				t.Fatalf("server stored the target: %v, want %v", stored, tt.stored)
-			}
 
-			// The pool recovers: the next send works, on the same connection
-			// after a reply, on a new one after a drop.
-			if err := m.Send(t.Context(), newMsg(t, "next@customer.example", "next", "<p>n</p>")); err != nil {
-				t.Fatalf("send after the fault: %v", err)
-			}
-			if got := srv.Connections(); got != tt.conns {
-				t.Fatalf("server saw %d connections, want %d", got, tt.conns)
-			}
-		})
+				srv.SetFault(smtptest.Fault{Kind: tt.fault, Times: tt.times})
+				err := via.send(t, m, newMsg(t, "target@customer.example", "target", "<p>t</p>"))
+				se := sendErr(t, err)
+				if se.Stage != tt.stage || se.Temporary != tt.temporary || se.Code != tt.code || se.Command != tt.command ||
+					(se.Code != 0) != (se.Enhanced != "") {
+					t.Fatalf("got stage %v temporary %v code %d command %q, want %v %v %d %q (%v)",
+						se.Stage, se.Temporary, se.Code, se.Command, tt.stage, tt.temporary, tt.code, tt.command, err)
+				}
+				if got := delivery.IsHardBounce(err); got != tt.hardBounce {
+					t.Fatalf("IsHardBounce = %v, want %v", got, tt.hardBounce)
+				}
+				if got, want := delivery.IsUncertain(err), tt.stage == delivery.StageAfterData; got != want {
+					t.Fatalf("IsUncertain = %v, want %v", got, want)
+				}
+				if via.name == "Send" && !errors.As(err, new(*mail.SendError)) {
+					t.Fatalf("go-mail's SendError is not in the chain of %v", err)
+				}
+				if via.name == "SendRaw" && tt.code != 0 && !errors.As(err, new(*textproto.Error)) {
+					t.Fatalf("the server's reply is not in the chain of %v", err)
+				}
+				targets := 0
+				for _, msg := range srv.Messages() {
+					if msg.To[0] == "target@customer.example" {
+						targets++
+					}
+				}
+				if stored := targets == 1; stored != tt.stored {
+					t.Fatalf("server stored the target: %v, want %v", stored, tt.stored)
+				}
+
+				// The pool recovers: the next send works, on the same connection
+				// after a reply, on a new one after a drop.
+				if err := via.send(t, m, newMsg(t, "next@customer.example", "next", "<p>n</p>")); err != nil {
+					t.Fatalf("send after the fault: %v", err)
+				}
+				if got := srv.Connections(); got != tt.conns {
+					t.Fatalf("server saw %d connections, want %d", got, tt.conns)
+				}
+			})
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,9 +25,11 @@ import (
 	"github.com/tendhq/tend/internal/render"
 )
 
-// Transport hands one message to SMTP (the Mailer, in production).
+// Transport hands one message to SMTP (the Mailer, in production): a
+// go-mail Msg, or one already serialised (and DKIM-signed) with its envelope.
 type Transport interface {
 	Send(ctx context.Context, msg *gomail.Msg) error
+	SendRaw(ctx context.Context, from string, to []string, data []byte) error
 }
 
 // SenderOptions configure how mail is addressed.
@@ -45,6 +48,8 @@ type SenderOptions struct {
 	MaxAttempts int
 	// Backoff is the delay before retry n (1-based); nil uses a default.
 	Backoff func(n int) time.Duration
+	// DKIM, when set, signs every message (then sent with SendRaw).
+	DKIM *DKIM
 }
 
 // Sender runs batches of due messages: claim, decide (goal, unless,
@@ -317,6 +322,11 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 		b.record(m.ID, StatusFailed, "render: "+err.Error())
 		return false, nil
 	}
+	out, err := s.seal(msg)
+	if err != nil {
+		b.record(m.ID, StatusFailed, err.Error())
+		return false, nil
+	}
 	ok, err := s.outbox.Handover(ctx, token, b.done, m.ID)
 	if err != nil {
 		return false, err
@@ -325,7 +335,7 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 	if !ok {
 		return false, nil
 	}
-	sendErr := s.transport.Send(ctx, msg)
+	sendErr := out.send(ctx, s.transport)
 	// Recording the outcome must survive a cancelled context: the message
 	// was handed over.
 	rctx := context.WithoutCancel(ctx)
@@ -559,6 +569,47 @@ func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo,
 	msg.SetBodyString(gomail.TypeTextPlain, e.Text)
 	msg.AddAlternativeString(gomail.TypeTextHTML, e.HTML)
 	return msg, nil
+}
+
+// outgoing is a composed message ready for the transport: the Msg itself,
+// or, DKIM-signed, its bytes and envelope.
+type outgoing struct {
+	msg  *gomail.Msg
+	from string
+	to   []string
+	data []byte
+}
+
+// seal DKIM-signs msg when a key is configured. It runs before the handover,
+// so that a message that cannot be signed fails without being handed over.
+func (s *Sender) seal(msg *gomail.Msg) (outgoing, error) {
+	if s.opts.DKIM == nil {
+		return outgoing{msg: msg}, nil
+	}
+	from, err := msg.GetSender(false)
+	if err != nil {
+		return outgoing{}, fmt.Errorf("dkim: envelope sender: %w", err)
+	}
+	to, err := msg.GetRecipients()
+	if err != nil {
+		return outgoing{}, fmt.Errorf("dkim: envelope recipients: %w", err)
+	}
+	var buf bytes.Buffer
+	if _, err := msg.WriteTo(&buf); err != nil {
+		return outgoing{}, fmt.Errorf("dkim: write the message: %w", err)
+	}
+	data, err := s.opts.DKIM.Sign(buf.Bytes())
+	if err != nil {
+		return outgoing{}, err
+	}
+	return outgoing{from: from, to: to, data: data}, nil
+}
+
+func (o outgoing) send(ctx context.Context, t Transport) error {
+	if o.data == nil {
+		return t.Send(ctx, o.msg)
+	}
+	return t.SendRaw(ctx, o.from, o.to, o.data)
 }
 
 // Preview renders the step of a campaign's current version for a contact,
