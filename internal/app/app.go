@@ -207,7 +207,7 @@ func (a *App) Worker() *jobs.Worker {
 // Scheduler builds the periodic scheduler and signal sweeper.
 func (a *App) Scheduler() *jobs.Scheduler {
 	sweep := &jobs.DeliverySweep{Outbox: a.Outbox, Enroller: a.Enroller, Client: a.Jobs, Log: a.Log,
-		Lease: a.Cfg.SendLease, RequeueAfter: time.Minute}
+		Lease: a.Cfg.SendLease, RequeueAfter: time.Minute, MaxDelay: a.Cfg.MaxDelay}
 	return &jobs.Scheduler{
 		Client: a.Jobs, Engine: a.Engine, Clock: a.Clock, Log: a.Log,
 		FullPass: a.Cfg.FullPassInterval, Sweep: a.Cfg.SweepInterval,

@@ -490,4 +490,16 @@ func TestHoldsAndTheSendSwitch(t *testing.T) {
 		t.Fatal("nothing was lost: the message goes out once sending resumes")
 	}
 	tn.eventually("recorded sent", 5*time.Second, func() bool { return tn.status("hank", "checkin") == "sent" })
+
+	// A hold that outlasts the maximum delay (72h) skips what it held back.
+	tn.call(200, "POST", "/v1/accounts", map[string]any{"id": "initech", "csm_email": "dana@acme-analytics.example", "traits": map[string]any{"risk": "low"}})
+	tn.call(200, "POST", "/v1/contacts", map[string]any{"id": "bill", "account_id": "initech", "email": "bill@initech.example", "role": "admin"})
+	tn.call(201, "POST", "/v1/accounts/initech/hold", map[string]any{"reason": "escalation"})
+	tn.call(200, "POST", "/v1/accounts", map[string]any{"id": "initech", "traits": map[string]any{"risk": "high"}})
+	tn.eventually("held", 30*time.Second, func() bool { return tn.status("bill", "checkin") == "scheduled" })
+	tn.clock.Advance(73 * time.Hour)
+	tn.eventually("skipped past the maximum delay", 30*time.Second, func() bool { return tn.status("bill", "checkin") == "skipped" })
+	if r := tn.reason("bill", "checkin"); !strings.HasPrefix(r, "held") {
+		t.Fatalf("reason = %q", r)
+	}
 }

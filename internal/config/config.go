@@ -53,6 +53,9 @@ type Config struct {
 	// before it is presumed dead (claimed messages are released, the one
 	// being handed over becomes uncertain).
 	SendLease time.Duration `env:"TEND_SEND_LEASE" envDefault:"5m"`
+	// MaxDelay is how late a message held back (by a hold) may get before it
+	// is skipped with a reason.
+	MaxDelay time.Duration `env:"TEND_MAX_DELAY" envDefault:"72h"`
 	// DefaultTimezone applies to contacts and accounts without one.
 	DefaultTimezone string `env:"TEND_DEFAULT_TIMEZONE" envDefault:"UTC"`
 
@@ -149,6 +152,9 @@ func (c Config) Validate() error {
 	}
 	if c.SMTPConnections < 1 || c.SMTPConnections > 100 {
 		bad("TEND_SMTP_CONNECTIONS", "want 1 to 100, got %d", c.SMTPConnections)
+	}
+	if c.MaxDelay < time.Minute {
+		bad("TEND_MAX_DELAY", "want a duration of at least 1m, such as 72h")
 	}
 	if c.SendLease < 10*time.Second {
 		bad("TEND_SEND_LEASE", "want at least 10s (longer than one SMTP hand-over), such as 5m")
