@@ -166,7 +166,9 @@ func (a *App) wireCampaigns() error {
 	renderer := &render.Renderer{Signer: signer, PublicURL: strings.TrimRight(cfg.PublicURL, "/"), PostalAddress: cfg.PostalAddress}
 	a.Sender = delivery.NewSender(a.DB, a.Clock, a.Log, a.Outbox, a.Enroller, renderer, mailer, delivery.SenderOptions{
 		TeamSender: cfg.TeamSender, SendingDomain: cfg.SendingDomain, InboundDomain: cfg.InboundDomain,
-		MessageIDDomain: pub.Hostname(), DKIM: dkim,
+		MessageIDDomain: pub.Hostname(),
+		Caps:            delivery.Caps{PerContact: cfg.CapPerContact, PerAccount: cfg.CapPerAccount, Window: cfg.CapWindow, MaxDelay: cfg.MaxDelay},
+		DKIM:            dkim,
 	})
 	return nil
 }

@@ -503,3 +503,47 @@ func TestHoldsAndTheSendSwitch(t *testing.T) {
 		t.Fatalf("reason = %q", r)
 	}
 }
+
+// TestFrequencyCaps: caps hold across campaigns and across an account's
+// contacts; a capped message moves to the next allowed slot, not away.
+func TestFrequencyCaps(t *testing.T) {
+	tn := start(t, map[string]string{"TEND_CAP_PER_CONTACT": "2", "TEND_CAP_PER_ACCOUNT": "3", "TEND_MAX_DELAY": "240h"})
+	tn.setup()
+	tn.call(200, "POST", "/v1/contacts", map[string]any{"id": "ivy", "account_id": "globex", "email": "ivy@globex.example", "name": "Ivy", "role": "admin"})
+	tn.call(200, "PUT", "/v1/templates/news/one", map[string]any{"kind": "email", "source": final})
+	tn.call(201, "POST", "/v1/campaigns", map[string]any{"name": "news", "kind": "drip", "segment": "at-risk", "topic": "product",
+		"steps": []any{map[string]any{"id": "one", "wait": "0h", "channel": "email", "template": "news/one"}}})
+	tn.call(200, "POST", "/v1/campaigns/news/activate", nil)
+	tn.risk("high")
+	// Four messages are due at once (two campaigns × two contacts); the
+	// account cap (3) lets three out and moves the fourth.
+	tn.eventually("three sent, one capped", 30*time.Second, func() bool {
+		sent, capped := 0, 0
+		for _, c := range []string{"hank", "ivy"} {
+			for _, m := range tn.messages(c) {
+				if m["status"] == "sent" {
+					sent++
+				}
+				if r, _ := m["reason"].(string); m["status"] == "scheduled" && strings.HasPrefix(r, "capped: account cap") {
+					capped++
+				}
+			}
+		}
+		return sent == 3 && capped == 1
+	})
+	if n := tn.smtp.Count(); n != 3 {
+		t.Fatalf("%d emails within the cap window, want 3", n)
+	}
+	// A week later the capped message goes out.
+	tn.clock.Advance(7*24*time.Hour + time.Hour)
+	tn.eventually("the capped message is sent in its next slot", 30*time.Second, func() bool {
+		for _, c := range []string{"hank", "ivy"} {
+			for _, m := range tn.messages(c) {
+				if (m["step"] == "one" || m["step"] == "checkin") && m["status"] != "sent" {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}

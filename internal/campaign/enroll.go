@@ -274,7 +274,7 @@ func (e *Enroller) scheduleStep(ctx context.Context, tx *sqlx.Tx, enrollmentID, 
 	due := make([]time.Time, len(zones))
 	for i, z := range zones {
 		ids[i] = z.ID
-		loc := e.location(z.Contact, z.Account)
+		loc := e.Location(z.Contact, z.Account)
 		due[i] = def.Window.Next(wait.After(anchor, loc), loc)
 	}
 	now := e.clock.Now()
@@ -292,9 +292,9 @@ func (e *Enroller) scheduleStep(ctx context.Context, tx *sqlx.Tx, enrollmentID, 
 	return nil
 }
 
-// location picks the first valid time zone of the contact's, the account's
+// Location picks the first valid time zone of the contact's, the account's
 // and the default.
-func (e *Enroller) location(zones ...string) *time.Location {
+func (e *Enroller) Location(zones ...string) *time.Location {
 	for _, z := range zones {
 		if z == "" {
 			continue

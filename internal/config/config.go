@@ -53,6 +53,12 @@ type Config struct {
 	// before it is presumed dead (claimed messages are released, the one
 	// being handed over becomes uncertain).
 	SendLease time.Duration `env:"TEND_SEND_LEASE" envDefault:"5m"`
+	// CapPerContact and CapPerAccount limit messages (every campaign and
+	// channel together) per contact and per account in CapWindow; 0 turns a
+	// cap off.
+	CapPerContact int           `env:"TEND_CAP_PER_CONTACT" envDefault:"3"`
+	CapPerAccount int           `env:"TEND_CAP_PER_ACCOUNT" envDefault:"5"`
+	CapWindow     time.Duration `env:"TEND_CAP_WINDOW" envDefault:"168h"`
 	// MaxDelay is how late a message held back (by a hold) may get before it
 	// is skipped with a reason.
 	MaxDelay time.Duration `env:"TEND_MAX_DELAY" envDefault:"72h"`
@@ -152,6 +158,12 @@ func (c Config) Validate() error {
 	}
 	if c.SMTPConnections < 1 || c.SMTPConnections > 100 {
 		bad("TEND_SMTP_CONNECTIONS", "want 1 to 100, got %d", c.SMTPConnections)
+	}
+	if c.CapPerContact < 0 || c.CapPerAccount < 0 {
+		bad("TEND_CAP_PER_CONTACT/TEND_CAP_PER_ACCOUNT", "want 0 (off) or a positive number")
+	}
+	if c.CapWindow < time.Hour {
+		bad("TEND_CAP_WINDOW", "want a duration of at least 1h, such as 168h")
 	}
 	if c.MaxDelay < time.Minute {
 		bad("TEND_MAX_DELAY", "want a duration of at least 1m, such as 72h")

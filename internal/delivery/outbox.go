@@ -176,6 +176,19 @@ func (o *Outbox) Retry(ctx context.Context, id int64, token string, retryAt time
 	return nil
 }
 
+// Defer puts a claimed message back to scheduled, due at a later time, with
+// the reason it waits (a frequency cap, say).
+func (o *Outbox) Defer(ctx context.Context, id int64, token string, at time.Time, reason string) error {
+	_, err := o.db.ExecContext(ctx, `
+		UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
+			due_at = $3, reason = $4, updated_at = $5
+		WHERE id = $1 AND claim_token = $2 AND status = 'claimed'`, id, token, at, reason, o.clock.Now())
+	if err != nil {
+		return fmt.Errorf("delivery: defer: %w", err)
+	}
+	return nil
+}
+
 // Release puts claimed messages that were never handed to SMTP back to
 // scheduled (a worker shutting down, say).
 func (o *Outbox) Release(ctx context.Context, ids []int64, token string) error {

@@ -48,6 +48,9 @@ type SenderOptions struct {
 	MaxAttempts int
 	// Backoff is the delay before retry n (1-based); nil uses a default.
 	Backoff func(n int) time.Duration
+	// Caps limit messages per contact and per account; zero values turn
+	// them off.
+	Caps Caps
 	// DKIM, when set, signs every message (then sent with SendRaw).
 	DKIM *DKIM
 }
@@ -94,6 +97,7 @@ type claimed struct {
 	Test         bool            `db:"test"`
 	ToAddress    string          `db:"to_address"`
 	Attempts     int             `db:"attempts"`
+	DueAt        time.Time       `db:"due_at"`
 	RawDef       []byte          `db:"definition"`
 	RawTemplates []byte          `db:"templates"`
 	ContactID    *int64          `db:"contact_id"`
@@ -120,7 +124,7 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 	var msgs []claimed
 	err = s.db.SelectContext(ctx, &msgs, `
 		SELECT m.id, m.enrollment_id, en.status AS enrollment_status, m.campaign_id, c.name AS campaign, c.topic,
-		       m.version, m.step_id, m.channel, m.test, m.to_address, m.attempts, v.definition, v.templates,
+		       m.version, m.step_id, m.channel, m.test, m.to_address, m.attempts, m.due_at, v.definition, v.templates,
 		       ct.id AS contact_id, ct.external_id AS contact_external_id, ct.email AS contact_email,
 		       ct.name AS contact_name, ct.role AS contact_role, ct.timezone AS contact_timezone,
 		       ct.locale AS contact_locale, ct.traits AS contact_traits,
@@ -142,9 +146,14 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 		s.outbox.Release(context.WithoutCancel(ctx), got, token)
 		return 0, err
 	}
+	ledger, err := s.loadCaps(ctx, msgs, s.clock.Now())
+	if err != nil {
+		s.outbox.Release(context.WithoutCancel(ctx), got, token)
+		return 0, err
+	}
 	touched := map[int64]bool{}
 	sent := 0
-	b := &batch{token: token}
+	b := &batch{token: token, caps: ledger}
 	for i := range msgs {
 		m := &msgs[i]
 		if ctx.Err() != nil {
@@ -245,6 +254,7 @@ func (s *Sender) loadAccounts(ctx context.Context, msgs []claimed) (map[int64]*a
 type batch struct {
 	token string
 	done  []Outcome
+	caps  *capLedger
 }
 
 func (b *batch) record(id int64, status, reason string) {
@@ -315,6 +325,15 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 		case m.Unsubscribed != nil:
 			return skip("the contact unsubscribed from topic " + *m.Unsubscribed)
 		}
+		now := s.clock.Now()
+		if at, why := b.caps.next(*m.ContactID, now); at.After(now) {
+			loc := s.enroller.Location(contact.Timezone, info.account.Timezone)
+			at = def.Window.Next(at, loc)
+			if at.After(m.DueAt.Add(s.opts.Caps.MaxDelay)) {
+				return skip("capped: the " + why + " allows no slot within the maximum delay")
+			}
+			return false, s.outbox.Defer(ctx, m.ID, token, at, "capped: "+why+"; moved to the next allowed slot")
+		}
 	}
 
 	msg, err := s.compose(m, def, info, contact, to)
@@ -339,6 +358,9 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 	// Recording the outcome must survive a cancelled context: the message
 	// was handed over.
 	rctx := context.WithoutCancel(ctx)
+	if !m.Test && m.ContactID != nil {
+		b.caps.count(*m.ContactID, s.clock.Now())
+	}
 	if sendErr == nil {
 		b.record(m.ID, StatusSent, "")
 		return true, nil
