@@ -547,3 +547,65 @@ func TestFrequencyCaps(t *testing.T) {
 		return true
 	})
 }
+
+const tipNudge = `title: "Try scheduled reports, {{.Contact.FirstName}}"
+body: "Teams like {{.Account.Name}} save an hour a week with them."
+cta_label: "Show me"
+cta_url: "/reports/new"
+`
+
+// TestNudges: in-app steps land in the contact's inbox, leave it when
+// clicked or dismissed, expire, and count as engagement.
+func TestNudges(t *testing.T) {
+	tn := start(t)
+	tn.setup()
+	tn.call(200, "PUT", "/v1/templates/nudges/tip", map[string]any{"kind": "nudge", "source": tipNudge})
+	tn.call(422, "PUT", "/v1/templates/nudges/bad", map[string]any{"kind": "nudge", "source": "title: x\ncolour: red\n"})
+	tn.call(201, "POST", "/v1/campaigns", map[string]any{"name": "tips", "kind": "drip", "segment": "at-risk",
+		"steps": []any{
+			map[string]any{"id": "tip", "wait": "0h", "channel": "in_app", "template": "nudges/tip"},
+			map[string]any{"id": "tip2", "wait": "1h", "channel": "in_app", "template": "nudges/tip", "expires": "1d"},
+		}})
+	tn.call(200, "POST", "/v1/campaigns/tips/activate", nil)
+	tn.risk("high")
+	inbox := func() []any {
+		return tn.call(200, "GET", "/v1/nudges?contact_id=hank", nil)["nudges"].([]any)
+	}
+	tn.eventually("a nudge in the inbox", 30*time.Second, func() bool { return len(inbox()) == 1 })
+	n := inbox()[0].(map[string]any)
+	if n["title"] != "Try scheduled reports, Hank" || n["cta_url"] != "/reports/new" || n["campaign"] != "tips" {
+		t.Fatalf("nudge = %v", n)
+	}
+	id := int64(n["id"].(float64))
+	tn.call(200, "POST", fmt.Sprintf("/v1/nudges/%d/events", id), map[string]any{"kind": "view"})
+	tn.call(200, "POST", fmt.Sprintf("/v1/nudges/%d/events", id), map[string]any{"kind": "view"}) // counted once
+	if len(inbox()) != 1 {
+		t.Fatal("a viewed nudge stays until clicked, dismissed or expired")
+	}
+	tn.call(200, "POST", fmt.Sprintf("/v1/nudges/%d/events", id), map[string]any{"kind": "click"})
+	if len(inbox()) != 0 {
+		t.Fatal("a clicked nudge leaves the inbox")
+	}
+	tn.call(409, "POST", fmt.Sprintf("/v1/nudges/%d/events", id), map[string]any{"kind": "dismiss"})
+	tn.call(422, "POST", fmt.Sprintf("/v1/nudges/%d/events", id), map[string]any{"kind": "poke"})
+	tn.call(404, "POST", "/v1/nudges/999999/events", map[string]any{"kind": "view"})
+	tn.call(404, "GET", "/v1/nudges?contact_id=nobody", nil)
+	tn.call(422, "GET", "/v1/nudges", nil)
+	// The second nudge (an hour later) expires after a day.
+	tn.clock.Advance(time.Hour + time.Minute)
+	tn.eventually("the second nudge", 30*time.Second, func() bool { return len(inbox()) == 1 })
+	tn.clock.Advance(25 * time.Hour)
+	if len(inbox()) != 0 {
+		t.Fatal("an expired nudge leaves the inbox")
+	}
+	var kinds []string
+	tn.db.Select(&kinds, `SELECT kind FROM engagement_event ORDER BY id`)
+	if strings.Join(kinds, ",") != "nudge_view,nudge_click" {
+		t.Fatalf("engagement = %v", kinds)
+	}
+	for _, m := range tn.smtp.Messages() {
+		if strings.Contains(string(m.Data), "scheduled reports") {
+			t.Fatal("in-app steps send no email")
+		}
+	}
+}

@@ -314,16 +314,16 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 			}
 		}
 		switch {
-		case m.Channel != campaign.ChannelEmail:
-			return skip("the in_app channel is not available yet")
-		case to == "":
-			return skip("the contact has no email address")
-		case m.Suppressed != nil:
-			return skip("the address is suppressed: " + *m.Suppressed)
 		case m.Unsubscribed != nil && *m.Unsubscribed == "*":
 			return skip("the contact unsubscribed from everything")
 		case m.Unsubscribed != nil:
 			return skip("the contact unsubscribed from topic " + *m.Unsubscribed)
+		case m.Channel == campaign.ChannelInApp:
+			// In-app needs no address; suppressions are about mail.
+		case to == "":
+			return skip("the contact has no email address")
+		case m.Suppressed != nil:
+			return skip("the address is suppressed: " + *m.Suppressed)
 		}
 		now := s.clock.Now()
 		if at, why := b.caps.next(*m.ContactID, now); at.After(now) {
@@ -336,6 +336,9 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 		}
 	}
 
+	if m.Channel == campaign.ChannelInApp {
+		return s.nudge(ctx, m, def, info, contact, b)
+	}
 	msg, err := s.compose(m, def, info, contact, to)
 	if err != nil {
 		b.record(m.ID, StatusFailed, "render: "+err.Error())
@@ -385,6 +388,47 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 		b.record(m.ID, StatusFailed, se.Error())
 	}
 	return true, nil
+}
+
+// nudge renders an in-app step and puts it in the contact's inbox.
+func (s *Sender) nudge(ctx context.Context, m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, b *batch) (bool, error) {
+	step := stepOf(def, m.StepID)
+	if step == nil || m.ContactID == nil {
+		b.record(m.ID, StatusFailed, "the step or contact is gone")
+		return false, nil
+	}
+	t, err := s.template(m, step.Template)
+	if err != nil {
+		b.record(m.ID, StatusFailed, "render: "+err.Error())
+		return false, nil
+	}
+	d := render.Data{Contact: render.ContactFrom(c), Campaign: render.CampaignData{Name: m.Campaign, Step: m.StepID}, Profile: &account.Profile{}}
+	if info != nil {
+		d.Account, d.Profile = render.AccountFrom(info.account), info.profile
+		if info.csm != nil {
+			d.CSM = render.CSMFrom(*info.csm)
+		}
+	}
+	n, err := s.renderer.Nudge(t, d)
+	if err != nil {
+		b.record(m.ID, StatusFailed, "render: "+err.Error())
+		return false, nil
+	}
+	expiry := DefaultNudgeExpiry
+	if step.Expires != "" {
+		if w, err := campaign.ParseWait(step.Expires); err == nil {
+			expiry = time.Duration(w.Days)*24*time.Hour + w.D
+		}
+	}
+	if !m.Test {
+		b.caps.count(*m.ContactID, s.clock.Now())
+	}
+	ok, err := s.outbox.deliverNudge(ctx, b.token, b.done, m.ID, *m.ContactID, n, s.clock.Now().Add(expiry))
+	if err != nil {
+		return false, err
+	}
+	b.done = nil
+	return ok, nil
 }
 
 func deref(s *string) string {

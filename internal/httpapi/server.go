@@ -152,6 +152,8 @@ func (s *Server) routes() {
 	s.handle(v1, http.MethodDelete, "/accounts/:id/hold", s.releaseHold, csm)
 	s.handle(v1, http.MethodGet, "/sending", s.getSendSwitch, marketing, csm, product)
 	s.handle(v1, http.MethodPut, "/sending", s.putSendSwitch)
+	s.handle(v1, http.MethodGet, "/nudges", s.listNudges, product)
+	s.handle(v1, http.MethodPost, "/nudges/:id/events", s.nudgeEvent, product)
 	s.handle(v1, http.MethodGet, "/audit", s.getAudit)
 	s.handle(v1, http.MethodGet, "/keys", s.listKeys)
 	s.handle(v1, http.MethodPost, "/keys", s.createKey)
