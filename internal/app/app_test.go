@@ -609,3 +609,81 @@ func TestNudges(t *testing.T) {
 		}
 	}
 }
+
+// TestBroadcastVariants: at send_at each account gets the first variant
+// whose segment it is in (never two), each contact once, in their own send
+// window; a dry run says who would be reached and changes nothing.
+func TestBroadcastVariants(t *testing.T) {
+	tn := start(t)
+	tn.call(201, "POST", "/v1/segments", map[string]any{"name": "paying", "predicate": `plan == "pro"`})
+	tn.call(201, "POST", "/v1/segments", map[string]any{"name": "small", "predicate": `seats < 50`})
+	tn.call(200, "POST", "/v1/accounts", map[string]any{"accounts": []any{
+		map[string]any{"id": "both", "plan": "pro", "seats": 10, "timezone": "Europe/Paris"},
+		map[string]any{"id": "smb-only", "plan": "free", "seats": 5, "timezone": "America/New_York"},
+		map[string]any{"id": "neither", "plan": "free", "seats": 500},
+	}})
+	tn.call(200, "POST", "/v1/contacts", map[string]any{"contacts": []any{
+		map[string]any{"id": "p1", "account_id": "both", "email": "p1@both.example", "name": "Pia"},
+		map[string]any{"id": "p2", "account_id": "both", "email": "p2@both.example", "name": "Paul"},
+		map[string]any{"id": "n1", "account_id": "smb-only", "email": "n1@smb.example", "name": "Nora"},
+		map[string]any{"id": "x1", "account_id": "neither", "email": "x1@neither.example", "name": "Xavi"},
+	}})
+	for _, s := range []string{"paying", "small"} {
+		tn.eventually("segment "+s+" built", 30*time.Second, func() bool { return tn.call(200, "GET", "/v1/segments/"+s, nil)["status"] == "ready" })
+	}
+	tn.call(200, "PUT", "/v1/templates/releases/pro", map[string]any{"kind": "email", "source": `{{define "subject"}}New for pro teams{{end}}{{define "body"}}<p>SSO is here.</p>{{end}}`})
+	tn.call(200, "PUT", "/v1/templates/releases/smb", map[string]any{"kind": "email", "source": `{{define "subject"}}New for small teams{{end}}{{define "body"}}<p>Simpler workflows.</p>{{end}}`})
+	sendAt := t0.Add(time.Hour) // Monday 10:00 UTC: 12:00 in Paris, 06:00 in New York
+	tn.call(201, "POST", "/v1/campaigns", map[string]any{"name": "release", "kind": "broadcast", "send_at": sendAt,
+		"window":   map[string]any{"days": []string{"mon", "tue", "wed", "thu", "fri"}, "from": "09:00", "to": "17:00"},
+		"variants": []any{map[string]any{"segment": "paying", "template": "releases/pro"}, map[string]any{"segment": "small", "template": "releases/smb"}}})
+
+	dry := tn.call(200, "POST", "/v1/campaigns/release/activate?dry_run=true", nil)
+	if dry["accounts"] != 2.0 || dry["contacts"] != 3.0 {
+		t.Fatalf("dry run = %v", dry)
+	}
+	variants := dry["variants"].([]any)
+	if variants[0].(map[string]any)["contacts"] != 2.0 || variants[1].(map[string]any)["contacts"] != 1.0 {
+		t.Fatalf("per variant = %v", variants)
+	}
+	if c := tn.call(200, "GET", "/v1/campaigns/release", nil); c["status"] != "draft" {
+		t.Fatalf("a dry run changed the campaign: %v", c)
+	}
+	var rows int
+	tn.db.Get(&rows, `SELECT (SELECT count(*) FROM enrollment) + (SELECT count(*) FROM message)`)
+	if rows != 0 {
+		t.Fatalf("a dry run wrote %d rows", rows)
+	}
+
+	tn.call(200, "POST", "/v1/campaigns/release/activate", nil)
+	time.Sleep(500 * time.Millisecond)
+	if tn.smtp.Count() != 0 {
+		t.Fatal("nothing goes before send_at")
+	}
+	tn.clock.Set(sendAt)
+	if !tn.smtp.WaitFor(2, 30*time.Second) {
+		t.Fatalf("the Paris contacts did not get the pro variant: %v", tn.messages("p1"))
+	}
+	for _, m := range tn.smtp.Messages() {
+		if m.Header.Get("Subject") != "New for pro teams" {
+			t.Fatalf("an account in both segments gets the first variant only, got %q", m.Header.Get("Subject"))
+		}
+	}
+	n1 := tn.messages("n1")
+	if len(n1) != 1 || n1[0]["status"] != "scheduled" || n1[0]["due_at"] != "2026-06-15T13:00:00Z" {
+		t.Fatalf("New York gets it at 09:00 local: %v", n1)
+	}
+	tn.clock.Set(time.Date(2026, 6, 15, 13, 0, 0, 0, time.UTC))
+	if !tn.smtp.WaitFor(3, 30*time.Second) {
+		t.Fatal("the New York contact did not get the small-team variant")
+	}
+	time.Sleep(500 * time.Millisecond)
+	if tn.smtp.Count() != 3 || len(tn.messages("x1")) != 0 {
+		t.Fatalf("%d emails; an account in no segment got %v", tn.smtp.Count(), tn.messages("x1"))
+	}
+	stats := tn.call(200, "GET", "/v1/campaigns/release/stats", nil)
+	steps := stats["steps"].([]any)
+	if len(steps) != 2 || steps[0].(map[string]any)["step"] != "variant-paying" {
+		t.Fatalf("stats per variant = %v", steps)
+	}
+}

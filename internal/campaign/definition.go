@@ -535,3 +535,34 @@ func clockOf(hhmm string, defHour int) (int, int) {
 	}
 	return h, m
 }
+
+// VariantStepID is the step id of a broadcast variant's messages: a
+// broadcast runs as one step per variant, so the outbox, stats and "once"
+// work as for drips.
+func VariantStepID(segment string) string { return "variant-" + segment }
+
+// BroadcastSteps returns the steps a broadcast runs as: one per variant.
+func (d Definition) BroadcastSteps() []Step {
+	steps := make([]Step, len(d.Variants))
+	for i, v := range d.Variants {
+		ch := v.Channel
+		if ch == "" {
+			ch = ChannelEmail
+		}
+		steps[i] = Step{ID: VariantStepID(v.Segment), Wait: "0h", Channel: ch, Template: v.Template}
+	}
+	return steps
+}
+
+// Decode reads a stored definition. A broadcast gets its steps, one per
+// variant, so that everything downstream handles both kinds alike.
+func Decode(raw []byte) (Definition, error) {
+	var d Definition
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return d, fmt.Errorf("campaign: decode definition: %w", err)
+	}
+	if d.Kind == KindBroadcast {
+		d.Steps = d.BroadcastSteps()
+	}
+	return d, nil
+}

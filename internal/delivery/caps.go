@@ -94,3 +94,48 @@ func (l *capLedger) count(contactID int64, at time.Time) {
 		l.accounts[acc] = append(l.accounts[acc], at)
 	}
 }
+
+// HeldBack counts, among contacts a campaign of the topic would reach, those
+// that would not get a message now: suppressed addresses, unsubscribes (the
+// topic or everything), accounts on hold, and contacts already at a
+// frequency cap.
+type HeldBack struct {
+	Suppressed   int `db:"suppressed" json:"suppressed"`
+	Unsubscribed int `db:"unsubscribed" json:"unsubscribed"`
+	OnHold       int `db:"on_hold" json:"on_hold"`
+	Capped       int `db:"capped" json:"capped"`
+}
+
+// HeldBack answers, for a dry run, how many of the contacts would be held
+// back and why (each contact counted under its first reason).
+func (s *Sender) HeldBack(ctx context.Context, topic string, contactIDs []int64) (HeldBack, error) {
+	var h HeldBack
+	if len(contactIDs) == 0 {
+		return h, nil
+	}
+	c := s.opts.Caps
+	now := s.clock.Now()
+	err := s.db.GetContext(ctx, &h, `
+		WITH x AS (
+			SELECT ct.id, ct.account_id,
+				EXISTS (SELECT 1 FROM suppression sp WHERE sp.email = ct.email) AS suppressed,
+				EXISTS (SELECT 1 FROM contact_unsubscribe u WHERE u.contact_id = ct.id AND u.topic IN ($2, '*')) AS unsubscribed,
+				EXISTS (SELECT 1 FROM account_hold h WHERE h.account_id = ct.account_id AND h.released_at IS NULL
+				        AND (h.until IS NULL OR h.until > $3)) AS on_hold,
+				($5 > 0 AND (SELECT count(*) FROM message m WHERE m.contact_id = ct.id AND NOT m.test
+				            AND m.status IN ('sent', 'sending', 'uncertain') AND m.sent_at > $4) >= $5)
+				OR ($6 > 0 AND (SELECT count(*) FROM message m JOIN contact c2 ON c2.id = m.contact_id
+				            WHERE c2.account_id = ct.account_id AND NOT m.test
+				            AND m.status IN ('sent', 'sending', 'uncertain') AND m.sent_at > $4) >= $6) AS capped
+			FROM contact ct WHERE ct.id = ANY($1)
+		)
+		SELECT count(*) FILTER (WHERE suppressed) AS suppressed,
+		       count(*) FILTER (WHERE unsubscribed AND NOT suppressed) AS unsubscribed,
+		       count(*) FILTER (WHERE on_hold AND NOT unsubscribed AND NOT suppressed) AS on_hold,
+		       count(*) FILTER (WHERE capped AND NOT on_hold AND NOT unsubscribed AND NOT suppressed) AS capped
+		FROM x`, pq.Array(contactIDs), topic, now, now.Add(-c.Window), c.PerContact, c.PerAccount)
+	if err != nil {
+		return h, fmt.Errorf("delivery: held back: %w", err)
+	}
+	return h, nil
+}

@@ -269,8 +269,8 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 		b.record(m.ID, StatusSkipped, reason)
 		return false, nil
 	}
-	var def campaign.Definition
-	if err := json.Unmarshal(m.RawDef, &def); err != nil {
+	def, err := campaign.Decode(m.RawDef)
+	if err != nil {
 		b.record(m.ID, StatusFailed, "the campaign version cannot be read")
 		return false, nil
 	}
@@ -290,7 +290,7 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 
 	if !m.Test {
 		switch {
-		case m.EnrollStatus != nil && *m.EnrollStatus != campaign.EnrollmentActive:
+		case def.Kind == campaign.KindDrip && m.EnrollStatus != nil && *m.EnrollStatus != campaign.EnrollmentActive:
 			return skip("the enrollment is " + *m.EnrollStatus)
 		case info == nil:
 			return skip("the account no longer exists")
@@ -703,8 +703,8 @@ func (s *Sender) synthetic(ctx context.Context, campaignName, stepID, contactID 
 		return nil, campaign.Definition{}, nil, account.Contact{}, postgres.NotFound(err, "delivery: preview",
 			errs.E(errs.NotFound, "campaign_not_found", "no campaign named %q", campaignName))
 	}
-	var def campaign.Definition
-	if err := json.Unmarshal(m.RawDef, &def); err != nil {
+	def, err := campaign.Decode(m.RawDef)
+	if err != nil {
 		return nil, def, nil, account.Contact{}, err
 	}
 	if stepOf(def, stepID) == nil {

@@ -76,8 +76,8 @@ func (s *Server) campaignAction(action string) echo.HandlerFunc {
 		if err := mayWriteCampaign(c, cur.Kind); err != nil {
 			return err
 		}
-		if action == "activate" && cur.Kind == campaign.KindBroadcast {
-			return errs.E(errs.Invalid, "broadcasts_unavailable", "sending broadcasts is not available yet; drips are")
+		if action == "activate" && c.QueryParam("dry_run") == "true" {
+			return s.dryRun(c, cur)
 		}
 		got, err := s.deps.Campaigns.SetStatus(ctx, cur.Name, action)
 		if err != nil {
@@ -251,4 +251,29 @@ func (s *Server) testCampaign(c echo.Context) error {
 	s.sendNow(c, []int64{id})
 	auditTarget(c, "test of %s/%s to %s", c.Param("name"), body.Step, body.To)
 	return c.JSON(http.StatusAccepted, map[string]any{"message_id": id, "status": "scheduled"})
+}
+
+// dryRun answers who activating a campaign would reach now, per variant, and
+// how many caps and suppressions would hold back, changing nothing.
+func (s *Server) dryRun(c echo.Context, cur campaign.Campaign) error {
+	ctx := c.Request().Context()
+	def, reach, err := s.deps.Enroller.Reach(ctx, cur.Name)
+	if err != nil {
+		return err
+	}
+	var all []int64
+	accounts, contacts := 0, 0
+	for _, r := range reach {
+		all = append(all, r.IDs...)
+		accounts += r.Accounts
+		contacts += r.Contacts
+	}
+	held, err := s.deps.Sender.HeldBack(ctx, def.Topic, all)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{
+		"campaign": cur.Name, "kind": cur.Kind, "dry_run": true,
+		"accounts": accounts, "contacts": contacts, "variants": reach, "held_back": held,
+	})
 }

@@ -125,6 +125,11 @@ func (d *DeliverySweep) Run(ctx context.Context) error {
 	if pending {
 		d.Client.SegmentEventsWritten(ctx)
 	}
+	if n, err := d.Enroller.RunDueBroadcasts(ctx); err != nil {
+		return err
+	} else if n > 0 {
+		d.Log.Info("broadcast fanned out", "messages", n)
+	}
 	for round := 0; round < 20; round++ {
 		ids, err := d.Outbox.TakeDue(ctx, 5000, d.RequeueAfter)
 		if err != nil {
