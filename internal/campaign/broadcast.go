@@ -113,10 +113,9 @@ func (e *Enroller) broadcastBatch(ctx context.Context, name string) (scheduled i
 		// once), then one message per contact; both idempotent.
 		if _, err := tx.ExecContext(ctx, `
 			INSERT INTO enrollment (campaign_id, version, account_id, entry_number, contacts, status, step, anchor_at, entered_at)
-			SELECT $1, $2, s.account, 1,
-			       ARRAY(SELECT DISTINCT x.c FROM unnest($4::bigint[], $5::bigint[]) AS x(a, c) WHERE x.a = s.account),
-			       'completed', 0, $3, $3
-			FROM (SELECT DISTINCT a AS account FROM unnest($4::bigint[]) AS a) s
+			SELECT $1, $2, x.a, 1, array_agg(x.c ORDER BY x.c), 'completed', 0, $3, $3
+			FROM unnest($4::bigint[], $5::bigint[]) AS x(a, c)
+			GROUP BY x.a
 			ON CONFLICT (campaign_id, account_id, entry_number) DO NOTHING`,
 			c.ID, c.Version, now, pq.Array(accIDs), pq.Array(contactIDs)); err != nil {
 			return fmt.Errorf("campaign: broadcast enrollments: %w", err)
