@@ -49,7 +49,9 @@ func BenchmarkSendPipeline(b *testing.B) {
 	sink := smtptest.Start(b, smtptest.Discard())
 	cfg, err := config.Load(map[string]string{
 		"TEND_DATABASE_URL": db.URL, "TEND_REDIS_URL": rd.URL, "TEND_SMTP_URL": sink.URL(),
-		"TEND_HTTP_ADDR": "127.0.0.1:0", "TEND_SWEEP_INTERVAL": "100ms",
+		"TEND_HTTP_ADDR": "127.0.0.1:0", "TEND_SWEEP_INTERVAL": "1s",
+		// Ten contacts per account would hit the account cap: this measures throughput.
+		"TEND_CAP_PER_CONTACT": "0", "TEND_CAP_PER_ACCOUNT": "0",
 		"TEND_SMTP_CONNECTIONS":   strconv.Itoa(envInt("TEND_BENCH_CONNECTIONS", 8)),
 		"TEND_WORKER_CONCURRENCY": strconv.Itoa(envInt("TEND_BENCH_CONCURRENCY", 8)),
 	})
@@ -86,6 +88,9 @@ func BenchmarkSendPipeline(b *testing.B) {
 			Steps: []campaign.Step{{ID: "checkin", Wait: "0h", Channel: "email", Template: "bench/checkin"}}}},
 		Templates: []campaign.TemplateInput{{Name: "bench/checkin", Kind: "email", Source: benchTemplate}},
 	}, false); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := a.Campaigns.SetStatus(ctx, "checkin", "activate"); err != nil {
 		b.Fatal(err)
 	}
 	// One enrollment per account and one due outbox row per contact, as
