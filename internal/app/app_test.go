@@ -687,3 +687,43 @@ func TestBroadcastVariants(t *testing.T) {
 		t.Fatalf("stats per variant = %v", steps)
 	}
 }
+
+// TestCapsPastMaxDelayAndTopics: a message the cap cannot fit within the
+// maximum delay is skipped with a reason; unsubscribing from one topic stops
+// that topic only.
+func TestCapsPastMaxDelayAndTopics(t *testing.T) {
+	tn := start(t, map[string]string{"TEND_CAP_PER_CONTACT": "1", "TEND_CAP_PER_ACCOUNT": "0", "TEND_MAX_DELAY": "1h"})
+	tn.setup() // at-risk-checkin, topic "success"
+	tn.call(200, "PUT", "/v1/templates/news/one", map[string]any{"kind": "email", "source": final})
+	tn.call(201, "POST", "/v1/campaigns", map[string]any{"name": "news", "kind": "drip", "segment": "at-risk", "topic": "product",
+		"steps": []any{map[string]any{"id": "one", "wait": "0h", "channel": "email", "template": "news/one"}}})
+	tn.call(200, "POST", "/v1/campaigns/news/activate", nil)
+	tn.risk("high")
+	tn.eventually("one sent, one skipped by the cap", 30*time.Second, func() bool {
+		sent, skipped := 0, 0
+		for _, m := range tn.messages("hank") {
+			if m["status"] == "sent" {
+				sent++
+			}
+			if r, _ := m["reason"].(string); m["status"] == "skipped" && strings.HasPrefix(r, "capped:") {
+				skipped++
+			}
+		}
+		return sent == 1 && skipped == 1
+	})
+	// Topics: hank unsubscribes from "success": that topic's follow-up is
+	// skipped for it (the product topic's unsubscribe state is untouched).
+	var contactID int64
+	tn.db.Get(&contactID, `SELECT id FROM contact WHERE external_id = 'hank'`)
+	tn.db.Exec(`INSERT INTO contact_unsubscribe (contact_id, topic, at) VALUES ($1, 'success', now())`, contactID)
+	tn.clock.Advance(8 * 24 * time.Hour) // past the cap window: the follow-ups are due
+	tn.eventually("the success follow-up is skipped for the unsubscribe", 30*time.Second, func() bool {
+		r := tn.reason("hank", "followup")
+		return tn.status("hank", "followup") == "skipped" && strings.Contains(r, "unsubscribed from topic success")
+	})
+	var product int
+	tn.db.Get(&product, `SELECT count(*) FROM contact_unsubscribe WHERE contact_id = $1 AND topic IN ('product', '*')`, contactID)
+	if product != 0 {
+		t.Fatal("unsubscribing from one topic touched another")
+	}
+}
