@@ -1,0 +1,685 @@
+package jobs_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/jmoiron/sqlx"
+
+	"github.com/tendhq/tend/internal/account"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/jobs"
+	"github.com/tendhq/tend/internal/segment"
+	"github.com/tendhq/tend/internal/testsvc"
+)
+
+// Shape of the full-pass benchmark. TEND_BENCH_ACCOUNTS and
+// TEND_BENCH_CONCURRENCY override the first two.
+const (
+	benchDefaultAccounts    = 1_000_000
+	benchDefaultConcurrency = 4 // asynq workers; 4 beat 2 on a 2-core machine (see BenchmarkSegmentFullPass)
+	benchPassTimeout        = 10 * time.Minute
+	benchOnChangeSamples    = 100
+)
+
+// benchSegments are 20 segments of the kinds customers write: plain columns,
+// usage windows, days since, utilisation, feature and event maps, traits,
+// metrics and the health score.
+var benchSegments = []segment.Input{
+	{Name: "enterprise-high-mrr", Predicate: `plan == "enterprise" && mrr >= 10000`},
+	{Name: "paid-pro-up", Predicate: `plan in ["pro", "enterprise"]`},
+	{Name: "smb-small", Predicate: `tier == "smb" && seats <= 5`},
+	{Name: "eu-enterprise", Predicate: `region == "eu" && tier == "enterprise"`},
+	{Name: "active-7d", Predicate: `logins_7d >= 3`},
+	{Name: "dormant-30d", Predicate: `logins_30d == 0`},
+	{Name: "paid-going-quiet", Predicate: `plan != "free" && days_since_last_login >= 14`},
+	{Name: "churn-risk", Predicate: `mrr > 0 && days_since(last_login_at) >= 60`},
+	{Name: "low-utilization", Predicate: `seats >= 10 && license_utilization < 0.3`},
+	{Name: "upsell-full-seats", Predicate: `plan in ["starter", "pro"] && license_utilization >= 0.9`},
+	{Name: "no-reports", Predicate: `plan in ["pro", "enterprise"] && features["reports"] == 0`},
+	{Name: "power-exporters", Predicate: `features["exports"] >= 5`},
+	{Name: "inviters", Predicate: `events["invite_sent"] >= 1 && logins_30d >= 2`},
+	{Name: "retail", Predicate: `traits.industry == "retail"`},
+	{Name: "large-companies", Predicate: `traits.employees > 1000 && plan != "enterprise"`},
+	{Name: "detractors", Predicate: `nps >= 0 && nps <= 6`},
+	{Name: "promoters", Predicate: `nps >= 9 && open_tickets == 0`},
+	{Name: "support-heavy", Predicate: `open_tickets >= 3`},
+	{Name: "unhealthy-paying", Predicate: `health_score < 60 && mrr >= 1000`},
+	{Name: "trial-ending", Predicate: `plan == "free" && days_since_signup >= 12 && days_since_signup <= 14`},
+}
+
+func benchEnvInt(b *testing.B, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(strings.ReplaceAll(v, "_", ""))
+	if err != nil || n <= 0 {
+		b.Fatalf("%s=%q: want a positive whole number", name, v)
+	}
+	return n
+}
+
+// warnings collects what the worker pool logs at warn and above (a failed
+// task, say): a pass that needed retries is not a pass to report.
+type warnings struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (w *warnings) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lines = append(w.lines, strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func (w *warnings) take() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := w.lines
+	w.lines = nil
+	return out
+}
+
+// memKB reads VmRSS and VmHWM (peak RSS) of this process, in kB.
+func memKB() (rss, hwm int64) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		for _, k := range []string{"VmRSS:", "VmHWM:"} {
+			if strings.HasPrefix(line, k) {
+				n, _ := strconv.ParseInt(strings.Fields(line[len(k):])[0], 10, 64)
+				if k == "VmRSS:" {
+					rss = n
+				} else {
+					hwm = n
+				}
+			}
+		}
+	}
+	return rss, hwm
+}
+
+// resetPeakRSS resets VmHWM to the current RSS (Linux >= 4.0), so each pass
+// gets its own peak; it reports whether that worked.
+func resetPeakRSS() bool {
+	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+}
+
+func mb(kb int64) float64 { return float64(kb) / 1024 }
+
+type passResult struct {
+	name     string
+	wall     time.Duration
+	peakKB   int64 // VmHWM after the pass (since the reset before it, if resetOK)
+	resetOK  bool
+	enters   int64 // segment_event rows the pass wrote
+	exits    int64
+	accounts int
+	goCPU    time.Duration // user+system CPU of this process (the worker pool) during the pass
+	pgCPU    time.Duration // CPU of this database's PostgreSQL backends during the pass; -1 if unreadable
+}
+
+func (r passResult) rate() float64 { return float64(r.accounts) / r.wall.Seconds() }
+
+// benchRig is a worker pool on a private database and Redis.
+type benchRig struct {
+	b        *testing.B
+	db       *testsvc.DB
+	clock    *clock.Manual
+	client   *jobs.Client
+	inspect  *asynq.Inspector
+	engine   *segment.Engine
+	accounts *account.Store
+	segments *segment.Store
+	warn     *warnings
+	n        int
+}
+
+// BenchmarkSegmentFullPass seeds TEND_BENCH_ACCOUNTS accounts (default 1M)
+// with usage, metrics and 20 segments, and times full passes through the real
+// worker pool (asynq on Redis, jobs.SegmentHandlers):
+//
+//   - build: the first pass, at day D-1, which builds every segment's
+//     membership (millions of entries) from a cold profile cache;
+//   - cold:  the first pass of day D: every cached profile is a day old, so
+//     each is recomputed from usage_daily & co. and stored;
+//   - warm:  a later pass the same day (the steady state, timed as ns/op):
+//     every profile comes from account_profile.
+//
+// It reports wall time and accounts/s per pass, the test process's RSS
+// (baseline and peak per pass; PostgreSQL's memory is separate and not
+// counted), and the on-change latency (ingest a login + signal, until the
+// membership row closes) at p50/p95 with the pool idle. Member counts are
+// checked against direct SQL and engine.Preview so a broken pass cannot look
+// fast.
+func BenchmarkSegmentFullPass(b *testing.B) {
+	n := benchEnvInt(b, "TEND_BENCH_ACCOUNTS", benchDefaultAccounts)
+	conc := benchEnvInt(b, "TEND_BENCH_CONCURRENCY", benchDefaultConcurrency)
+	ctx := context.Background()
+	day := t0 // a fixed clock: cold and warm passes are on the same UTC day
+
+	db := testsvc.NewDB(b)
+	rd := testsvc.NewRedis(b)
+	start := time.Now()
+	seedBench(b, db.DB, n, day)
+	seeded := time.Since(start)
+
+	clk := clock.NewManual(day.AddDate(0, 0, -1))
+	warn := &warnings{}
+	log := slog.New(slog.NewTextHandler(warn, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ropt := asynq.RedisClientOpt{Addr: rd.Opt.Addr, DB: rd.Opt.DB}
+	engine := segment.NewEngine(db.DB, clk, log)
+	client := jobs.NewClient(ropt, log)
+	h := &jobs.SegmentHandlers{Engine: engine, Client: client, Log: log}
+	w := jobs.NewWorker(ropt, log, jobs.WorkerOptions{Concurrency: conc, ShutdownTimeout: 10 * time.Second}, func(mux *asynq.ServeMux) {
+		h.Register(mux)
+		// The segment handlers also signal other work (campaign enrollment
+		// when they write entries and exits); there are no campaigns here,
+		// so those tasks are acknowledged and dropped.
+		mux.Use(func(next asynq.Handler) asynq.Handler {
+			return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+				if !strings.HasPrefix(t.Type(), "segment:") {
+					return nil
+				}
+				return next.ProcessTask(ctx, t)
+			})
+		})
+	})
+	rig := &benchRig{b: b, db: db, clock: clk, client: client, inspect: asynq.NewInspector(ropt), engine: engine,
+		accounts: account.NewStore(db.DB, clk), segments: segment.NewStore(db.DB, clk), warn: warn, n: n}
+	for _, in := range benchSegments {
+		if _, err := rig.segments.Create(ctx, in); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { w.Run(wctx); close(done) }()
+	b.Cleanup(func() {
+		stop()
+		<-done
+		client.Close()
+		rig.inspect.Close()
+	})
+	rig.waitIdle()
+	baseRSS, baseHWM := memKB()
+
+	// Build: a full pass on the day before, which also marks every segment
+	// built and every account evaluated.
+	build := rig.pass("build", "bench:build")
+	rig.vacuum()
+	// Cold: the first pass of the day recomputes every profile.
+	clk.Set(day)
+	cold := rig.pass("cold", "bench:cold")
+	rig.vacuum()
+	// Warm: the steady state, timed as the benchmark's ns/op.
+	var warm passResult
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		warm = rig.pass("warm", fmt.Sprintf("bench:warm:%d", i))
+	}
+	b.StopTimer()
+	if warm.enters+warm.exits != 0 {
+		b.Fatalf("warm pass: %d entries and %d exits on an unchanged day, want none", warm.enters, warm.exits)
+	}
+	rig.check(day)
+	p50, p95, worst := rig.onChange(benchOnChangeSamples)
+
+	b.ReportMetric(build.wall.Seconds(), "build_s")
+	b.ReportMetric(cold.wall.Seconds(), "cold_s")
+	b.ReportMetric(cold.rate(), "cold_accounts/s")
+	b.ReportMetric(warm.wall.Seconds(), "warm_s")
+	b.ReportMetric(warm.rate(), "warm_accounts/s")
+	b.ReportMetric(warm.goCPU.Seconds(), "warm_pool_cpu_s")
+	if warm.pgCPU >= 0 {
+		b.ReportMetric(warm.pgCPU.Seconds(), "warm_pg_cpu_s")
+	}
+	b.ReportMetric(mb(baseRSS), "rss_base_MB")
+	b.ReportMetric(mb(max3(build.peakKB, cold.peakKB, warm.peakKB)), "rss_peak_MB")
+	b.ReportMetric(float64(p50.Microseconds())/1000, "onchange_p50_ms")
+	b.ReportMetric(float64(p95.Microseconds())/1000, "onchange_p95_ms")
+
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "full pass over %d accounts x %d segments, worker concurrency %d, batch %d, shard %d (seeded in %s)\n",
+		n, len(benchSegments), conc, engine.BatchSize, engine.ShardSize, seeded.Round(time.Second))
+	for _, r := range []passResult{build, cold, warm} {
+		peak := "peak RSS (cumulative, reset unsupported)"
+		if r.resetOK {
+			peak = "peak RSS"
+		}
+		pg := "n/a"
+		if r.pgCPU >= 0 {
+			pg = fmt.Sprintf("%.1f s", r.pgCPU.Seconds())
+		}
+		fmt.Fprintf(&sb, "  %-5s pass: %8.2f s  %9.0f accounts/s  %s %6.1f MB  CPU: pool %.1f s, PostgreSQL %s  (%d entries, %d exits)\n",
+			r.name, r.wall.Seconds(), r.rate(), peak, mb(r.peakKB), r.goCPU.Seconds(), pg, r.enters, r.exits)
+	}
+	fmt.Fprintf(&sb, "  RSS baseline before the passes: %.1f MB (VmHWM so far %.1f MB); test process only, PostgreSQL and Redis not counted\n", mb(baseRSS), mb(baseHWM))
+	fmt.Fprintf(&sb, "  on-change latency (ingest a login + AccountsChanged -> membership closed), %d samples, pool idle: p50 %s  p95 %s  max %s\n",
+		benchOnChangeSamples, p50.Round(time.Millisecond/10), p95.Round(time.Millisecond/10), worst.Round(time.Millisecond/10))
+	fmt.Fprintf(&sb, "  target: warm pass <= 3 s and RSS < 300 MB: warm %s, RSS %s",
+		verdict(warm.wall <= 3*time.Second), verdict(max3(build.peakKB, cold.peakKB, warm.peakKB) < 300*1024))
+	b.Logf("%s", sb.String())
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+func max3(a, b, c int64) int64 { return max(a, b, c) }
+
+// pass runs one full pass through the pool and waits for it to finish.
+func (r *benchRig) pass(name, key string) passResult {
+	r.b.Helper()
+	ctx := context.Background()
+	before := r.eventCounts()
+	res := passResult{name: name, accounts: r.n}
+	res.resetOK = resetPeakRSS()
+	cpu0, pg0 := processCPU(), r.pgCPU()
+	start := time.Now()
+	if err := r.client.StartFullPass(ctx, key); err != nil {
+		r.b.Fatal(err)
+	}
+	for {
+		var finished bool
+		err := r.db.GetContext(ctx, &finished, `SELECT finished_at IS NOT NULL FROM segment_pass WHERE key = $1`, key)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			r.b.Fatal(err)
+		}
+		if finished {
+			break
+		}
+		if lines := r.warn.take(); len(lines) > 0 {
+			r.b.Fatalf("%s pass: the pool reported problems:\n%s", name, strings.Join(lines, "\n"))
+		}
+		if time.Since(start) > benchPassTimeout {
+			r.b.Fatalf("%s pass did not finish within %s", name, benchPassTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	res.wall = time.Since(start)
+	_, res.peakKB = memKB()
+	res.goCPU = processCPU() - cpu0
+	if pg1 := r.pgCPU(); pg0 >= 0 && pg1 >= 0 {
+		res.pgCPU = pg1 - pg0
+	} else {
+		res.pgCPU = -1
+	}
+	r.waitIdle()
+	if lines := r.warn.take(); len(lines) > 0 {
+		r.b.Fatalf("%s pass: the pool reported problems:\n%s", name, strings.Join(lines, "\n"))
+	}
+	var open int
+	if err := r.db.GetContext(ctx, &open, `
+		SELECT count(*) FROM segment_pass_shard s JOIN segment_pass p ON p.id = s.pass_id
+		WHERE p.key = $1 AND s.done_at IS NULL`, key); err != nil || open != 0 {
+		r.b.Fatalf("%s pass finished with %d open shards (err %v)", name, open, err)
+	}
+	after := r.eventCounts()
+	res.enters, res.exits = after[0]-before[0], after[1]-before[1]
+	return res
+}
+
+// processCPU is this process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// pgCPU sums the CPU time of the PostgreSQL backends connected to the test
+// database, read from /proc (so only for a server on this machine); -1 when
+// that is not possible. The pool keeps its connections open, so differences
+// across a pass are the pass's database work.
+func (r *benchRig) pgCPU() time.Duration {
+	var pids []int
+	if err := r.db.Select(&pids, `SELECT pid FROM pg_stat_activity WHERE datname = current_database()`); err != nil || len(pids) == 0 {
+		return -1
+	}
+	var ticks int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return -1
+		}
+		// Fields after the command name: state is the 1st, utime the 12th, stime the 13th.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 {
+			return -1
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + st
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+func (r *benchRig) eventCounts() [2]int64 {
+	var c struct {
+		Enters int64 `db:"enters"`
+		Exits  int64 `db:"exits"`
+	}
+	if err := r.db.Get(&c, `
+		SELECT count(*) FILTER (WHERE kind = 'enter') AS enters, count(*) FILTER (WHERE kind = 'exit') AS exits
+		FROM segment_event`); err != nil {
+		r.b.Fatal(err)
+	}
+	return [2]int64{c.Enters, c.Exits}
+}
+
+// waitIdle waits until no task is pending or running in any queue.
+func (r *benchRig) waitIdle() {
+	r.b.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		busy := false
+		for _, q := range []string{jobs.QueueCritical, jobs.QueueDefault, jobs.QueueBulk} {
+			info, err := r.inspect.GetQueueInfo(q)
+			if err != nil {
+				continue // the queue was never used
+			}
+			if info.Pending+info.Active+info.Scheduled+info.Retry > 0 {
+				busy = true
+			}
+		}
+		if !busy {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.b.Fatal("the worker pool did not go idle within a minute")
+}
+
+// vacuum stands in for autovacuum between hourly passes: a pass rewrites
+// many rows (memberships, account_profile), and timing the next pass against
+// a table full of dead tuples would measure the vacuum schedule, not Tend.
+func (r *benchRig) vacuum() {
+	if _, err := r.db.Exec(`VACUUM ANALYZE`); err != nil {
+		r.b.Fatal(err)
+	}
+}
+
+// check compares member counts with evaluations that do not go through the
+// pass: direct SQL over the raw tables (independent of the profile cache and
+// of expr) and engine.Preview (expr over the cache, no writes).
+func (r *benchRig) check(day time.Time) {
+	r.b.Helper()
+	ctx := context.Background()
+	members := func(name string) int {
+		s, err := r.segments.Get(ctx, name)
+		if err != nil {
+			r.b.Fatal(err)
+		}
+		if s.Status != segment.StatusReady {
+			r.b.Fatalf("segment %s is %s after full passes", name, s.Status)
+		}
+		return int(s.Members)
+	}
+	start30 := day.Truncate(24*time.Hour).AddDate(0, 0, -29)
+	direct := []struct {
+		name, query string
+		args        []any
+	}{
+		{"enterprise-high-mrr", `SELECT count(*) FROM account WHERE plan = 'enterprise' AND mrr >= 10000`, nil},
+		{"retail", `SELECT count(*) FROM account WHERE traits->>'industry' = 'retail'`, nil},
+		{"dormant-30d", `
+			SELECT count(*) FROM account a WHERE NOT EXISTS (
+				SELECT 1 FROM usage_daily u WHERE u.account_id = a.id AND u.kind = 'e' AND u.key = 'login'
+				AND u.day >= $1::date AND u.day <= $2::date)`, []any{start30, day}},
+	}
+	var report []string
+	for _, d := range direct {
+		var want int
+		if err := r.db.GetContext(ctx, &want, d.query, d.args...); err != nil {
+			r.b.Fatal(err)
+		}
+		got := members(d.name)
+		if got != want || want == 0 {
+			r.b.Fatalf("segment %s: %d members after the pass, direct SQL says %d", d.name, got, want)
+		}
+		report = append(report, fmt.Sprintf("%s=%d", d.name, got))
+	}
+	pv := segment.NewEngine(r.db.DB, r.clock, slog.New(slog.DiscardHandler))
+	for _, name := range []string{"no-reports", "paid-going-quiet", "promoters"} {
+		i := slices.IndexFunc(benchSegments, func(s segment.Input) bool { return s.Name == name })
+		want, _, rtErrs, err := pv.Preview(ctx, benchSegments[i].Predicate, 0)
+		if err != nil {
+			r.b.Fatal(err)
+		}
+		got := members(name)
+		if got != want || want == 0 || rtErrs != 0 {
+			r.b.Fatalf("segment %s: %d members after the pass, Preview says %d (%d runtime errors)", name, got, want, rtErrs)
+		}
+		report = append(report, fmt.Sprintf("%s=%d", name, got))
+	}
+	var errCount int64
+	if err := r.db.GetContext(ctx, &errCount, `SELECT coalesce(sum(error_count), 0) FROM segment`); err != nil || errCount != 0 {
+		r.b.Fatalf("segments recorded %d runtime errors (err %v)", errCount, err)
+	}
+	var profiles int
+	if err := r.db.GetContext(ctx, &profiles, `SELECT count(*) FROM account_profile WHERE day = $1::date`, day); err != nil || profiles != r.n {
+		r.b.Fatalf("%d cached profiles of the day, want %d (err %v)", profiles, r.n, err)
+	}
+	r.b.Logf("member counts agree with direct SQL and Preview: %s", strings.Join(report, " "))
+}
+
+// onChange measures, with the pool idle, how long a change takes to show in
+// membership: a member of dormant-30d logs in (IngestEvents +
+// AccountsChanged), and the clock runs until its membership row is closed.
+func (r *benchRig) onChange(samples int) (p50, p95, worst time.Duration) {
+	r.b.Helper()
+	ctx := context.Background()
+	seg, err := r.segments.Get(ctx, "dormant-30d")
+	if err != nil {
+		r.b.Fatal(err)
+	}
+	var picks []struct {
+		ID         int64  `db:"id"`
+		ExternalID string `db:"external_id"`
+	}
+	if err := r.db.SelectContext(ctx, &picks, `
+		SELECT a.id, a.external_id FROM segment_membership m JOIN account a ON a.id = m.account_id
+		WHERE m.segment_id = $1 AND m.exited_at IS NULL ORDER BY random() LIMIT $2`, seg.ID, samples); err != nil {
+		r.b.Fatal(err)
+	}
+	if len(picks) < samples {
+		r.b.Fatalf("only %d members of dormant-30d to sample", len(picks))
+	}
+	stmt, err := r.db.PreparexContext(ctx, `
+		SELECT EXISTS (SELECT 1 FROM segment_membership WHERE segment_id = $1 AND account_id = $2 AND exited_at IS NULL)`)
+	if err != nil {
+		r.b.Fatal(err)
+	}
+	defer stmt.Close()
+	now := r.clock.Now()
+	took := make([]time.Duration, 0, samples)
+	for i, p := range picks {
+		r.waitIdle()
+		start := time.Now()
+		res, err := r.accounts.IngestEvents(ctx, []account.EventInput{{AccountID: p.ExternalID, ContactID: "u1", Name: account.EventLogin, Timestamp: &now}}, false)
+		if err != nil {
+			r.b.Fatal(err)
+		}
+		r.client.AccountsChanged(ctx, res.Changed)
+		for {
+			var in bool
+			if err := stmt.GetContext(ctx, &in, seg.ID, p.ID); err != nil {
+				r.b.Fatal(err)
+			}
+			if !in {
+				break
+			}
+			if time.Since(start) > 30*time.Second {
+				r.b.Fatalf("on-change sample %d (account %s): still a member of dormant-30d after 30 s", i, p.ExternalID)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		took = append(took, time.Since(start))
+	}
+	if lines := r.warn.take(); len(lines) > 0 {
+		r.b.Fatalf("on-change: the pool reported problems:\n%s", strings.Join(lines, "\n"))
+	}
+	slices.Sort(took)
+	q := func(f float64) time.Duration { return took[int(f*float64(len(took)-1)+0.5)] }
+	return q(0.50), q(0.95), took[len(took)-1]
+}
+
+// seedBench fills the database with n accounts in set-based SQL: plans and
+// their MRR and seats, signups over two years, traits, last logins; daily
+// usage for the last 30 days of active accounts (a handful of rows each:
+// logins, two features, sometimes a custom event) and a last login row for
+// dormant ones; user activity; NPS and open-ticket metrics for some.
+// Random but repeatable (setseed on one connection).
+func seedBench(b *testing.B, db *sqlx.DB, n int, day time.Time) {
+	b.Helper()
+	ctx := context.Background()
+	conn, err := db.Connx(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	today := day.Truncate(24 * time.Hour)
+	start30 := today.AddDate(0, 0, -29)
+	steps := []struct {
+		what  string
+		query string
+		args  []any
+	}{
+		{"session", `SET synchronous_commit = off`, nil},
+		{"seed", `SELECT setseed(0.4217)`, nil},
+		{"csm", `INSERT INTO csm (email, name, created_at, updated_at)
+			SELECT 'csm' || i || '@example.com', 'CSM ' || i, $1, $1 FROM generate_series(1, 20) i`, []any{day}},
+		{"account", `
+			WITH r AS (
+				SELECT g, random() AS r1, random() AS r2, random() AS r3, random() AS r4,
+				       random() AS r5, random() AS r6, random() AS r7, random() AS r8
+				FROM generate_series(1, $1::int) g
+			), p AS (
+				SELECT r.*,
+				       CASE WHEN r1 < 0.50 THEN 'free' WHEN r1 < 0.75 THEN 'starter'
+				            WHEN r1 < 0.93 THEN 'pro' ELSE 'enterprise' END AS plan,
+				       $2::timestamptz - r4 * interval '730 days' AS signup_at
+				FROM r
+			), csms AS (SELECT array_agg(id ORDER BY id) AS ids FROM csm)
+			INSERT INTO account (external_id, name, plan, mrr, seats, signup_at, stage, tier, region, csm_id,
+			                     timezone, traits, last_login_at, created_at, updated_at)
+			SELECT 'acc-' || g, 'Account ' || g, plan,
+			       CASE plan WHEN 'free' THEN 0 WHEN 'starter' THEN round(49 + r2 * 250)
+			                 WHEN 'pro' THEN round(300 + r2 * 2700) ELSE round(3000 + r2 * r2 * 47000) END,
+			       CASE plan WHEN 'free' THEN 1 + floor(r3 * 3) WHEN 'starter' THEN 3 + floor(r3 * 12)
+			                 WHEN 'pro' THEN 10 + floor(r3 * 90) ELSE 50 + floor(r3 * 950) END,
+			       signup_at,
+			       CASE WHEN signup_at > $2::timestamptz - interval '30 days' THEN 'onboarding'
+			            WHEN r5 < 0.10 THEN 'renewal' WHEN r5 < 0.15 THEN 'churning' ELSE 'active' END,
+			       CASE plan WHEN 'enterprise' THEN 'enterprise' WHEN 'pro' THEN 'mid-market' ELSE 'smb' END,
+			       (ARRAY['na', 'eu', 'apac', 'latam'])[1 + floor(r5 * 4)::int],
+			       CASE WHEN plan IN ('pro', 'enterprise') THEN csms.ids[1 + g % 20] END,
+			       (ARRAY['UTC', 'America/New_York', 'Europe/Berlin', 'Asia/Tokyo'])[1 + floor(r8 * 4)::int],
+			       jsonb_build_object(
+			           'industry', (ARRAY['retail', 'saas', 'finance', 'healthcare', 'education',
+			                              'manufacturing', 'media', 'logistics'])[1 + floor(r6 * 8)::int],
+			           'employees', CASE plan WHEN 'enterprise' THEN 500 + floor(r2 * 20000)
+			                                  ELSE 2 + floor(r6 * r8 * 2000) END,
+			           'source', CASE WHEN r8 < 0.6 THEN 'self-serve' ELSE 'sales' END),
+			       CASE WHEN r7 < 0.08 THEN NULL
+			            ELSE greatest(signup_at, $2::timestamptz - power((r7 - 0.08) / 0.92, 3) * interval '150 days') END,
+			       signup_at, signup_at
+			FROM p, csms`, []any{n, day}},
+		// Logins on up to 4 days of the window, ending on the last login.
+		{"usage_daily logins", `
+			INSERT INTO usage_daily (account_id, day, kind, key, n)
+			SELECT a.id, d.day, 'e', 'login', 1 + floor(random() * 6)::int
+			FROM account a,
+			     LATERAL (SELECT (a.last_login_at AT TIME ZONE 'UTC')::date - i * (1 + a.id % 5)::int AS day
+			              FROM generate_series(0, 3) i) d
+			WHERE (a.last_login_at AT TIME ZONE 'UTC')::date >= $1::date AND d.day >= $1::date`, []any{start30}},
+		// Dormant accounts: their last login is older than the window.
+		{"usage_daily old logins", `
+			INSERT INTO usage_daily (account_id, day, kind, key, n)
+			SELECT a.id, (a.last_login_at AT TIME ZONE 'UTC')::date, 'e', 'login', 1 + floor(random() * 3)::int
+			FROM account a
+			WHERE (a.last_login_at AT TIME ZONE 'UTC')::date < $1::date`, []any{start30}},
+		// Two distinct features on the last login day, with their feature_used total.
+		{"usage_daily features", `
+			WITH f AS (
+				SELECT a.id, (a.last_login_at AT TIME ZONE 'UTC')::date AS day,
+				       (ARRAY['reports', 'dashboards', 'exports', 'alerts', 'api'])[1 + a.id % 5] AS k1,
+				       (ARRAY['reports', 'dashboards', 'exports', 'alerts', 'api'])[1 + (a.id % 5 + 1 + (a.id / 5) % 4) % 5] AS k2,
+				       1 + floor(random() * 8)::int AS n1, 1 + floor(random() * 4)::int AS n2
+				FROM account a
+				WHERE (a.last_login_at AT TIME ZONE 'UTC')::date >= $1::date
+			)
+			INSERT INTO usage_daily (account_id, day, kind, key, n)
+			SELECT id, day, 'f', k1, n1 FROM f
+			UNION ALL SELECT id, day, 'f', k2, n2 FROM f
+			UNION ALL SELECT id, day, 'e', 'feature_used', n1 + n2 FROM f`, []any{start30}},
+		// A custom event the day before the last login, for half the active accounts.
+		{"usage_daily events", `
+			INSERT INTO usage_daily (account_id, day, kind, key, n)
+			SELECT a.id, (a.last_login_at AT TIME ZONE 'UTC')::date - 1,
+			       'e', (ARRAY['report_viewed', 'invite_sent', 'export_csv', 'api_call'])[1 + (a.id / 7) % 4],
+			       1 + floor(random() * 5)::int
+			FROM account a
+			WHERE (a.last_login_at AT TIME ZONE 'UTC')::date > $1::date AND a.id % 2 = 0`, []any{start30}},
+		// Users of accounts that logged in within 90 days; some no longer active.
+		{"account_user_activity", `
+			INSERT INTO account_user_activity (account_id, user_key, last_seen_at)
+			SELECT a.id, 'u' || u.i,
+			       CASE WHEN u.i = 1 THEN a.last_login_at ELSE a.last_login_at - random() * interval '45 days' END
+			FROM account a,
+			     LATERAL generate_series(1, 1 + floor(random() * least(a.seats, 12))::int) AS u(i)
+			WHERE a.last_login_at >= $1::timestamptz - interval '90 days'`, []any{day}},
+		{"account_metric", `
+			INSERT INTO account_metric (account_id, name, value, at)
+			SELECT id, 'nps', floor(random() * 11), $1::timestamptz - random() * interval '60 days'
+			FROM account WHERE random() < 0.30
+			UNION ALL
+			SELECT id, 'open_tickets', floor(power(random(), 2) * 10), $1::timestamptz - random() * interval '10 days'
+			FROM account WHERE random() < 0.25`, []any{day}},
+	}
+	var sb strings.Builder
+	for _, s := range steps {
+		start := time.Now()
+		res, err := conn.ExecContext(ctx, s.query, s.args...)
+		if err != nil {
+			b.Fatalf("seed %s: %v", s.what, err)
+		}
+		if rows, _ := res.RowsAffected(); rows > 0 && s.what != "seed" {
+			fmt.Fprintf(&sb, " %s=%d (%.1fs)", s.what, rows, time.Since(start).Seconds())
+		}
+	}
+	start := time.Now()
+	if _, err := conn.ExecContext(ctx, `VACUUM ANALYZE`); err != nil {
+		b.Fatal(err)
+	}
+	var size string
+	conn.GetContext(ctx, &size, `SELECT pg_size_pretty(pg_database_size(current_database()))`)
+	b.Logf("seeded:%s; vacuum %.1fs; database %s", sb.String(), time.Since(start).Seconds(), size)
+}
