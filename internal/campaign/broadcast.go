@@ -3,16 +3,13 @@ package campaign
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/expr-lang/expr/vm"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
-	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/postgres"
 )
 
@@ -212,45 +209,15 @@ func (e *Enroller) fanOut(ctx context.Context, q postgres.Queryer, def Definitio
 	for i, r := range rows {
 		accIDs[i] = r.ID
 	}
-	var contacts []struct {
-		ID        int64           `db:"id"`
-		AccountID int64           `db:"account_id"`
-		External  string          `db:"external_id"`
-		Email     string          `db:"email"`
-		Name      string          `db:"name"`
-		Role      string          `db:"role"`
-		Timezone  string          `db:"timezone"`
-		Locale    string          `db:"locale"`
-		Traits    json.RawMessage `db:"traits"`
-	}
-	if err := q.SelectContext(ctx, &contacts, `
-		SELECT id, account_id, external_id, email, name, role, timezone, locale, traits
-		FROM contact WHERE account_id = ANY($1) ORDER BY account_id, id`, pq.Array(accIDs)); err != nil {
-		return out, fmt.Errorf("campaign: fan out: %w", err)
-	}
-	var prog *vm.Program
-	var profiles map[int64]account.Cached
-	if def.Audience != "" {
-		var err error
-		if prog, err = e.compiled(def.Audience, CompileAudience); err != nil {
-			return out, err
-		}
-		if profiles, err = account.CachedProfiles(ctx, q, accIDs, e.clock.Now(), account.AllMaps); err != nil {
-			return out, err
-		}
+	audience, err := e.audienceOf(ctx, q, def, accIDs)
+	if err != nil {
+		return out, err
 	}
 	byAccount := map[int64][]fanContact{}
-	var machine vm.VM
-	for _, c := range contacts {
-		if prog != nil {
-			env := AudienceEnv{Profile: profiles[c.AccountID].Profile, Contact: ContactEnv{ID: c.External, Email: c.Email, Name: c.Name, Role: c.Role, Timezone: c.Timezone, Locale: c.Locale, Traits: map[string]any{}}}
-			json.Unmarshal(c.Traits, &env.Contact.Traits)
-			res, err := machine.Run(prog, env)
-			if ok, _ := res.(bool); err != nil || !ok {
-				continue
-			}
+	for acc, cs := range audience {
+		for _, c := range cs {
+			byAccount[acc] = append(byAccount[acc], fanContact{id: c.ID, timezone: c.Timezone})
 		}
-		byAccount[c.AccountID] = append(byAccount[c.AccountID], fanContact{id: c.ID, timezone: c.Timezone})
 	}
 	for _, r := range rows {
 		in := map[int64]bool{}

@@ -180,54 +180,71 @@ func (e *Enroller) enter(ctx context.Context, tx *sqlx.Tx, d *runningDrip, ev se
 	return e.scheduleStep(ctx, tx, id, d.ID, d.Version, d.Def, ev.AccountID, contacts, 0, ev.At)
 }
 
-// audience returns the ids of the account's contacts that match the drip's
-// audience expression (all of them when it has none).
-func (e *Enroller) audience(ctx context.Context, q postgres.Queryer, def Definition, accountID int64) ([]int64, error) {
-	var rows []struct {
-		ID         int64           `db:"id"`
-		ExternalID string          `db:"external_id"`
-		Email      string          `db:"email"`
-		Name       string          `db:"name"`
-		Role       string          `db:"role"`
-		Timezone   string          `db:"timezone"`
-		Locale     string          `db:"locale"`
-		Traits     json.RawMessage `db:"traits"`
-	}
+// audienceContact is a contact as audience expressions see it.
+type audienceContact struct {
+	ID        int64           `db:"id"`
+	AccountID int64           `db:"account_id"`
+	External  string          `db:"external_id"`
+	Email     string          `db:"email"`
+	Name      string          `db:"name"`
+	Role      string          `db:"role"`
+	Timezone  string          `db:"timezone"`
+	Locale    string          `db:"locale"`
+	Traits    json.RawMessage `db:"traits"`
+}
+
+// audienceOf returns, per account, its contacts that match the campaign's
+// audience expression (all of them when it has none), in id order.
+func (e *Enroller) audienceOf(ctx context.Context, q postgres.Queryer, def Definition, accountIDs []int64) (map[int64][]audienceContact, error) {
+	var rows []audienceContact
 	if err := q.SelectContext(ctx, &rows, `
-		SELECT id, external_id, email, name, role, timezone, locale, traits
-		FROM contact WHERE account_id = $1 ORDER BY id`, accountID); err != nil {
+		SELECT id, account_id, external_id, email, name, role, timezone, locale, traits
+		FROM contact WHERE account_id = ANY($1) ORDER BY account_id, id`, pq.Array(accountIDs)); err != nil {
 		return nil, fmt.Errorf("campaign: audience: %w", err)
 	}
-	out := make([]int64, 0, len(rows))
-	if def.Audience == "" {
-		for _, r := range rows {
-			out = append(out, r.ID)
+	out := make(map[int64][]audienceContact, len(accountIDs))
+	var prog *vm.Program
+	var profiles map[int64]account.Cached
+	if def.Audience != "" {
+		var err error
+		if prog, err = e.compiled(def.Audience, CompileAudience); err != nil {
+			return nil, err
 		}
-		return out, nil
+		if profiles, err = account.CachedProfiles(ctx, q, accountIDs, e.clock.Now(), account.AllMaps); err != nil {
+			return nil, err
+		}
 	}
-	prog, err := e.compiled(def.Audience, CompileAudience)
-	if err != nil {
-		return nil, err
-	}
-	profiles, err := account.CachedProfiles(ctx, q, []int64{accountID}, e.clock.Now(), account.AllMaps)
-	if err != nil {
-		return nil, err
-	}
-	env := AudienceEnv{Profile: profiles[accountID].Profile}
 	var m vm.VM
 	for _, r := range rows {
-		env.Contact = ContactEnv{ID: r.ExternalID, Email: r.Email, Name: r.Name, Role: r.Role, Timezone: r.Timezone, Locale: r.Locale, Traits: map[string]any{}}
-		json.Unmarshal(r.Traits, &env.Contact.Traits)
-		res, err := m.Run(prog, env)
-		if err != nil {
-			e.log.Warn("audience expression failed for a contact; not enrolled", "contact", r.ExternalID, "err", err)
-			continue
+		if prog != nil {
+			env := AudienceEnv{Profile: profiles[r.AccountID].Profile, Contact: ContactEnv{ID: r.External, Email: r.Email, Name: r.Name,
+				Role: r.Role, Timezone: r.Timezone, Locale: r.Locale, Traits: map[string]any{}}}
+			json.Unmarshal(r.Traits, &env.Contact.Traits)
+			res, err := m.Run(prog, env)
+			if err != nil {
+				e.log.Warn("audience expression failed for a contact; left out", "contact", r.External, "err", err)
+				continue
+			}
+			if ok, _ := res.(bool); !ok {
+				continue
+			}
 		}
-		if ok, _ := res.(bool); ok {
-			out = append(out, r.ID)
-		}
+		out[r.AccountID] = append(out[r.AccountID], r)
 	}
 	return out, nil
+}
+
+// audience returns the ids of one account's contacts in the audience.
+func (e *Enroller) audience(ctx context.Context, q postgres.Queryer, def Definition, accountID int64) ([]int64, error) {
+	by, err := e.audienceOf(ctx, q, def, []int64{accountID})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]int64, 0, len(by[accountID]))
+	for _, c := range by[accountID] {
+		ids = append(ids, c.ID)
+	}
+	return ids, nil
 }
 
 func (e *Enroller) compiled(src string, compile func(string, clock.Clock) (*vm.Program, error)) (*vm.Program, error) {
