@@ -460,6 +460,12 @@ func (s *Store) SetStatus(ctx context.Context, name, action string) (Campaign, e
 		if err := skipScheduled(ctx, s.db, ended, "exited: the campaign was archived", s.clock.Now()); err != nil {
 			return Campaign{}, err
 		}
+		// A broadcast's messages belong to completed fan-out enrollments.
+		if _, err := s.db.ExecContext(ctx, `
+			UPDATE message SET status = 'skipped', reason = 'the campaign was archived', updated_at = $2
+			WHERE campaign_id = $1 AND status = 'scheduled' AND NOT test`, c.ID, s.clock.Now()); err != nil {
+			return Campaign{}, fmt.Errorf("campaign: archive: %w", err)
+		}
 	}
 	return s.Get(ctx, name)
 }
