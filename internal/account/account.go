@@ -147,9 +147,10 @@ func lockKeys(ctx context.Context, tx *sqlx.Tx, namespace string, keys []string)
 }
 
 // LockAccounts locks account rows in id order for the rest of the
-// transaction. Every transaction that updates several account rows (ingest,
-// metrics, upserts, the segment engine) takes its locks this way first, so
-// that two of them never wait for each other in a cycle.
+// transaction. Transactions that update several account rows (metrics,
+// upserts, the segment engine) take their locks this way first, so that two
+// of them never wait for each other in a cycle. Ingest takes the same
+// id-ordered account locks last, inside its one statement (see insertEvents).
 func LockAccounts(ctx context.Context, q postgres.Queryer, ids []int64) error {
 	if len(ids) == 0 {
 		return nil

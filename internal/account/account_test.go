@@ -271,11 +271,12 @@ func TestEventsBadItemsAndIdempotency(t *testing.T) {
 			{AccountID: "acme", Name: ""},
 			{AccountID: "acme", Name: "x", Timestamp: ptr(t0.Add(time.Hour))},
 			{AccountID: "acme", Name: "x", Properties: json.RawMessage(`"str"`)},
+			{AccountID: "acme", Name: "feature_used", Properties: json.RawMessage(`{"Feature": "reports"}`)},
 		}, false)
 		return err
 	}())
-	if len(items) != 5 {
-		t.Fatalf("want 5 bad items, got %+v", items)
+	if len(items) != 6 {
+		t.Fatalf("want 6 bad items (a key is case-sensitive), got %+v", items)
 	}
 	var n int
 	db.Get(&n, `SELECT count(*) FROM usage_event`)

@@ -69,6 +69,7 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 	now := s.clock.Now()
 	var items errs.Items
 	accIDs := make([]string, 0, len(in))
+	seen := make(map[string]bool, len(in))
 	for i, e := range in {
 		checkID(&items, i, "account_id", e.AccountID)
 		if len(e.ContactID) > maxIDLen {
@@ -81,11 +82,11 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 			checkObject(&items, i, "properties", e.Properties)
 		}
 		if e.Name == EventFeatureUsed {
-			var p struct {
-				Feature any `json:"feature"`
-			}
+			// A map, not a struct: JSON struct decoding matches keys without
+			// regard to case, and SQL reads exactly "feature".
+			var p map[string]any
 			json.Unmarshal(e.Properties, &p)
-			if f, ok := p.Feature.(string); !ok || f == "" || len(f) > maxIDLen {
+			if f, ok := p["feature"].(string); !ok || f == "" || len(f) > maxIDLen {
 				items.Add(i, "properties.feature", "a feature_used event needs properties.feature, a non-empty string")
 			}
 		}
@@ -95,7 +96,10 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 		if len(e.MessageID) > maxIDLen {
 			items.Add(i, "message_id", "is longer than %d characters", maxIDLen)
 		}
-		accIDs = append(accIDs, e.AccountID)
+		if !seen[e.AccountID] {
+			seen[e.AccountID] = true
+			accIDs = append(accIDs, e.AccountID)
+		}
 	}
 	var res IngestResult
 	err := postgres.InTx(ctx, s.db, func(tx *sqlx.Tx) error {
@@ -140,9 +144,6 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 		if len(rows) == 0 {
 			return nil
 		}
-		if err := LockAccounts(ctx, tx, values(known)); err != nil {
-			return err
-		}
 		inserted, changed, err := insertEvents(ctx, tx, rows, now)
 		if err != nil {
 			return err
@@ -161,6 +162,22 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 // already seen), the daily rollups, user activity, and the accounts'
 // last_login_at and change_version. It returns how many events were new and
 // which accounts changed.
+//
+// Concurrent batches meet on message ids, rollup, activity and account rows,
+// so the statement takes its row locks in one order, and concurrent ingests
+// wait for each other instead of deadlocking: message ids, rollup keys and
+// activity keys, each sorted, then the accounts in id order ("locked"). The
+// sub-statements of a WITH otherwise run in an unspecified order, so each
+// waits for the one before through a condition on its row count:
+// "(SELECT count(*) FROM daily) >= 0" always holds, but cannot be tested
+// before daily has run to completion.
+//
+// Unlike the other writers of account rows, which lock them first
+// (LockAccounts), ingest locks its accounts last: nearly every pair of large
+// batches shares some accounts, and locking them first would run overlapping
+// batches one after the other from start to commit, where locked last they
+// overlap until the account UPDATE. Only ingest writes rollups and activity,
+// so the two orders agree.
 func insertEvents(ctx context.Context, tx *sqlx.Tx, rows []storedEvent, now time.Time) (int, []int64, error) {
 	payload, err := json.Marshal(rows)
 	if err != nil {
@@ -174,8 +191,10 @@ func insertEvents(ctx context.Context, tx *sqlx.Tx, rows []storedEvent, now time
 		WITH ins AS (
 			INSERT INTO usage_event (account_id, user_key, name, properties, occurred_at, received_at, message_id)
 			SELECT account_id, user_key, name, properties, occurred_at, $2, message_id
-			FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, user_key text, name text,
-			     properties jsonb, occurred_at timestamptz, message_id text)
+			FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (account_id bigint, user_key text, name text,
+			     properties jsonb, occurred_at timestamptz, message_id text))
+			     WITH ORDINALITY AS x(account_id, user_key, name, properties, occurred_at, message_id, i)
+			ORDER BY message_id, i -- of repeats within the batch, the first is kept
 			ON CONFLICT (message_id) WHERE message_id IS NOT NULL DO NOTHING
 			RETURNING account_id, user_key, name, properties, occurred_at
 		), daily AS (
@@ -188,11 +207,23 @@ func insertEvents(ctx context.Context, tx *sqlx.Tx, rows []storedEvent, now time
 				WHERE name = 'feature_used'
 			) s
 			GROUP BY 1, 2, 3, 4
+			ORDER BY 1, 2, 3, 4
 			ON CONFLICT (account_id, day, kind, key) DO UPDATE SET n = d.n + EXCLUDED.n
+			RETURNING 1
 		), users AS (
 			INSERT INTO account_user_activity AS u (account_id, user_key, last_seen_at)
-			SELECT account_id, user_key, max(occurred_at) FROM ins WHERE user_key <> '' GROUP BY 1, 2
-			ON CONFLICT (account_id, user_key) DO UPDATE SET last_seen_at = GREATEST(u.last_seen_at, EXCLUDED.last_seen_at)
+			SELECT account_id, user_key, max(occurred_at) FROM ins
+			WHERE user_key <> '' AND (SELECT count(*) FROM daily) >= 0
+			GROUP BY 1, 2
+			ORDER BY 1, 2
+			ON CONFLICT (account_id, user_key) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at
+			WHERE EXCLUDED.last_seen_at > u.last_seen_at
+			RETURNING 1
+		), locked AS MATERIALIZED (
+			SELECT id FROM account
+			WHERE id IN (SELECT account_id FROM ins) AND (SELECT count(*) FROM users) >= 0
+			ORDER BY id
+			FOR NO KEY UPDATE
 		)
 		UPDATE account a
 		SET change_version = a.change_version + 1,
@@ -201,7 +232,7 @@ func insertEvents(ctx context.Context, tx *sqlx.Tx, rows []storedEvent, now time
 			SELECT account_id, count(*) AS n, max(occurred_at) FILTER (WHERE name = 'login') AS last_login
 			FROM ins GROUP BY 1
 		) s
-		WHERE a.id = s.account_id
+		WHERE a.id = s.account_id AND a.id IN (SELECT id FROM locked)
 		RETURNING a.id, s.n`, payload, now)
 	if err != nil {
 		return 0, nil, fmt.Errorf("account: ingest: %w", err)

@@ -23,6 +23,7 @@ import (
 	"github.com/tendhq/tend/internal/audit"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/httpapi"
+	"github.com/tendhq/tend/internal/segment"
 	"github.com/tendhq/tend/internal/testsvc"
 )
 
@@ -55,9 +56,11 @@ func newBenchEnv(b *testing.B, clients int) *benchEnv {
 	db := testsvc.NewDB(b)
 	clk := clock.NewManual(t0)
 	keys := apikey.NewStore(db.DB, clk)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	api := httpapi.New(httpapi.Deps{
 		Accounts: account.NewStore(db.DB, clk), Keys: keys, Audit: audit.NewLog(db.DB), Clock: clk,
-		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Segments: segment.NewStore(db.DB, clk), Engine: segment.NewEngine(db.DB, clk, log),
+		Log:   log,
 		Ready: func(ctx context.Context) error { return db.PingContext(ctx) },
 	}, httpapi.Options{BodyLimit: 10 << 20, RateLimit: 1e9, RateBurst: 1 << 30})
 	srv := httptest.NewServer(api.Handler())
