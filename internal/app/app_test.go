@@ -727,3 +727,17 @@ func TestCapsPastMaxDelayAndTopics(t *testing.T) {
 		t.Fatal("unsubscribing from one topic touched another")
 	}
 }
+
+func TestPreviewAndTestOfAnInAppStep(t *testing.T) {
+	tn := start(t)
+	tn.setup()
+	tn.call(200, "PUT", "/v1/templates/nudges/tip", map[string]any{"kind": "nudge", "source": tipNudge})
+	tn.call(201, "POST", "/v1/campaigns", map[string]any{"name": "tips", "kind": "drip", "segment": "at-risk",
+		"steps": []any{map[string]any{"id": "tip", "wait": "0h", "channel": "in_app", "template": "nudges/tip"}}})
+	pv := tn.call(200, "POST", "/v1/campaigns/tips/preview", map[string]any{"step": "tip", "contact_id": "hank"})
+	n, _ := pv["nudge"].(map[string]any)
+	if n == nil || n["title"] != "Try scheduled reports, Hank" {
+		t.Fatalf("preview = %v", pv)
+	}
+	tn.call(422, "POST", "/v1/campaigns/tips/test", map[string]any{"step": "tip", "contact_id": "hank", "to": "qa@acme-analytics.example"})
+}

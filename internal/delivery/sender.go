@@ -392,33 +392,14 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 
 // nudge renders an in-app step and puts it in the contact's inbox.
 func (s *Sender) nudge(ctx context.Context, m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, b *batch) (bool, error) {
-	step := stepOf(def, m.StepID)
-	if step == nil || m.ContactID == nil {
-		b.record(m.ID, StatusFailed, "the step or contact is gone")
+	if m.ContactID == nil {
+		b.record(m.ID, StatusFailed, "the contact is gone")
 		return false, nil
 	}
-	t, err := s.template(m, step.Template)
+	n, expiry, err := s.renderNudge(m, def, info, c)
 	if err != nil {
 		b.record(m.ID, StatusFailed, "render: "+err.Error())
 		return false, nil
-	}
-	d := render.Data{Contact: render.ContactFrom(c), Campaign: render.CampaignData{Name: m.Campaign, Step: m.StepID}, Profile: &account.Profile{}}
-	if info != nil {
-		d.Account, d.Profile = render.AccountFrom(info.account), info.profile
-		if info.csm != nil {
-			d.CSM = render.CSMFrom(*info.csm)
-		}
-	}
-	n, err := s.renderer.Nudge(t, d)
-	if err != nil {
-		b.record(m.ID, StatusFailed, "render: "+err.Error())
-		return false, nil
-	}
-	expiry := DefaultNudgeExpiry
-	if step.Expires != "" {
-		if w, err := campaign.ParseWait(step.Expires); err == nil {
-			expiry = time.Duration(w.Days)*24*time.Hour + w.D
-		}
 	}
 	if !m.Test {
 		b.caps.count(*m.ContactID, s.clock.Now())
@@ -429,6 +410,47 @@ func (s *Sender) nudge(ctx context.Context, m *claimed, def campaign.Definition,
 	}
 	b.done = nil
 	return ok, nil
+}
+
+// renderNudge renders an in-app step, and says how long it stays.
+func (s *Sender) renderNudge(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact) (render.Nudge, time.Duration, error) {
+	step, t, err := s.stepTemplate(m, def)
+	if err != nil {
+		return render.Nudge{}, 0, err
+	}
+	d, _ := s.data(m, def, info, c)
+	n, err := s.renderer.Nudge(t, d)
+	expiry := DefaultNudgeExpiry
+	if step.Expires != "" {
+		if w, err := campaign.ParseWait(step.Expires); err == nil {
+			expiry = time.Duration(w.Days)*24*time.Hour + w.D
+		}
+	}
+	return n, expiry, err
+}
+
+// stepTemplate returns a message's step and the parsed template it uses.
+func (s *Sender) stepTemplate(m *claimed, def campaign.Definition) (*campaign.Step, *render.Template, error) {
+	step := stepOf(def, m.StepID)
+	if step == nil || step.Template == "" {
+		return nil, nil, fmt.Errorf("step %q has no template", m.StepID)
+	}
+	t, err := s.template(m, step.Template)
+	return step, t, err
+}
+
+// data is what a message's template sees, and whether the CSM signs it.
+func (s *Sender) data(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact) (render.Data, *account.CSM) {
+	d := render.Data{Contact: render.ContactFrom(c), Campaign: render.CampaignData{Name: m.Campaign, Step: m.StepID}, Profile: &account.Profile{}}
+	if info == nil {
+		return d, nil
+	}
+	d.Account, d.Profile = render.AccountFrom(info.account), info.profile
+	if info.csm == nil || def.Sender != campaign.SenderCSM {
+		return d, nil // .CSM stays empty: the team sends
+	}
+	d.CSM = render.CSMFrom(*info.csm)
+	return d, info.csm
 }
 
 func deref(s *string) string {
@@ -547,30 +569,19 @@ type Composed struct {
 	HTML           string `json:"html"`
 	Text           string `json:"text"`
 	UnsubscribeURL string `json:"unsubscribe_url,omitempty"`
+	// Nudge is set instead of the email fields for an in-app step.
+	Nudge *render.Nudge `json:"nudge,omitempty"`
 }
 
 // render renders a message and addresses it: From the CSM (or the team),
 // Reply-To per DESIGN.md "Replies".
 func (s *Sender) render(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (Composed, error) {
-	step := stepOf(def, m.StepID)
-	if step == nil || step.Template == "" {
-		return Composed{}, fmt.Errorf("step %q has no template", m.StepID)
-	}
-	t, err := s.template(m, step.Template)
+	_, t, err := s.stepTemplate(m, def)
 	if err != nil {
 		return Composed{}, err
 	}
-	d := render.Data{Contact: render.ContactFrom(c), Campaign: render.CampaignData{Name: m.Campaign, Step: m.StepID}, Profile: &account.Profile{}}
-	var csm *account.CSM
-	if info != nil {
-		d.Account = render.AccountFrom(info.account)
-		d.Profile = info.profile
-		csm = info.csm
-	}
-	signAsCSM := def.Sender == campaign.SenderCSM && csm != nil
-	if signAsCSM {
-		d.CSM = render.CSMFrom(*csm)
-	}
+	d, csm := s.data(m, def, info, c)
+	signAsCSM := csm != nil
 	e, err := s.renderer.Email(t, d, m.ID, render.EmailOptions{SignAsCSM: signAsCSM, Test: m.Test})
 	if err != nil {
 		return Composed{}, err
@@ -686,6 +697,13 @@ func (s *Sender) Preview(ctx context.Context, campaignName, stepID, contactID st
 		return Composed{}, err
 	}
 	m.Test = true
+	if step := stepOf(def, stepID); step.Channel == campaign.ChannelInApp {
+		n, _, err := s.renderNudge(m, def, info, c)
+		if err != nil {
+			return Composed{}, err
+		}
+		return Composed{To: c.ExternalID, Nudge: &n}, nil
+	}
 	return s.render(m, def, info, c, c.Email)
 }
 
@@ -733,9 +751,12 @@ func (s *Sender) CreateTest(ctx context.Context, campaignName, stepID, contactID
 	if a, err := mail.ParseAddress(to); err != nil || a.Address != to {
 		return 0, errs.E(errs.Invalid, "invalid_address", "%q is not an email address", to).With("field", "to")
 	}
-	m, _, _, _, err := s.synthetic(ctx, campaignName, stepID, contactID)
+	m, def, _, _, err := s.synthetic(ctx, campaignName, stepID, contactID)
 	if err != nil {
 		return 0, err
+	}
+	if stepOf(def, stepID).Channel != campaign.ChannelEmail {
+		return 0, errs.E(errs.Invalid, "not_an_email_step", "test sends are for email steps; preview an in-app step instead").With("field", "step")
 	}
 	var id int64
 	now := s.clock.Now()
