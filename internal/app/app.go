@@ -28,6 +28,7 @@ import (
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/config"
 	"github.com/tendhq/tend/internal/delivery"
+	"github.com/tendhq/tend/internal/engagement"
 	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/httpapi"
 	"github.com/tendhq/tend/internal/jobs"
@@ -58,6 +59,7 @@ type App struct {
 	Mailer       *delivery.Mailer
 	Sender       *delivery.Sender
 	Unsubscribes *delivery.Unsubscribes
+	Tracker      *engagement.Tracker
 
 	redis  *redis.Client
 	shared *clock.Shared
@@ -144,6 +146,7 @@ func (a *App) wireCampaigns() error {
 	a.Enroller = campaign.NewEnroller(a.DB, a.Clock, a.Log, tz)
 	a.Outbox = delivery.NewOutbox(a.DB, a.Clock)
 	a.Unsubscribes = delivery.NewUnsubscribes(a.DB, a.Clock, signer)
+	a.Tracker = engagement.NewTracker(a.DB, a.Clock, signer)
 	var dkim *delivery.DKIM
 	if cfg.DKIMKeyFile != "" {
 		keyPEM, err := os.ReadFile(cfg.DKIMKeyFile)
@@ -189,7 +192,7 @@ func (a *App) API() *httpapi.Server {
 	return httpapi.New(httpapi.Deps{
 		Accounts: a.Accounts, Keys: a.Keys, Audit: a.Audit, Clock: a.Clock, Log: a.Log,
 		Segments: a.Segments, Engine: a.Engine, Signals: a.Jobs,
-		Campaigns: a.Campaigns, Enroller: a.Enroller, Outbox: a.Outbox, Sender: a.Sender, Unsubscribes: a.Unsubscribes,
+		Campaigns: a.Campaigns, Enroller: a.Enroller, Outbox: a.Outbox, Sender: a.Sender, Unsubscribes: a.Unsubscribes, Tracker: a.Tracker,
 		Ready: a.Ready, Registry: a.Registry,
 	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst})
 }

@@ -118,7 +118,8 @@ func TestRoleMatrix(t *testing.T) {
 func TestEveryRouteIsInTheRoleMatrix(t *testing.T) {
 	h := newHarness(t)
 	public := map[string]bool{"GET /healthz": true, "GET /readyz": true, "GET /metrics": true,
-		"GET /u/:token": true, "POST /u/:token": true} // unsubscribe: the signed token is the authority
+		"GET /u/:token": true, "POST /u/:token": true, // unsubscribe: the signed token is the authority
+		"GET /t/o/:token": true, "GET /t/c/:token": true} // tracking: likewise
 	for _, r := range h.api.Echo().Routes() {
 		key := r.Method + " " + r.Path
 		if public[key] || strings.HasPrefix(r.Method, "echo_route") || r.Path == "/*" || r.Path == "" {

@@ -1,10 +1,12 @@
 package httpapi_test
 
 import (
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tendhq/tend/internal/token"
 )
@@ -63,8 +65,9 @@ func TestCampaignAPIValidation(t *testing.T) {
 	wantError(t, h.do("GET", "/v1/messages?status=lost", admin, nil), http.StatusUnprocessableEntity, "invalid_parameter")
 }
 
-func TestUnsubscribe(t *testing.T) {
-	h := newHarness(t)
+// sentMessage makes a sent message of the "hello" campaign to ann at acme.
+func (h *harness) sentMessage() int64 {
+	h.t.Helper()
 	h.campaignSetup()
 	h.must(http.StatusOK, "POST", "/v1/accounts", map[string]any{"id": "acme"})
 	h.must(http.StatusOK, "POST", "/v1/contacts", map[string]any{"id": "ann", "account_id": "acme", "email": "ann@acme.example"})
@@ -76,10 +79,16 @@ func TestUnsubscribe(t *testing.T) {
 			FROM campaign c, account a, contact ct WHERE c.name = 'hello' AND a.external_id = 'acme' AND ct.external_id = 'ann'
 			RETURNING id, campaign_id, contacts[1] AS contact_id)
 		INSERT INTO message (enrollment_id, campaign_id, version, step_id, contact_id, channel, status, due_at, sent_at, created_at, updated_at)
-		SELECT id, campaign_id, 1, 'one', contact_id, 'email', 'sent', now(), now(), now(), now() FROM en RETURNING id`)
+		SELECT id, campaign_id, 1, 'one', contact_id, 'email', 'sent', $1, $1, $1, $1 FROM en RETURNING id`, h.clock.Now().Add(-time.Hour))
 	if err != nil {
-		t.Fatal(err)
+		h.t.Fatal(err)
 	}
+	return msgID
+}
+
+func TestUnsubscribe(t *testing.T) {
+	h := newHarness(t)
+	msgID := h.sentMessage()
 	signer := token.NewSigner([]byte("harness-secret-0123456789"))
 	tok := signer.Unsubscribe(msgID)
 
@@ -128,4 +137,57 @@ func (h *harness) post(path, form string) response {
 	req, _ := http.NewRequest("POST", h.srv.URL+path, strings.NewReader(vals.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	return h.send(req)
+}
+
+func TestTrackingLinks(t *testing.T) {
+	h := newHarness(t)
+	msgID := h.sentMessage() // sent an hour ago
+	signer := token.NewSigner([]byte("harness-secret-0123456789"))
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(path, ua string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("GET", h.srv.URL+path, nil)
+		req.Header.Set("User-Agent", ua)
+		res, err := noRedirect.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res
+	}
+	const browser = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15"
+	open := signer.Open(msgID)
+	if res := get("/t/o/"+open, browser); res.StatusCode != 200 || res.Header.Get("Content-Type") != "image/gif" {
+		t.Fatalf("pixel = %d %s", res.StatusCode, res.Header.Get("Content-Type"))
+	}
+	click := signer.Click(msgID, "https://docs.example.com/reports?x=1")
+	res := get("/t/c/"+click, browser)
+	if res.StatusCode != http.StatusFound || res.Header.Get("Location") != "https://docs.example.com/reports?x=1" {
+		t.Fatalf("click = %d to %q", res.StatusCode, res.Header.Get("Location"))
+	}
+	get("/t/c/"+click, browser) // a replay is recorded; it counts once in stats
+	// Forged, altered and wrong-kind tokens: 404, nothing recorded, no redirect.
+	before := h.count(`SELECT count(*) FROM engagement_event`)
+	for _, bad := range []string{"forged", click[:len(click)-3] + "abc", open[:5] + "x" + open[6:], signer.Unsubscribe(msgID)} {
+		if r := get("/t/c/"+bad, browser); r.StatusCode != 404 || r.Header.Get("Location") != "" {
+			t.Errorf("click %q: %d %q", bad, r.StatusCode, r.Header.Get("Location"))
+		}
+		if r := get("/t/o/"+bad, browser); r.StatusCode != 404 {
+			t.Errorf("open %q: %d", bad, r.StatusCode)
+		}
+	}
+	if h.count(`SELECT count(*) FROM engagement_event`) != before {
+		t.Fatal("bad tokens recorded engagement")
+	}
+	// A link scanner is recorded but not counted as human.
+	get("/t/c/"+click, "Mozilla/5.0 (compatible; Barracuda Sentinel)")
+	if n := h.count(`SELECT count(*) FROM engagement_event WHERE NOT human`); n != 1 {
+		t.Fatalf("%d machine events, want 1", n)
+	}
+	stats := h.must(http.StatusOK, "GET", "/v1/campaigns/hello/stats", nil)
+	totals := stats.Body["totals"].(map[string]any)
+	if totals["opened"] != 1.0 || totals["clicked"] != 1.0 {
+		t.Fatalf("stats count each message once: %v", totals)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/tendhq/tend/internal/campaign"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/delivery"
+	"github.com/tendhq/tend/internal/engagement"
 	"github.com/tendhq/tend/internal/httpapi"
 	"github.com/tendhq/tend/internal/render"
 	"github.com/tendhq/tend/internal/segment"
@@ -66,7 +67,7 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 	api := httpapi.New(httpapi.Deps{
 		Accounts: h.accounts, Keys: h.keys, Audit: audit.NewLog(db.DB), Clock: clk,
 		Segments: segment.NewStore(db.DB, clk), Engine: segment.NewEngine(db.DB, clk, log),
-		Campaigns: h.campaigns, Enroller: enroller, Outbox: outbox, Unsubscribes: delivery.NewUnsubscribes(db.DB, clk, signer),
+		Campaigns: h.campaigns, Enroller: enroller, Outbox: outbox, Tracker: engagement.NewTracker(db.DB, clk, signer), Unsubscribes: delivery.NewUnsubscribes(db.DB, clk, signer),
 		Sender: delivery.NewSender(db.DB, clk, log, outbox, enroller, renderer, mailer, delivery.SenderOptions{
 			TeamSender: "Success <success@tend.test>", MessageIDDomain: "tend.test"}),
 		Log:   log,

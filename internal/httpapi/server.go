@@ -25,6 +25,7 @@ import (
 	"github.com/tendhq/tend/internal/campaign"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/delivery"
+	"github.com/tendhq/tend/internal/engagement"
 	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/segment"
 )
@@ -56,6 +57,7 @@ type Deps struct {
 	Outbox       *delivery.Outbox
 	Sender       *delivery.Sender
 	Unsubscribes *delivery.Unsubscribes
+	Tracker      *engagement.Tracker
 	Signals      Signals                         // may be nil
 	Ready        func(ctx context.Context) error // readiness of PostgreSQL and Redis
 	// Registry receives the API's metrics; nil makes a private one.
@@ -159,7 +161,9 @@ func (s *Server) routes() {
 	s.handle(v1, http.MethodPost, "/keys", s.createKey)
 	s.handle(v1, http.MethodDelete, "/keys/:id", s.revokeKey)
 
-	// Unsubscribe links: no key, the signed token is the authority.
+	// Tracking and unsubscribe links: no key, the signed token is the authority.
+	e.GET("/t/o/:token", s.trackOpen)
+	e.GET("/t/c/:token", s.trackClick)
 	e.GET("/u/:token", s.unsubscribeGet)
 	e.POST("/u/:token", s.unsubscribePost)
 
