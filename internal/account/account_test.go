@@ -382,3 +382,53 @@ func TestCachedProfilesAgreeWithComputed(t *testing.T) {
 		t.Fatalf("maps not asked for stay empty and scalars are fresh: %+v", p)
 	}
 }
+
+func TestEngagementCountsInTheProfile(t *testing.T) {
+	s, clk, db := newStore(t)
+	ctx := context.Background()
+	if _, err := s.UpsertAccounts(ctx, []account.AccountInput{{ID: "acme"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpsertContacts(ctx, []account.ContactInput{{ID: "ann", AccountID: "acme"}}); err != nil {
+		t.Fatal(err)
+	}
+	// Three sent emails (one 40 days ago), one nudge; opens by a person and
+	// by a proxy, a click, a dismissal, and a test send that never counts.
+	_, err := db.Exec(`
+		INSERT INTO campaign (name, kind, topic, status, current_version, created_at, updated_at) VALUES ('c', 'drip', 'general', 'active', 1, $1, $1);
+	`, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins := func(step, channel string, test bool, sentAgo time.Duration) int64 {
+		var id int64
+		if err := db.Get(&id, `
+			INSERT INTO message (campaign_id, version, step_id, contact_id, channel, test, status, due_at, sent_at, created_at, updated_at)
+			SELECT (SELECT id FROM campaign), 1, $1, (SELECT id FROM contact), $2, $3, 'sent', $4, $4, $4, $4 RETURNING id`,
+			step, channel, test, clk.Now().Add(-sentAgo)); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	a := ins("a", "email", false, time.Hour)
+	b := ins("b", "email", false, 24*time.Hour)
+	ins("old", "email", false, 40*24*time.Hour)
+	n := ins("n", "in_app", false, time.Hour)
+	tst := ins("t", "email", true, time.Hour)
+	for _, e := range []struct {
+		msg   int64
+		kind  string
+		human bool
+	}{{a, "open", true}, {a, "open", true}, {b, "open", false}, {b, "click", true}, {n, "nudge_dismiss", true}, {tst, "open", true}} {
+		if _, err := db.Exec(`INSERT INTO engagement_event (message_id, kind, human, at) VALUES ($1, $2, $3, $4)`, e.msg, e.kind, e.human, clk.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := s.ProfileOf(ctx, accountID(t, db, "acme"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Emails30d != 2 || p.Opens30d != 1 || p.Clicks30d != 1 || p.NudgesDismissed30d != 1 || p.Replies30d != 0 {
+		t.Fatalf("emails %d opens %d clicks %d dismissed %d replies %d", p.Emails30d, p.Opens30d, p.Clicks30d, p.NudgesDismissed30d, p.Replies30d)
+	}
+}

@@ -185,10 +185,50 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 		}
 	}
 
+	if err := engagementCounts(ctx, q, ids, start30, out); err != nil {
+		return nil, err
+	}
 	for _, p := range out {
 		p.derive(now)
 	}
 	return out, nil
+}
+
+// engagementCounts fills the 30-day engagement with Tend's own messages:
+// emails sent, and the messages a person (not a proxy or scanner) opened,
+// clicked or replied to, and nudges dismissed. Test sends do not count.
+func engagementCounts(ctx context.Context, q postgres.Queryer, ids []int64, since time.Time, out map[int64]*Profile) error {
+	var rows []struct {
+		AccountID int64 `db:"account_id"`
+		Emails    int   `db:"emails"`
+		Opens     int   `db:"opens"`
+		Clicks    int   `db:"clicks"`
+		Replies   int   `db:"replies"`
+		Dismissed int   `db:"dismissed"`
+	}
+	err := q.SelectContext(ctx, &rows, `
+		SELECT ct.account_id,
+		       count(*) FILTER (WHERE m.channel = 'email' AND m.status = 'sent' AND m.sent_at >= $2) AS emails,
+		       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id
+		                        AND e.kind = 'open' AND e.human AND e.at >= $2)) AS opens,
+		       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id
+		                        AND e.kind = 'click' AND e.human AND e.at >= $2)) AS clicks,
+		       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id
+		                        AND e.kind = 'reply' AND e.at >= $2)) AS replies,
+		       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id
+		                        AND e.kind = 'nudge_dismiss' AND e.at >= $2)) AS dismissed
+		FROM message m JOIN contact ct ON ct.id = m.contact_id
+		WHERE ct.account_id IN (SELECT unnest($1::bigint[])) AND NOT m.test AND m.status = 'sent' AND m.sent_at >= $2 - interval '30 days'
+		GROUP BY ct.account_id`, pq.Array(ids), since)
+	if err != nil {
+		return fmt.Errorf("account: profiles: engagement: %w", err)
+	}
+	for _, r := range rows {
+		if p := out[r.AccountID]; p != nil {
+			p.Emails30d, p.Opens30d, p.Clicks30d, p.Replies30d, p.NudgesDismissed30d = r.Emails, r.Opens, r.Clicks, r.Replies, r.Dismissed
+		}
+	}
+	return nil
 }
 
 // wholeDays is the number of whole days in d, never negative.
