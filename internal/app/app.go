@@ -193,7 +193,8 @@ func (a *App) API() *httpapi.Server {
 		Accounts: a.Accounts, Keys: a.Keys, Audit: a.Audit, Clock: a.Clock, Log: a.Log,
 		Segments: a.Segments, Engine: a.Engine, Signals: a.Jobs,
 		Campaigns: a.Campaigns, Enroller: a.Enroller, Outbox: a.Outbox, Sender: a.Sender, Unsubscribes: a.Unsubscribes, Tracker: a.Tracker,
-		Ready: a.Ready, Registry: a.Registry,
+		WebhookSecret: []byte(a.Cfg.WebhookSecret),
+		Ready:         a.Ready, Registry: a.Registry,
 	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst})
 }
 

@@ -3,6 +3,9 @@ package app_test
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -740,4 +743,80 @@ func TestPreviewAndTestOfAnInAppStep(t *testing.T) {
 		t.Fatalf("preview = %v", pv)
 	}
 	tn.call(422, "POST", "/v1/campaigns/tips/test", map[string]any{"step": "tip", "contact_id": "hank", "to": "qa@acme-analytics.example"})
+}
+
+// signed posts a webhook body with its X-Tend-Signature.
+func (tn *tend) signed(want int, path string, body any, secret string) map[string]any {
+	tn.t.Helper()
+	b, _ := json.Marshal(body)
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(b)
+	req, _ := http.NewRequest("POST", tn.url+path, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Tend-Signature", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tn.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	if res.StatusCode != want {
+		tn.t.Fatalf("POST %s: %d, want %d: %s", path, res.StatusCode, want, raw)
+	}
+	out := map[string]any{}
+	json.Unmarshal(raw, &out)
+	return out
+}
+
+// TestRepliesAndBounces: a reply is matched to its message, recorded once and
+// forwarded to the CSM's mailbox; hard bounces suppress; bad signatures are
+// refused and change nothing.
+func TestRepliesAndBounces(t *testing.T) {
+	tn := start(t)
+	tn.setup()
+	tn.risk("high")
+	if !tn.smtp.WaitFor(1, 30*time.Second) {
+		t.Fatal("step one did not arrive")
+	}
+	msgID := tn.smtp.Messages()[0].Header.Get("Message-Id")
+	const secret = "tend-development-webhook-secret"
+	reply := map[string]any{"to": []string{"dana@acme-analytics.example"}, "from": "Hank Scorpio <hank@globex.example>",
+		"subject": "Re: Checking in", "text": "Thanks Dana, can we talk Thursday?", "message_id": "<r1@globex.example>", "in_reply_to": msgID}
+	tn.signed(401, "/v1/webhooks/reply", reply, "wrong-secret-0123456789")
+	out := tn.signed(200, "/v1/webhooks/reply", reply, secret)
+	if out["forwarded_to"] != "dana.reyes@acme-analytics.example" {
+		t.Fatalf("reply = %v", out)
+	}
+	if !tn.smtp.WaitFor(2, 30*time.Second) {
+		t.Fatal("the reply was not forwarded to the CSM")
+	}
+	fw := tn.smtp.Messages()[1]
+	if fw.To[0] != "dana.reyes@acme-analytics.example" || !strings.Contains(fw.Header.Get("Reply-To"), "hank@globex.example") ||
+		!strings.Contains(string(fw.Data), "can we talk Thursday") {
+		t.Fatalf("forwarded: to %v, reply-to %q", fw.To, fw.Header.Get("Reply-To"))
+	}
+	if out := tn.signed(200, "/v1/webhooks/reply", reply, secret); out["duplicate"] != true {
+		t.Fatalf("a repeated webhook is a duplicate: %v", out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if tn.smtp.Count() != 2 {
+		t.Fatal("a duplicate reply was forwarded again")
+	}
+	unmatched := map[string]any{"to": []string{"someone@acme-analytics.example"}, "from": "x@y.example", "subject": "hi", "text": "?"}
+	tn.signed(404, "/v1/webhooks/reply", unmatched, secret)
+	prof := tn.call(200, "GET", "/v1/accounts/globex", nil)["profile"].(map[string]any)
+	if prof["replies_30d"] != 1.0 {
+		t.Fatalf("replies_30d = %v", prof["replies_30d"])
+	}
+
+	tn.signed(422, "/v1/webhooks/bounce", map[string]any{"type": "bouncy", "email": "hank@globex.example"}, secret)
+	tn.signed(200, "/v1/webhooks/bounce", map[string]any{"bounces": []any{
+		map[string]any{"type": "soft", "email": "hank@globex.example", "message_id": msgID, "reason": "mailbox full"},
+		map[string]any{"type": "hard", "email": "viewer@globex.example", "reason": "no such user"},
+	}}, secret)
+	var suppressed []string
+	tn.db.Select(&suppressed, `SELECT email FROM suppression ORDER BY email`)
+	if strings.Join(suppressed, ",") != "viewer@globex.example" {
+		t.Fatalf("suppressed = %v (a soft bounce must not suppress)", suppressed)
+	}
 }

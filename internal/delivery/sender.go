@@ -769,3 +769,22 @@ func (s *Sender) CreateTest(ctx context.Context, campaignName, stepID, contactID
 	}
 	return id, nil
 }
+
+// ForwardReply sends a contact's reply on to the CSM's own mailbox, from the
+// team address with Reply-To the contact, so answering it reaches them.
+func (s *Sender) ForwardReply(ctx context.Context, to, replyTo, subject, text string) error {
+	msg := gomail.NewMsg()
+	if err := msg.From(s.opts.TeamSender); err != nil {
+		return err
+	}
+	if err := msg.To(to); err != nil {
+		return err
+	}
+	if err := msg.ReplyTo(replyTo); err != nil {
+		return err
+	}
+	msg.Subject(subject)
+	msg.SetGenHeader("X-Tend-Forwarded-Reply", "true")
+	msg.SetBodyString(gomail.TypeTextPlain, text)
+	return s.transport.Send(ctx, msg)
+}

@@ -58,8 +58,10 @@ type Deps struct {
 	Sender       *delivery.Sender
 	Unsubscribes *delivery.Unsubscribes
 	Tracker      *engagement.Tracker
-	Signals      Signals                         // may be nil
-	Ready        func(ctx context.Context) error // readiness of PostgreSQL and Redis
+	// WebhookSecret signs inbound webhooks (TEND_WEBHOOK_SECRET).
+	WebhookSecret []byte
+	Signals       Signals                         // may be nil
+	Ready         func(ctx context.Context) error // readiness of PostgreSQL and Redis
 	// Registry receives the API's metrics; nil makes a private one.
 	Registry *prometheus.Registry
 }
@@ -164,6 +166,9 @@ func (s *Server) routes() {
 	// Tracking and unsubscribe links: no key, the signed token is the authority.
 	e.GET("/t/o/:token", s.trackOpen)
 	e.GET("/t/c/:token", s.trackClick)
+	// Inbound webhooks: the X-Tend-Signature HMAC is the authority.
+	e.POST("/v1/webhooks/reply", s.replyWebhook)
+	e.POST("/v1/webhooks/bounce", s.bounceWebhook)
 	e.GET("/u/:token", s.unsubscribeGet)
 	e.POST("/u/:token", s.unsubscribePost)
 
