@@ -128,11 +128,35 @@ const settleSQL = `
 // lease expired and it was released).
 func (o *Outbox) Handover(ctx context.Context, token string, done []Outcome, next int64) (bool, error) {
 	var n int
-	if err := o.db.GetContext(ctx, &n, settleSQL, token, outcomes(done), next, o.clock.Now(), o.wall()); err != nil {
+	var err error
+	if len(done) == 1 {
+		// The common case (the previous message's outcome), without the
+		// JSON decoding of the general statement.
+		d := done[0]
+		err = o.db.GetContext(ctx, &n, handoverOneSQL, token, d.ID, d.Status, d.Reason, next, o.clock.Now(), o.wall())
+	} else {
+		err = o.db.GetContext(ctx, &n, settleSQL, token, outcomes(done), next, o.clock.Now(), o.wall())
+	}
+	if err != nil {
 		return false, fmt.Errorf("delivery: hand over: %w", err)
 	}
 	return n == 1, nil
 }
+
+// handoverOneSQL is settleSQL for exactly one outcome.
+const handoverOneSQL = `
+	WITH done AS (
+		UPDATE message SET status = $3, reason = $4, updated_at = $6,
+			sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END,
+			last_error = CASE WHEN $3 IN ('failed', 'uncertain') THEN $4 ELSE last_error END
+		WHERE id = $2 AND claim_token = $1 AND status IN ('claimed', 'sending')
+		RETURNING id
+	), next AS (
+		UPDATE message SET status = 'sending', claimed_at = $7, attempts = attempts + 1, updated_at = $6
+		WHERE id = $5 AND claim_token = $1 AND status = 'claimed'
+		RETURNING id
+	)
+	SELECT (SELECT count(*) FROM next) + 0 * (SELECT count(*) FROM done)`
 
 // Settle records the last outcomes of a batch. The commit does not wait for
 // the WAL flush (synchronous_commit off): should a crash of PostgreSQL lose
