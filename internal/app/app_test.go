@@ -618,8 +618,6 @@ func TestNudges(t *testing.T) {
 // window; a dry run says who would be reached and changes nothing.
 func TestBroadcastVariants(t *testing.T) {
 	tn := start(t)
-	tn.call(201, "POST", "/v1/segments", map[string]any{"name": "paying", "predicate": `plan == "pro"`})
-	tn.call(201, "POST", "/v1/segments", map[string]any{"name": "small", "predicate": `seats < 50`})
 	tn.call(200, "POST", "/v1/accounts", map[string]any{"accounts": []any{
 		map[string]any{"id": "both", "plan": "pro", "seats": 10, "timezone": "Europe/Paris"},
 		map[string]any{"id": "smb-only", "plan": "free", "seats": 5, "timezone": "America/New_York"},
@@ -631,8 +629,14 @@ func TestBroadcastVariants(t *testing.T) {
 		map[string]any{"id": "n1", "account_id": "smb-only", "email": "n1@smb.example", "name": "Nora"},
 		map[string]any{"id": "x1", "account_id": "neither", "email": "x1@neither.example", "name": "Xavi"},
 	}})
-	for _, s := range []string{"paying", "small"} {
-		tn.eventually("segment "+s+" built", 30*time.Second, func() bool { return tn.call(200, "GET", "/v1/segments/"+s, nil)["status"] == "ready" })
+	// Segments created after the accounts: their builds see every account.
+	tn.call(201, "POST", "/v1/segments", map[string]any{"name": "paying", "predicate": `plan == "pro"`})
+	tn.call(201, "POST", "/v1/segments", map[string]any{"name": "small", "predicate": `seats < 50`})
+	for s, members := range map[string]float64{"paying": 1, "small": 2} {
+		tn.eventually("segment "+s+" built", 30*time.Second, func() bool {
+			seg := tn.call(200, "GET", "/v1/segments/"+s, nil)
+			return seg["status"] == "ready" && seg["members"] == members
+		})
 	}
 	tn.call(200, "PUT", "/v1/templates/releases/pro", map[string]any{"kind": "email", "source": `{{define "subject"}}New for pro teams{{end}}{{define "body"}}<p>SSO is here.</p>{{end}}`})
 	tn.call(200, "PUT", "/v1/templates/releases/smb", map[string]any{"kind": "email", "source": `{{define "subject"}}New for small teams{{end}}{{define "body"}}<p>Simpler workflows.</p>{{end}}`})
