@@ -507,16 +507,22 @@ func TestHoldsAndTheSendSwitch(t *testing.T) {
 	}
 }
 
+// newsDrip adds a second drip on the at-risk segment, topic "product".
+func (tn *tend) newsDrip() {
+	tn.t.Helper()
+	tn.call(200, "PUT", "/v1/templates/news/one", map[string]any{"kind": "email", "source": final})
+	tn.call(201, "POST", "/v1/campaigns", map[string]any{"name": "news", "kind": "drip", "segment": "at-risk", "topic": "product",
+		"steps": []any{map[string]any{"id": "one", "wait": "0h", "channel": "email", "template": "news/one"}}})
+	tn.call(200, "POST", "/v1/campaigns/news/activate", nil)
+}
+
 // TestFrequencyCaps: caps hold across campaigns and across an account's
 // contacts; a capped message moves to the next allowed slot, not away.
 func TestFrequencyCaps(t *testing.T) {
 	tn := start(t, map[string]string{"TEND_CAP_PER_CONTACT": "2", "TEND_CAP_PER_ACCOUNT": "3", "TEND_MAX_DELAY": "240h"})
 	tn.setup()
 	tn.call(200, "POST", "/v1/contacts", map[string]any{"id": "ivy", "account_id": "globex", "email": "ivy@globex.example", "name": "Ivy", "role": "admin"})
-	tn.call(200, "PUT", "/v1/templates/news/one", map[string]any{"kind": "email", "source": final})
-	tn.call(201, "POST", "/v1/campaigns", map[string]any{"name": "news", "kind": "drip", "segment": "at-risk", "topic": "product",
-		"steps": []any{map[string]any{"id": "one", "wait": "0h", "channel": "email", "template": "news/one"}}})
-	tn.call(200, "POST", "/v1/campaigns/news/activate", nil)
+	tn.newsDrip()
 	tn.risk("high")
 	// Four messages are due at once (two campaigns × two contacts); the
 	// account cap (3) lets three out and moves the fourth.
@@ -701,10 +707,7 @@ func TestBroadcastVariants(t *testing.T) {
 func TestCapsPastMaxDelayAndTopics(t *testing.T) {
 	tn := start(t, map[string]string{"TEND_CAP_PER_CONTACT": "1", "TEND_CAP_PER_ACCOUNT": "0", "TEND_MAX_DELAY": "1h"})
 	tn.setup() // at-risk-checkin, topic "success"
-	tn.call(200, "PUT", "/v1/templates/news/one", map[string]any{"kind": "email", "source": final})
-	tn.call(201, "POST", "/v1/campaigns", map[string]any{"name": "news", "kind": "drip", "segment": "at-risk", "topic": "product",
-		"steps": []any{map[string]any{"id": "one", "wait": "0h", "channel": "email", "template": "news/one"}}})
-	tn.call(200, "POST", "/v1/campaigns/news/activate", nil)
+	tn.newsDrip()
 	tn.risk("high")
 	tn.eventually("one sent, one skipped by the cap", 30*time.Second, func() bool {
 		sent, skipped := 0, 0
