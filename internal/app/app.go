@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/hibiken/asynqmon"
 	"github.com/jmoiron/sqlx"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -194,6 +195,7 @@ func (a *App) API() *httpapi.Server {
 		Segments: a.Segments, Engine: a.Engine, Signals: a.Jobs,
 		Campaigns: a.Campaigns, Enroller: a.Enroller, Outbox: a.Outbox, Sender: a.Sender, Unsubscribes: a.Unsubscribes, Tracker: a.Tracker,
 		WebhookSecret: []byte(a.Cfg.WebhookSecret),
+		Monitor:       asynqmon.New(asynqmon.Options{RootPath: httpapi.MonitorPath, RedisConnOpt: a.Redis, ReadOnly: true}),
 		Ready:         a.Ready, Registry: a.Registry,
 	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst})
 }

@@ -827,3 +827,38 @@ func TestRepliesAndBounces(t *testing.T) {
 		t.Fatalf("suppressed = %v (a soft bounce must not suppress)", suppressed)
 	}
 }
+
+// TestQueueMonitor: the asynq monitor is for admins, and a browser can sign
+// in (HTTP Basic, an admin API key as the password).
+func TestQueueMonitor(t *testing.T) {
+	tn := start(t)
+	get := func(user, pass string) *http.Response {
+		req, _ := http.NewRequest("GET", tn.url+"/admin/queues", nil)
+		if pass != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res
+	}
+	if res := get("", ""); res.StatusCode != 401 || !strings.HasPrefix(res.Header.Get("WWW-Authenticate"), "Basic") {
+		t.Fatalf("no key: %d %q", res.StatusCode, res.Header.Get("WWW-Authenticate"))
+	}
+	if res := get("me", "tend_wrong"); res.StatusCode != 401 {
+		t.Fatalf("bad key: %d", res.StatusCode)
+	}
+	_, marketing, err := tn.app.Keys.Create(context.Background(), "mkt", apikey.Marketing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := get("me", marketing); res.StatusCode != 403 {
+		t.Fatalf("marketing key: %d", res.StatusCode)
+	}
+	if res := get("me", tn.key); res.StatusCode != 200 || !strings.Contains(res.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("admin key: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
+	}
+}

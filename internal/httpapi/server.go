@@ -58,6 +58,8 @@ type Deps struct {
 	Sender       *delivery.Sender
 	Unsubscribes *delivery.Unsubscribes
 	Tracker      *engagement.Tracker
+	// Monitor is the asynq queue monitor, served to admins (may be nil).
+	Monitor http.Handler
 	// WebhookSecret signs inbound webhooks (TEND_WEBHOOK_SECRET).
 	WebhookSecret []byte
 	Signals       Signals                         // may be nil
@@ -166,6 +168,10 @@ func (s *Server) routes() {
 	// Tracking and unsubscribe links: no key, the signed token is the authority.
 	e.GET("/t/o/:token", s.trackOpen)
 	e.GET("/t/c/:token", s.trackClick)
+	if s.deps.Monitor != nil {
+		e.Any(MonitorPath, s.monitor())
+		e.Any(MonitorPath+"/*", s.monitor())
+	}
 	// Inbound webhooks: the X-Tend-Signature HMAC is the authority.
 	e.POST("/v1/webhooks/reply", s.replyWebhook)
 	e.POST("/v1/webhooks/bounce", s.bounceWebhook)
