@@ -102,16 +102,21 @@ func start(t *testing.T, env ...map[string]string) *tend {
 	return tn
 }
 
-// call sends JSON and fails the test unless the status is want.
+// call sends JSON with the admin key and fails the test unless the status is want.
 func (tn *tend) call(want int, method, path string, body any) map[string]any {
 	tn.t.Helper()
-	var rd io.Reader
+	var b []byte
 	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
+		b, _ = json.Marshal(body)
 	}
-	req, _ := http.NewRequest(method, tn.url+path, rd)
+	req, _ := http.NewRequest(method, tn.url+path, bytes.NewReader(b))
 	req.Header.Set("Authorization", "Bearer "+tn.key)
+	return tn.send(want, req)
+}
+
+// send sends a JSON request and fails the test unless the status is want.
+func (tn *tend) send(want int, req *http.Request) map[string]any {
+	tn.t.Helper()
 	req.Header.Set("Content-Type", "application/json")
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -120,7 +125,7 @@ func (tn *tend) call(want int, method, path string, body any) map[string]any {
 	defer res.Body.Close()
 	raw, _ := io.ReadAll(res.Body)
 	if res.StatusCode != want {
-		tn.t.Fatalf("%s %s: %d, want %d: %s", method, path, res.StatusCode, want, raw)
+		tn.t.Fatalf("%s %s: %d, want %d: %s", req.Method, req.URL.Path, res.StatusCode, want, raw)
 	}
 	out := map[string]any{}
 	json.Unmarshal(raw, &out)
@@ -759,20 +764,8 @@ func (tn *tend) signed(want int, path string, body any, secret string) map[strin
 	mac := hmac.New(sha256.New, []byte(secret))
 	mac.Write(b)
 	req, _ := http.NewRequest("POST", tn.url+path, bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Tend-Signature", "sha256="+hex.EncodeToString(mac.Sum(nil)))
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		tn.t.Fatal(err)
-	}
-	defer res.Body.Close()
-	raw, _ := io.ReadAll(res.Body)
-	if res.StatusCode != want {
-		tn.t.Fatalf("POST %s: %d, want %d: %s", path, res.StatusCode, want, raw)
-	}
-	out := map[string]any{}
-	json.Unmarshal(raw, &out)
-	return out
+	return tn.send(want, req)
 }
 
 // TestRepliesAndBounces: a reply is matched to its message, recorded once and

@@ -279,16 +279,7 @@ func validateDrip(d *Definition, lk Lookup, clk clock.Clock, p *problems) {
 		if _, err := ParseWait(s.Wait); err != nil {
 			p.add(f+".wait", "%v", err)
 		}
-		want := ""
-		switch s.Channel {
-		case ChannelEmail:
-			want = "email"
-		case ChannelInApp:
-			want = "nudge"
-		default:
-			p.add(f+".channel", "is email or in_app (got %q)", s.Channel)
-		}
-		checkTemplate(f+".template", s.Template, want, lk, p)
+		checkChannel(f, s.Channel, s.Template, lk, p)
 		if s.Expires != "" {
 			if w, err := ParseWait(s.Expires); err != nil || (w.Days == 0 && w.D == 0) {
 				p.add(f+".expires", "is a positive wait such as 14d (got %q)", s.Expires)
@@ -327,15 +318,23 @@ func validateBroadcast(d *Definition, lk Lookup, p *problems) {
 		}
 		seen[v.Segment] = i
 		if v.Channel == "" {
-			v.Channel = ChannelEmail
 			d.Variants[i].Channel = ChannelEmail
 		}
-		want := map[string]string{ChannelEmail: "email", ChannelInApp: "nudge"}[v.Channel]
-		if want == "" {
-			p.add(f+".channel", "is email or in_app (got %q)", v.Channel)
-		}
-		checkTemplate(f+".template", v.Template, want, lk, p)
+		checkChannel(f, d.Variants[i].Channel, v.Template, lk, p)
 	}
+}
+
+// templateKinds maps a channel to the kind of template it sends.
+var templateKinds = map[string]string{ChannelEmail: TemplateEmail, ChannelInApp: TemplateNudge}
+
+// checkChannel checks a step's or variant's channel and that its template
+// exists and is of the channel's kind.
+func checkChannel(field, channel, template string, lk Lookup, p *problems) {
+	want, ok := templateKinds[channel]
+	if !ok {
+		p.add(field+".channel", "is email or in_app (got %q)", channel)
+	}
+	checkTemplate(field+".template", template, want, lk, p)
 }
 
 func checkTemplate(field, name, wantKind string, lk Lookup, p *problems) {
