@@ -37,7 +37,7 @@ type cachedRow struct {
 	Day       sql.NullTime
 	PVersion  int64 // account_profile.version
 
-	Plan, Stage, Tier, Region, CSM                                 string
+	Plan, Stage, Tier, Region, CSM, HealthBand                     string
 	MRR                                                            float64
 	Seats, ActiveUsers, Logins7d, Logins30d                        int
 	Features, Events, Traits                                       []byte
@@ -58,7 +58,7 @@ func (r *cachedRow) dests() []any {
 		&r.Features, &r.Events,
 		(*scanInt)(&r.HealthScore), (*scanInt)(&r.HealthChange30d), (*scanInt)(&r.NPS), (*scanInt)(&r.OpenTickets),
 		(*scanInt)(&r.Emails30d), (*scanInt)(&r.Opens30d), (*scanInt)(&r.Clicks30d), (*scanInt)(&r.Replies30d), (*scanInt)(&r.NudgesDismissed30d),
-		&r.Traits, (*scanTime)(&r.SignupAt), (*scanTime)(&r.LastLoginAt)}
+		&r.Traits, (*scanTime)(&r.SignupAt), (*scanTime)(&r.LastLoginAt), (*scanString)(&r.HealthBand)}
 }
 
 // Scanners for the profile columns: each takes the driver's value for its
@@ -174,7 +174,7 @@ func CachedProfiles(ctx context.Context, q postgres.Queryer, ids []int64, now ti
 		       p.health_score, p.health_change_30d, p.nps, p.open_tickets,
 		       p.emails_30d, p.opens_30d, p.clicks_30d, p.replies_30d, p.nudges_dismissed_30d,
 		       CASE WHEN $4 THEN p.traits END AS traits,
-		       p.signup_at, p.last_login_at
+		       p.signup_at, p.last_login_at, p.health_band
 		FROM account a LEFT JOIN account_profile p ON p.account_id = a.id
 		WHERE a.id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids), maps.Features, maps.Events, maps.Traits)
 	if err != nil {
@@ -219,7 +219,7 @@ func (r *cachedRow) profile(now time.Time) (*Profile, error) {
 	p := &Profile{
 		Plan: r.Plan, Stage: r.Stage, Tier: r.Tier, Region: r.Region, CSM: r.CSM, MRR: r.MRR,
 		Seats: r.Seats, ActiveUsers: r.ActiveUsers, Logins7d: r.Logins7d, Logins30d: r.Logins30d,
-		HealthScore: r.HealthScore, HealthChange30d: r.HealthChange30d, NPS: r.NPS, OpenTickets: r.OpenTickets,
+		HealthScore: r.HealthScore, HealthChange30d: r.HealthChange30d, HealthBand: r.HealthBand, NPS: r.NPS, OpenTickets: r.OpenTickets,
 		Emails30d: r.Emails30d, Opens30d: r.Opens30d, Clicks30d: r.Clicks30d, Replies30d: r.Replies30d,
 		NudgesDismissed30d: r.NudgesDismissed30d, SignupAt: r.SignupAt.UTC(), LastLoginAt: r.LastLoginAt.UTC(),
 		Features: map[string]int{}, Events: map[string]int{}, Traits: map[string]any{},
@@ -268,15 +268,16 @@ func storeProfiles(ctx context.Context, q postgres.Queryer, profiles map[int64]*
 	_, err = q.ExecContext(ctx, `
 		INSERT INTO account_profile AS p (account_id, day, version, plan, stage, tier, region, csm, mrr, seats,
 			active_users, logins_7d, logins_30d, features, events, health_score, health_change_30d, nps, open_tickets,
-			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at)
+			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at, health_band)
 		SELECT account_id, $2, version, plan, stage, tier, region, csm, mrr, seats,
 			active_users, logins_7d, logins_30d, features, events, health_score, health_change_30d, nps, open_tickets,
-			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at
+			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at, health_band
 		FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, version bigint, plan text, stage text, tier text,
 			region text, csm text, mrr double precision, seats integer, active_users integer, logins_7d integer,
 			logins_30d integer, features jsonb, events jsonb, health_score integer, health_change_30d integer,
 			nps integer, open_tickets integer, emails_30d integer, opens_30d integer, clicks_30d integer,
-			replies_30d integer, nudges_dismissed_30d integer, traits jsonb, signup_at timestamptz, last_login_at timestamptz)
+			replies_30d integer, nudges_dismissed_30d integer, traits jsonb, signup_at timestamptz, last_login_at timestamptz,
+			health_band text)
 		ORDER BY account_id
 		ON CONFLICT (account_id) DO UPDATE SET
 			day = EXCLUDED.day, version = EXCLUDED.version, plan = EXCLUDED.plan, stage = EXCLUDED.stage,
@@ -287,7 +288,7 @@ func storeProfiles(ctx context.Context, q postgres.Queryer, profiles map[int64]*
 			nps = EXCLUDED.nps, open_tickets = EXCLUDED.open_tickets, emails_30d = EXCLUDED.emails_30d,
 			opens_30d = EXCLUDED.opens_30d, clicks_30d = EXCLUDED.clicks_30d, replies_30d = EXCLUDED.replies_30d,
 			nudges_dismissed_30d = EXCLUDED.nudges_dismissed_30d, traits = EXCLUDED.traits,
-			signup_at = EXCLUDED.signup_at, last_login_at = EXCLUDED.last_login_at
+			signup_at = EXCLUDED.signup_at, last_login_at = EXCLUDED.last_login_at, health_band = EXCLUDED.health_band
 		WHERE p.version <= EXCLUDED.version`, payload, day)
 	if err != nil {
 		return fmt.Errorf("account: store profiles: %w", err)

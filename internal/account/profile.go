@@ -11,8 +11,20 @@ import (
 	"github.com/tendhq/tend/internal/postgres"
 )
 
-// StartingHealthScore is the score of an account that has never been scored.
-const StartingHealthScore = 50
+// Health bands, lowest first (the health package decides which applies).
+const (
+	BandAtRisk   = "at_risk"
+	BandNeutral  = "neutral"
+	BandHealthy  = "healthy"
+	BandAdvocate = "advocate"
+)
+
+// StartingHealthScore and StartingHealthBand are those of an account never
+// scored while no health model has been saved (the default model's).
+const (
+	StartingHealthScore = 50
+	StartingHealthBand  = BandNeutral
+)
 
 // Profile is one account's predicate environment: every name a segment
 // predicate may use (DESIGN.md, "The predicate environment"). Field names are
@@ -37,8 +49,9 @@ type Profile struct {
 	Features map[string]int `expr:"features" json:"features"`
 	Events   map[string]int `expr:"events" json:"events"`
 
-	HealthScore     int `expr:"health_score" json:"health_score"`
-	HealthChange30d int `expr:"health_change_30d" json:"health_change_30d"`
+	HealthScore     int    `expr:"health_score" json:"health_score"`
+	HealthChange30d int    `expr:"health_change_30d" json:"health_change_30d"`
+	HealthBand      string `expr:"health_band" json:"health_band"` // at_risk, neutral, healthy or advocate
 	NPS             int `expr:"nps" json:"nps"`
 	OpenTickets     int `expr:"open_tickets" json:"open_tickets"`
 
@@ -70,6 +83,10 @@ type profileBase struct {
 	SignupAt    time.Time       `db:"signup_at"`
 	LastLoginAt *time.Time      `db:"last_login_at"`
 	Traits      json.RawMessage `db:"traits"`
+
+	HealthScore     int    `db:"health_score"`
+	HealthChange30d int    `db:"health_change_30d"`
+	HealthBand      string `db:"health_band"`
 }
 
 type usageSum struct {
@@ -100,9 +117,13 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 	var bases []profileBase
 	err := q.SelectContext(ctx, &bases, `
 		SELECT a.id, a.plan, a.stage, a.tier, a.region, coalesce(c.email, '') AS csm, a.mrr, a.seats,
-		       a.signup_at, a.last_login_at, a.traits
+		       a.signup_at, a.last_login_at, a.traits,
+		       coalesce(h.score, m.starting_score, $2) AS health_score, coalesce(h.change_30d, 0) AS health_change_30d,
+		       coalesce(h.band, m.starting_band, $3) AS health_band
 		FROM account a LEFT JOIN csm c ON c.id = a.csm_id
-		WHERE a.id = ANY($1)`, pq.Array(ids))
+		LEFT JOIN account_health h ON h.account_id = a.id
+		LEFT JOIN health_model m ON true
+		WHERE a.id = ANY($1)`, pq.Array(ids), StartingHealthScore, StartingHealthBand)
 	if err != nil {
 		return nil, fmt.Errorf("account: profiles: %w", err)
 	}
@@ -112,7 +133,7 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 			Plan: b.Plan, Stage: b.Stage, Tier: b.Tier, Region: b.Region, CSM: b.CSM, MRR: b.MRR, Seats: b.Seats,
 			SignupAt: b.SignupAt.UTC(), LastLoginAt: b.SignupAt.UTC(),
 			Features: map[string]int{}, Events: map[string]int{}, Traits: map[string]any{},
-			NPS: -1, HealthScore: StartingHealthScore,
+			NPS: -1, HealthScore: b.HealthScore, HealthChange30d: b.HealthChange30d, HealthBand: b.HealthBand,
 		}
 		if b.LastLoginAt != nil {
 			p.LastLoginAt = b.LastLoginAt.UTC()

@@ -276,7 +276,7 @@ func (readCloser) Close() error { return nil }
 var profileKeys = []string{
 	"plan", "stage", "tier", "region", "csm", "mrr", "seats", "active_users", "license_utilization",
 	"days_since_signup", "days_since_last_login", "logins_7d", "logins_30d", "features", "events",
-	"health_score", "health_change_30d", "nps", "open_tickets", "emails_30d", "opens_30d", "clicks_30d",
+	"health_score", "health_change_30d", "health_band", "nps", "open_tickets", "emails_30d", "opens_30d", "clicks_30d",
 	"replies_30d", "nudges_dismissed_30d", "traits", "signup_at", "last_login_at",
 }
 
