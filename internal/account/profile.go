@@ -52,8 +52,8 @@ type Profile struct {
 	HealthScore     int    `expr:"health_score" json:"health_score"`
 	HealthChange30d int    `expr:"health_change_30d" json:"health_change_30d"`
 	HealthBand      string `expr:"health_band" json:"health_band"` // at_risk, neutral, healthy or advocate
-	NPS             int `expr:"nps" json:"nps"`
-	OpenTickets     int `expr:"open_tickets" json:"open_tickets"`
+	NPS             int    `expr:"nps" json:"nps"`
+	OpenTickets     int    `expr:"open_tickets" json:"open_tickets"`
 
 	Emails30d          int `expr:"emails_30d" json:"emails_30d"`
 	Opens30d           int `expr:"opens_30d" json:"opens_30d"`

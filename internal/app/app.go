@@ -31,6 +31,7 @@ import (
 	"github.com/tendhq/tend/internal/delivery"
 	"github.com/tendhq/tend/internal/engagement"
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/health"
 	"github.com/tendhq/tend/internal/httpapi"
 	"github.com/tendhq/tend/internal/jobs"
 	"github.com/tendhq/tend/internal/postgres"
@@ -61,6 +62,7 @@ type App struct {
 	Sender       *delivery.Sender
 	Unsubscribes *delivery.Unsubscribes
 	Tracker      *engagement.Tracker
+	Health       *health.Service
 
 	redis  *redis.Client
 	shared *clock.Shared
@@ -129,7 +131,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 	a.Keys = apikey.NewStore(db, a.Clock)
 	a.Audit = audit.NewLog(db)
 	a.Segments = segment.NewStore(db, a.Clock)
+	a.Health = health.NewService(db, a.Clock)
 	a.Engine = segment.NewEngine(db, a.Clock, log)
+	a.Engine.Health = a.Health
 	a.Jobs = jobs.NewClient(a.Redis, log)
 	if err := a.wireCampaigns(); err != nil {
 		a.Close()
@@ -194,9 +198,9 @@ func (a *App) API() *httpapi.Server {
 		Accounts: a.Accounts, Keys: a.Keys, Audit: a.Audit, Clock: a.Clock, Log: a.Log,
 		Segments: a.Segments, Engine: a.Engine, Signals: a.Jobs,
 		Campaigns: a.Campaigns, Enroller: a.Enroller, Outbox: a.Outbox, Sender: a.Sender, Unsubscribes: a.Unsubscribes, Tracker: a.Tracker,
-		WebhookSecret: []byte(a.Cfg.WebhookSecret),
-		Monitor:       asynqmon.New(asynqmon.Options{RootPath: httpapi.MonitorPath, RedisConnOpt: a.Redis, ReadOnly: true}),
-		Ready:         a.Ready, Registry: a.Registry,
+		Health: a.Health, WebhookSecret: []byte(a.Cfg.WebhookSecret),
+		Monitor: asynqmon.New(asynqmon.Options{RootPath: httpapi.MonitorPath, RedisConnOpt: a.Redis, ReadOnly: true}),
+		Ready:   a.Ready, Registry: a.Registry,
 	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst})
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/delivery"
 	"github.com/tendhq/tend/internal/engagement"
+	"github.com/tendhq/tend/internal/health"
 	"github.com/tendhq/tend/internal/httpapi"
 	"github.com/tendhq/tend/internal/render"
 	"github.com/tendhq/tend/internal/segment"
@@ -70,8 +71,9 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		Campaigns: h.campaigns, Enroller: enroller, Outbox: outbox, Tracker: engagement.NewTracker(db.DB, clk, signer), Unsubscribes: delivery.NewUnsubscribes(db.DB, clk, signer),
 		Sender: delivery.NewSender(db.DB, clk, log, outbox, enroller, renderer, mailer, delivery.SenderOptions{
 			TeamSender: "Success <success@tend.test>", MessageIDDomain: "tend.test"}),
-		Log:   log,
-		Ready: func(ctx context.Context) error { return db.PingContext(ctx) },
+		Health: health.NewService(db.DB, clk),
+		Log:    log,
+		Ready:  func(ctx context.Context) error { return db.PingContext(ctx) },
 	}, o)
 	h.api = api
 	h.srv = httptest.NewServer(api.Handler())

@@ -27,6 +27,7 @@ import (
 	"github.com/tendhq/tend/internal/delivery"
 	"github.com/tendhq/tend/internal/engagement"
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/health"
 	"github.com/tendhq/tend/internal/segment"
 )
 
@@ -40,6 +41,8 @@ type Signals interface {
 	SegmentChanged(ctx context.Context, segmentID, generation int64)
 	// SendMessages: these outbox messages are due; send them now.
 	SendMessages(ctx context.Context, ids []int64) error
+	// HealthModelChanged: a new health model was saved; rescore every account.
+	HealthModelChanged(ctx context.Context, version int64)
 }
 
 // Deps are what the API serves.
@@ -58,6 +61,7 @@ type Deps struct {
 	Sender       *delivery.Sender
 	Unsubscribes *delivery.Unsubscribes
 	Tracker      *engagement.Tracker
+	Health       *health.Service
 	// Monitor is the asynq queue monitor, served to admins (may be nil).
 	Monitor http.Handler
 	// WebhookSecret signs inbound webhooks (TEND_WEBHOOK_SECRET).
@@ -133,6 +137,10 @@ func (s *Server) routes() {
 	s.handle(v1, http.MethodPost, "/events", s.postEvents, ingest)
 	s.handle(v1, http.MethodPost, "/metrics", s.postMetrics, ingest)
 	s.handle(v1, http.MethodGet, "/accounts/:id/segments", s.accountSegments, marketing, csm)
+	s.handle(v1, http.MethodGet, "/accounts/:id/health", s.accountHealth, marketing, csm)
+	s.handle(v1, http.MethodGet, "/health/model", s.getHealthModel, marketing, csm)
+	s.handle(v1, http.MethodPut, "/health/model", s.putHealthModel)
+	s.handle(v1, http.MethodGet, "/health/summary", s.healthSummary, marketing, csm)
 	s.handle(v1, http.MethodGet, "/segments", s.listSegments, marketing, product)
 	s.handle(v1, http.MethodPost, "/segments", s.createSegment, marketing)
 	s.handle(v1, http.MethodPost, "/segments/preview", s.previewSegment, marketing, product)

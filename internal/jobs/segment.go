@@ -92,6 +92,15 @@ func (c *Client) SegmentChanged(ctx context.Context, segmentID, generation int64
 	}
 }
 
+// HealthModelChanged starts a full pass, which rescores every account under
+// the new model (and moves accounts between segments accordingly). Lost, the
+// periodic pass does the same.
+func (c *Client) HealthModelChanged(ctx context.Context, version int64) {
+	if err := c.startPass(ctx, fmt.Sprintf("health-model:%d", version), 0); err != nil {
+		c.log.Warn("signal health model change failed; the next full pass will rescore", "err", err)
+	}
+}
+
 func (c *Client) startPass(ctx context.Context, key string, segmentID int64) error {
 	payload, _ := json.Marshal(passPayload{Key: key, SegmentID: segmentID})
 	return c.enqueue(ctx, asynq.NewTask(TypeSegmentPass, payload),

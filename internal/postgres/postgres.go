@@ -122,6 +122,19 @@ func InTx(ctx context.Context, db *sqlx.DB, fn func(tx *sqlx.Tx) error) error {
 	return nil
 }
 
+// InTxRetry is InTx, run again (up to five times) when PostgreSQL broke a
+// deadlock by aborting this transaction. fn must be safe to repeat.
+func InTxRetry(ctx context.Context, db *sqlx.DB, fn func(tx *sqlx.Tx) error) error {
+	for attempt := 0; ; attempt++ {
+		err := InTx(ctx, db, fn)
+		var pqErr *pq.Error
+		if err != nil && errors.As(err, &pqErr) && pqErr.Code == "40P01" && attempt < 5 {
+			continue
+		}
+		return err
+	}
+}
+
 // redact hides the password of a connection URL for messages.
 func redact(raw string) string {
 	u, err := url.Parse(raw)

@@ -39,6 +39,10 @@ type Engine struct {
 	BatchSize int
 	// ShardSize is how many account ids one full-pass shard covers.
 	ShardSize int64
+	// Health, when set, brings the accounts' health scores up to date
+	// before they are matched, so a health change moves an account between
+	// segments in the same evaluation.
+	Health Scorer
 
 	mu    sync.Mutex
 	cache map[int64]*compiled
@@ -47,6 +51,12 @@ type Engine struct {
 // NewEngine returns an engine.
 func NewEngine(db *sqlx.DB, clk clock.Clock, log *slog.Logger) *Engine {
 	return &Engine{db: db, clock: clk, log: log, BatchSize: 1000, ShardSize: 20000, cache: map[int64]*compiled{}}
+}
+
+// Scorer updates the health fields of a batch of profiles (and stores the
+// scores). It needs the profiles' features decoded.
+type Scorer interface {
+	Refresh(ctx context.Context, now time.Time, profiles map[int64]account.Cached) error
 }
 
 type compiled struct {
@@ -146,9 +156,17 @@ func (e *Engine) evaluate(ctx context.Context, accountIDs []int64, only map[int6
 		maps.Events = maps.Events || s.pred.Maps.Events
 		maps.Traits = maps.Traits || s.pred.Maps.Traits
 	}
+	if e.Health != nil {
+		maps.Features = true
+	}
 	profiles, err := account.CachedProfiles(ctx, e.db, accountIDs, now, maps)
 	if err != nil {
 		return Stats{}, err
+	}
+	if e.Health != nil {
+		if err := e.Health.Refresh(ctx, now, profiles); err != nil {
+			return Stats{}, err
+		}
 	}
 	versions := make([]versionRow, 0, len(profiles))
 	for id, c := range profiles {
@@ -258,63 +276,57 @@ func (e *Engine) write(ctx context.Context, now time.Time, entries, exits []diff
 	}
 	order(entries)
 	order(exits)
-	for attempt := 0; ; attempt++ {
-		var entered, exited int
-		err := postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) error {
-			// Account rows first, in id order, like every writer of them.
-			if len(mark) > 0 {
-				ids := make([]int64, len(mark))
-				for i, v := range mark {
-					ids[i] = v.ID
-				}
-				if err := account.LockAccounts(ctx, tx, ids); err != nil {
-					return err
-				}
+	var entered, exited int
+	err := postgres.InTxRetry(ctx, e.db, func(tx *sqlx.Tx) error {
+		// Account rows first, in id order, like every writer of them.
+		if len(mark) > 0 {
+			ids := make([]int64, len(mark))
+			for i, v := range mark {
+				ids[i] = v.ID
 			}
-			var err error
-			if entered, err = applyDiffs(ctx, tx, enterSQL, entries, now); err != nil {
+			if err := account.LockAccounts(ctx, tx, ids); err != nil {
 				return err
 			}
-			if exited, err = applyDiffs(ctx, tx, exitSQL, exits, now); err != nil {
-				return err
+		}
+		var err error
+		if entered, err = applyDiffs(ctx, tx, enterSQL, entries, now); err != nil {
+			return err
+		}
+		if exited, err = applyDiffs(ctx, tx, exitSQL, exits, now); err != nil {
+			return err
+		}
+		if len(errCount) > 0 {
+			list := make([]*segError, 0, len(errCount))
+			for _, se := range errCount {
+				list = append(list, se)
 			}
-			if len(errCount) > 0 {
-				list := make([]*segError, 0, len(errCount))
-				for _, se := range errCount {
-					list = append(list, se)
-				}
-				sort.Slice(list, func(i, j int) bool { return list[i].SegmentID < list[j].SegmentID })
-				payload, _ := json.Marshal(list)
-				if _, err := tx.ExecContext(ctx, `
+			sort.Slice(list, func(i, j int) bool { return list[i].SegmentID < list[j].SegmentID })
+			payload, _ := json.Marshal(list)
+			if _, err := tx.ExecContext(ctx, `
 					UPDATE segment s SET error_count = s.error_count + x.n, last_error = x.message, last_error_at = $2
 					FROM jsonb_to_recordset($1::jsonb) AS x(segment_id bigint, n integer, message text)
 					WHERE s.id = x.segment_id`, payload, now); err != nil {
-					return fmt.Errorf("segment: record errors: %w", err)
-				}
+				return fmt.Errorf("segment: record errors: %w", err)
 			}
-			if len(mark) > 0 {
-				ids := make([]int64, len(mark))
-				vers := make([]int64, len(mark))
-				for i, v := range mark {
-					ids[i], vers[i] = v.ID, v.Version
-				}
-				// Only the version this evaluation saw is cleared: a change
-				// that arrived meanwhile leaves the account dirty.
-				if _, err := tx.ExecContext(ctx, `
+		}
+		if len(mark) > 0 {
+			ids := make([]int64, len(mark))
+			vers := make([]int64, len(mark))
+			for i, v := range mark {
+				ids[i], vers[i] = v.ID, v.Version
+			}
+			// Only the version this evaluation saw is cleared: a change
+			// that arrived meanwhile leaves the account dirty.
+			if _, err := tx.ExecContext(ctx, `
 					UPDATE account a SET evaluated_version = x.version
 					FROM unnest($1::bigint[], $2::bigint[]) AS x(id, version)
 					WHERE a.id = x.id AND a.evaluated_version < x.version`, pq.Array(ids), pq.Array(vers)); err != nil {
-					return fmt.Errorf("segment: mark evaluated: %w", err)
-				}
+				return fmt.Errorf("segment: mark evaluated: %w", err)
 			}
-			return nil
-		})
-		var pqErr *pq.Error
-		if err != nil && errors.As(err, &pqErr) && pqErr.Code == "40P01" && attempt < 5 {
-			continue // deadlock with a concurrent evaluation: try again
 		}
-		return entered, exited, err
-	}
+		return nil
+	})
+	return entered, exited, err
 }
 
 // Entries and exits are written only where the account's data and the

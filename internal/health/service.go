@@ -1,0 +1,326 @@
+package health
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/tendhq/tend/internal/account"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/postgres"
+)
+
+// Service keeps the health model and the scores.
+type Service struct {
+	db    *sqlx.DB
+	clock clock.Clock
+}
+
+// NewService returns a service.
+func NewService(db *sqlx.DB, clk clock.Clock) *Service { return &Service{db: db, clock: clk} }
+
+// Versioned is the model with its version (0: the default, never saved).
+type Versioned struct {
+	Version   int64      `json:"version"`
+	UpdatedAt *time.Time `json:"updated_at,omitempty"`
+	UpdatedBy string     `json:"updated_by,omitempty"`
+	Model     Model      `json:"model"`
+}
+
+// Model returns the current model.
+func (s *Service) Model(ctx context.Context) (Versioned, error) {
+	return currentModel(ctx, s.db)
+}
+
+func currentModel(ctx context.Context, q postgres.Queryer) (Versioned, error) {
+	var row struct {
+		Version   int64           `db:"version"`
+		Model     json.RawMessage `db:"model"`
+		UpdatedAt time.Time       `db:"updated_at"`
+		UpdatedBy string          `db:"updated_by"`
+	}
+	err := q.GetContext(ctx, &row, `SELECT version, model, updated_at, updated_by FROM health_model`)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Versioned{Model: Default()}, nil
+	}
+	if err != nil {
+		return Versioned{}, fmt.Errorf("health: model: %w", err)
+	}
+	v := Versioned{Version: row.Version, UpdatedAt: &row.UpdatedAt, UpdatedBy: row.UpdatedBy}
+	if err := json.Unmarshal(row.Model, &v.Model); err != nil {
+		return Versioned{}, fmt.Errorf("health: stored model: %w", err)
+	}
+	return v, nil
+}
+
+// PutModel validates and saves a model as the next version. Every account is
+// rescored under it by the next full pass (the caller starts one).
+func (s *Service) PutModel(ctx context.Context, m Model, by string) (Versioned, error) {
+	if err := m.Validate(); err != nil {
+		return Versioned{}, err
+	}
+	body, err := json.Marshal(m)
+	if err != nil {
+		return Versioned{}, fmt.Errorf("health: put model: %w", err)
+	}
+	now := s.clock.Now()
+	var version int64
+	err = s.db.GetContext(ctx, &version, `
+		INSERT INTO health_model (id, version, model, starting_score, starting_band, updated_at, updated_by)
+		VALUES (true, 1, $1, $2, $3, $4, $5)
+		ON CONFLICT (id) DO UPDATE SET version = health_model.version + 1, model = EXCLUDED.model,
+			starting_score = EXCLUDED.starting_score, starting_band = EXCLUDED.starting_band,
+			updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by
+		RETURNING version`, body, m.StartingScore, m.rawBand(m.StartingScore, -1), now, by)
+	if err != nil {
+		return Versioned{}, fmt.Errorf("health: put model: %w", err)
+	}
+	return Versioned{Version: version, UpdatedAt: &now, UpdatedBy: by, Model: m}, nil
+}
+
+// stored is an account's current score row.
+type stored struct {
+	AccountID    int64     `db:"account_id"`
+	Score        int       `db:"score"`
+	Band         string    `db:"band"`
+	Change30d    int       `db:"change_30d"`
+	Version      int64     `db:"version"`
+	Day          time.Time `db:"day"`
+	ModelVersion int64     `db:"model_version"`
+}
+
+// scored is a newly computed score, ready to write.
+type scored struct {
+	AccountID  int64       `json:"account_id"`
+	Score      int         `json:"score"`
+	Band       string      `json:"band"`
+	Change30d  int         `json:"change_30d"`
+	Components []Component `json:"components"`
+	Version    int64       `json:"version"`
+	Changed    bool        `json:"changed"` // score or band differ from the stored ones
+}
+
+// Refresh brings the scores of a batch of accounts up to date and writes them
+// into their profiles, so that segments see the current health. profiles are
+// the accounts' current profiles (from account.CachedProfiles, with features
+// decoded). An account is rescored when its data, the UTC day or the model
+// changed since its last score; otherwise the stored score is used. A score
+// or band that changed is kept in the history.
+func (s *Service) Refresh(ctx context.Context, now time.Time, profiles map[int64]account.Cached) error {
+	if len(profiles) == 0 {
+		return nil
+	}
+	mv, err := s.Model(ctx)
+	if err != nil {
+		return err
+	}
+	ids := make([]int64, 0, len(profiles))
+	for id := range profiles {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	var rows []stored
+	if err := s.db.SelectContext(ctx, &rows, `
+		SELECT account_id, score, band, change_30d, version, day, model_version
+		FROM account_health WHERE account_id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids)); err != nil {
+		return fmt.Errorf("health: refresh: %w", err)
+	}
+	today := dayOf(now)
+	prev := make(map[int64]stored, len(rows))
+	for _, r := range rows {
+		prev[r.AccountID] = r
+	}
+	var due []int64
+	for _, id := range ids {
+		c := profiles[id]
+		r, ok := prev[id]
+		if ok && r.Version == c.Version && r.Day.Equal(today) && r.ModelVersion == mv.Version {
+			setProfile(c.Profile, r.Score, r.Change30d, r.Band)
+			continue
+		}
+		due = append(due, id)
+	}
+	if len(due) == 0 {
+		return nil
+	}
+	out, err := s.score(ctx, s.db, mv.Model, now, due, func(id int64) (*account.Profile, stored, bool) {
+		r, ok := prev[id]
+		return profiles[id].Profile, r, ok
+	})
+	if err != nil {
+		return err
+	}
+	for i := range out {
+		out[i].Version = profiles[out[i].AccountID].Version
+	}
+	if err := s.write(ctx, now, today, mv.Version, out); err != nil {
+		return err
+	}
+	for _, r := range out {
+		setProfile(profiles[r.AccountID].Profile, r.Score, r.Change30d, r.Band)
+	}
+	return nil
+}
+
+func setProfile(p *account.Profile, score, change int, band string) {
+	p.HealthScore, p.HealthChange30d, p.HealthBand = score, change, band
+}
+
+func dayOf(t time.Time) time.Time {
+	y, m, d := t.UTC().Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+}
+
+// score computes the scores of ids under model m. lookup gives an account's
+// profile and its stored score (ok false when never scored).
+func (s *Service) score(ctx context.Context, q postgres.Queryer, m Model, now time.Time, ids []int64,
+	lookup func(int64) (*account.Profile, stored, bool)) ([]scored, error) {
+	msgs, err := messagesOf(ctx, q, ids, now)
+	if err != nil {
+		return nil, err
+	}
+	then, err := scoresAt(ctx, q, ids, now.AddDate(0, 0, -30))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]scored, 0, len(ids))
+	for _, id := range ids {
+		p, r, ok := lookup(id)
+		if p == nil {
+			continue
+		}
+		prevBand := ""
+		if ok {
+			prevBand = r.Band
+		}
+		res := m.Score(p, msgs[id], now, prevBand)
+		base, had := then[id]
+		if !had {
+			base = m.StartingScore
+		}
+		out = append(out, scored{
+			AccountID: id, Score: res.Score, Band: res.Band, Change30d: res.Score - base,
+			Components: res.Components, Changed: !ok || r.Score != res.Score || r.Band != res.Band,
+		})
+	}
+	return out, nil
+}
+
+// messagesOf loads the accounts' messages of the last 30 days with the best
+// human response to each, and whether the account was at risk when each was
+// sent (its band in the score history at that time).
+func messagesOf(ctx context.Context, q postgres.Queryer, ids []int64, now time.Time) (map[int64][]Message, error) {
+	var rows []struct {
+		AccountID int64     `db:"account_id"`
+		SentAt    time.Time `db:"sent_at"`
+		InApp     bool      `db:"in_app"`
+		Response  string    `db:"response"`
+		AtRisk    bool      `db:"at_risk"`
+	}
+	err := q.SelectContext(ctx, &rows, `
+		SELECT ct.account_id, m.sent_at, m.channel = 'in_app' AS in_app,
+		       CASE WHEN ev.reply THEN 'reply' WHEN ev.click THEN 'click' WHEN ev.open THEN 'open'
+		            WHEN ev.dismiss THEN 'dismiss' ELSE '' END AS response,
+		       coalesce((SELECT h.band = 'at_risk' FROM health_history h
+		                 WHERE h.account_id = ct.account_id AND h.at <= m.sent_at
+		                 ORDER BY h.at DESC LIMIT 1), false) AS at_risk
+		FROM message m
+		JOIN contact ct ON ct.id = m.contact_id
+		CROSS JOIN LATERAL (
+			SELECT coalesce(bool_or(e.kind = 'reply'), false) AS reply,
+			       coalesce(bool_or(e.kind IN ('click', 'nudge_click') AND e.human), false) AS click,
+			       coalesce(bool_or(e.kind IN ('open', 'nudge_view') AND e.human), false) AS open,
+			       coalesce(bool_or(e.kind = 'nudge_dismiss'), false) AS dismiss
+			FROM engagement_event e WHERE e.message_id = m.id AND e.at <= $3
+		) ev
+		WHERE ct.account_id IN (SELECT unnest($1::bigint[])) AND NOT m.test AND m.status = 'sent'
+		  AND m.sent_at > $2 AND m.sent_at <= $3`, pq.Array(ids), now.AddDate(0, 0, -30), now)
+	if err != nil {
+		return nil, fmt.Errorf("health: messages: %w", err)
+	}
+	out := map[int64][]Message{}
+	for _, r := range rows {
+		out[r.AccountID] = append(out[r.AccountID], Message{SentAt: r.SentAt, InApp: r.InApp, Response: r.Response, AtRisk: r.AtRisk})
+	}
+	return out, nil
+}
+
+// scoresAt returns the accounts' scores in effect at t (absent: not scored yet).
+func scoresAt(ctx context.Context, q postgres.Queryer, ids []int64, t time.Time) (map[int64]int, error) {
+	var rows []struct {
+		AccountID int64 `db:"account_id"`
+		Score     int   `db:"score"`
+	}
+	err := q.SelectContext(ctx, &rows, `
+		SELECT DISTINCT ON (account_id) account_id, score FROM health_history
+		WHERE account_id IN (SELECT unnest($1::bigint[])) AND at <= $2
+		ORDER BY account_id, at DESC, id DESC`, pq.Array(ids), t)
+	if err != nil {
+		return nil, fmt.Errorf("health: scores at %s: %w", t.Format(time.RFC3339), err)
+	}
+	out := make(map[int64]int, len(rows))
+	for _, r := range rows {
+		out[r.AccountID] = r.Score
+	}
+	return out, nil
+}
+
+// write stores new scores: the current score row (unless a score computed
+// from newer data is already there), a history row where the score or band
+// changed, and the health fields of the cached profile.
+func (s *Service) write(ctx context.Context, now, day time.Time, modelVersion int64, out []scored) error {
+	sort.Slice(out, func(i, j int) bool { return out[i].AccountID < out[j].AccountID })
+	payload, err := json.Marshal(out)
+	if err != nil {
+		return fmt.Errorf("health: write: %w", err)
+	}
+	return postgres.InTxRetry(ctx, s.db, func(tx *sqlx.Tx) error {
+		if _, err := tx.ExecContext(ctx, `
+			WITH x AS (
+				SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, score integer, band text,
+					change_30d integer, components jsonb, version bigint, changed boolean)
+			),
+			up AS (
+				INSERT INTO account_health AS h (account_id, score, band, change_30d, components, version, day, model_version, computed_at)
+				SELECT account_id, score, band, change_30d, components, version, $2, $3, $4 FROM x ORDER BY account_id
+				ON CONFLICT (account_id) DO UPDATE SET score = EXCLUDED.score, band = EXCLUDED.band,
+					change_30d = EXCLUDED.change_30d, components = EXCLUDED.components, version = EXCLUDED.version,
+					day = EXCLUDED.day, model_version = EXCLUDED.model_version, computed_at = EXCLUDED.computed_at
+				WHERE h.version <= EXCLUDED.version
+				RETURNING h.account_id
+			)
+			INSERT INTO health_history (account_id, at, score, band, components, model_version)
+			SELECT x.account_id, $4, x.score, x.band, x.components, $3 FROM x JOIN up USING (account_id) WHERE x.changed`,
+			payload, day, modelVersion, now); err != nil {
+			return fmt.Errorf("health: write: %w", err)
+		}
+		// The cached profiles take the score as stored (a newer one may have
+		// won above); rows locked in id order, like every writer of them.
+		if _, err := tx.ExecContext(ctx, `
+			WITH lk AS (
+				SELECT p.account_id FROM account_profile p
+				WHERE p.account_id IN (SELECT unnest($1::bigint[])) ORDER BY p.account_id FOR UPDATE
+			)
+			UPDATE account_profile p SET health_score = h.score, health_change_30d = h.change_30d, health_band = h.band
+			FROM lk JOIN account_health h ON h.account_id = lk.account_id
+			WHERE p.account_id = lk.account_id`, pq.Array(idsOf(out))); err != nil {
+			return fmt.Errorf("health: write profiles: %w", err)
+		}
+		return nil
+	})
+}
+
+func idsOf(out []scored) []int64 {
+	ids := make([]int64, len(out))
+	for i, r := range out {
+		ids[i] = r.AccountID
+	}
+	return ids
+}
