@@ -5,6 +5,7 @@
 //	tend migrate                     create the database if missing and migrate it
 //	tend keys create --name N --role R | keys list | keys revoke ID
 //	tend clock advance DURATION | clock show   (demo mode)
+//	tend seed --demo [--accounts N] [--seed S] [--if-empty]
 package main
 
 import (
@@ -31,6 +32,7 @@ import (
 	"github.com/tendhq/tend/internal/campaign"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/config"
+	"github.com/tendhq/tend/internal/demo"
 	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/postgres"
 )
@@ -50,6 +52,9 @@ usage:
   tend campaigns diff DIR [--templates T]    print what apply would change, changing nothing
   tend clock show                            print the clock (demo mode shares it through PostgreSQL)
   tend clock advance DURATION                move the demo clock forward, e.g. 2d or 36h (TEND_DEMO_CLOCK=true)
+  tend seed --demo [--accounts N] [--seed S] [--if-empty]
+                                             load demo data: CSMs, N accounts (default 2000) with contacts and 90 days
+                                             of usage, and the demo segments; --if-empty skips a database with accounts
   tend help                                  this text
 
 Configuration comes from TEND_* environment variables; see README.md.
@@ -93,6 +98,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return clockCmd(ctx, cfg, log, rest, stdout)
 	case "campaigns":
 		return campaignsCmd(ctx, cfg, log, rest, stdout)
+	case "seed":
+		return seedCmd(ctx, cfg, log, rest, stdout)
 	default:
 		return fmt.Errorf("unknown command %q; run `tend help`", cmd)
 	}
@@ -334,4 +341,56 @@ func clockCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args []s
 	default:
 		return fmt.Errorf("clock: unknown subcommand %q", args[0])
 	}
+}
+
+const seedUsage = "tend seed --demo [--accounts N] [--seed S] [--if-empty]"
+
+// seedCmd loads demo data (internal/demo) through the stores, on the app's
+// clock: the shared demo clock in local runs.
+func seedCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("seed", flag.ContinueOnError)
+	isDemo := fs.Bool("demo", false, "load demo data (the only kind for now)")
+	accounts := fs.Int("accounts", demo.DefaultAccounts, "how many accounts")
+	seed := fs.Uint64("seed", 1, "the random seed")
+	ifEmpty := fs.Bool("if-empty", false, "do nothing when any account exists")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("seed: %w", err) // the flag package has printed the flags
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("seed: unexpected argument %q; usage: %s", fs.Arg(0), seedUsage)
+	case !*isDemo:
+		return fmt.Errorf("seed: only demo data can be seeded for now, say --demo; usage: %s", seedUsage)
+	case *accounts < 1 || *accounts > demo.MaxAccounts:
+		return fmt.Errorf("seed: --accounts is 1 to %d, got %d", demo.MaxAccounts, *accounts)
+	}
+	a, err := open(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	start := time.Now()
+	seeder := &demo.Seeder{DB: a.DB, Accounts: a.Accounts, Segments: a.Segments, Clock: a.Clock}
+	sum, err := seeder.Seed(ctx, demo.Options{Accounts: *accounts, Seed: *seed, IfEmpty: *ifEmpty})
+	if err != nil {
+		return describe(err)
+	}
+	if sum.Skipped {
+		fmt.Fprintln(stdout, "seed: the database already has accounts; nothing seeded (--if-empty)")
+		return nil
+	}
+	personas := make([]string, len(demo.Personas))
+	for i, p := range demo.Personas {
+		personas[i] = fmt.Sprintf("%s %d", p, len(sum.Personas[p]))
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "seeded demo data\tseed %d, usage for the 90 days before %s, in %s\n", *seed, sum.Day.Format(time.DateOnly), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(tw, "csms\t%d\n", sum.CSMs)
+	fmt.Fprintf(tw, "accounts\t%d (%s)\n", sum.Accounts, strings.Join(personas, ", "))
+	fmt.Fprintf(tw, "contacts\t%d\n", sum.Contacts)
+	fmt.Fprintf(tw, "events\t%d (%d new)\n", sum.Events, sum.NewEvents)
+	fmt.Fprintf(tw, "nps answers\t%d\n", sum.NPS)
+	fmt.Fprintf(tw, "segments\t%d created, %d already there\n", len(sum.SegmentsCreated), len(sum.SegmentsExisting))
+	tw.Flush()
+	return cliAudit(ctx, a, "seed", fmt.Sprintf("demo: %d accounts, seed %d", sum.Accounts, *seed))
 }

@@ -149,3 +149,66 @@ steps:
 		t.Fatalf("%d versions after a refused apply", versions)
 	}
 }
+
+func TestSeedCommand(t *testing.T) {
+	db := testsvc.NewDB(t)
+	t.Setenv("TEND_DATABASE_URL", db.URL)
+	t.Setenv("TEND_LOG_LEVEL", "error")
+	count := func(table string) int {
+		t.Helper()
+		var n int
+		if err := db.Get(&n, `SELECT count(*) FROM `+table); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	if out, _ := tend(t, "help"); !regexp.MustCompile(`(?m)^  tend seed --demo`).MatchString(out) {
+		t.Fatalf("help has no `  tend seed` line (deploy/run-local.sh looks for it): %q", out)
+	}
+	for _, bad := range [][]string{
+		{"seed"}, // --demo is required
+		{"seed", "--demo", "--accounts", "0"},
+		{"seed", "--demo", "--accounts", "many"},
+		{"seed", "--demo", "--seed", "-1"},
+		{"seed", "--demo", "--colour"},
+		{"seed", "--demo", "extra"},
+	} {
+		if _, err := tend(t, bad...); err == nil {
+			t.Errorf("tend %v: want an error", bad)
+		}
+	}
+	if _, err := tend(t, "seed"); err == nil || !strings.Contains(err.Error(), "--demo") {
+		t.Errorf("without --demo, the error must say to use it: %v", err)
+	}
+	if n := count("account"); n != 0 {
+		t.Fatalf("refused seeds wrote %d accounts", n)
+	}
+
+	out, err := tend(t, "seed", "--demo", "--accounts", "25", "--seed", "3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"csms", "accounts          25 (healthy", "advocate", "contacts", "events", "segments          6 created"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
+	}
+	if count("account") != 25 || count("csm") != 6 || count("segment") != 6 || count("usage_event") == 0 {
+		t.Fatalf("seeded %d accounts, %d CSMs, %d segments, %d events", count("account"), count("csm"), count("segment"), count("usage_event"))
+	}
+	var actions []string
+	db.Select(&actions, `SELECT action FROM audit_log WHERE actor LIKE 'cli%' ORDER BY id`)
+	if strings.Join(actions, ",") != "seed" {
+		t.Fatalf("seed audited as %v", actions)
+	}
+
+	// The local runner's call: a database with accounts is left alone.
+	out, err = tend(t, "seed", "--demo", "--if-empty")
+	if err != nil || !strings.Contains(out, "nothing seeded") {
+		t.Fatalf("seed --if-empty on a seeded database: %q %v", out, err)
+	}
+	if n := count("account"); n != 25 {
+		t.Fatalf("--if-empty seeded anyway: %d accounts", n)
+	}
+}
