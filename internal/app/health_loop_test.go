@@ -183,4 +183,3 @@ func TestTheLoop(t *testing.T) {
 		t.Fatalf("summary after recovery: %v", sum)
 	}
 }
-
