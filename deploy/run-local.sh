@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run Tend locally against the services from deploy/services.sh (`make run` does both):
 # migrate, seed demo data when the binary supports it and the database is empty, apply
-# campaigns/*.yaml when the binary supports it, then exec `tend all` (API + worker).
+# campaigns/*.yaml (with the templates/ they use) and activate them, then exec `tend all`
+# (API + worker). Every step is idempotent, so running it again changes nothing that is
+# already there: the seed is skipped, unchanged campaigns stay as they are, and campaigns
+# that are already active are not activated (nor enrolled, nor sent) twice.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,12 +29,26 @@ if has_command seed; then
 	"$TEND" seed --demo --if-empty
 fi
 
+# The example campaigns target the demo's segments (new-accounts, at-risk, low-adoption,
+# advocates, smb, enterprise), which the seed creates; a build that cannot seed cannot
+# apply them. --activate activates the campaigns that are drafts (or paused) and enrolls
+# the current members of drips with enroll_existing; active campaigns are left alone.
 shopt -s nullglob
 campaign_files=(campaigns/*.yaml campaigns/*.yml)
 shopt -u nullglob
-if ((${#campaign_files[@]})) && has_command campaigns; then
-	echo "run-local: $TEND campaigns apply campaigns/"
-	"$TEND" campaigns apply campaigns/
+if ((${#campaign_files[@]})) && has_command campaigns && has_command seed; then
+	apply=("$TEND" campaigns apply campaigns/)
+	if grep -q -- "--activate" <<<"$help_text"; then
+		apply+=(--activate)
+	fi
+	echo "run-local: ${apply[*]}"
+	if ! "${apply[@]}"; then
+		echo "run-local: applying campaigns/ failed (above). Fix campaigns/ or templates/ and run again;" >&2
+		echo "run-local: '$TEND campaigns diff campaigns/' checks them without changing anything." >&2
+		exit 1
+	fi
+elif ((${#campaign_files[@]})) && has_command campaigns; then
+	echo "run-local: this build cannot seed the demo's segments; not applying campaigns/"
 fi
 
 http_addr="${TEND_HTTP_ADDR:-:8080}"

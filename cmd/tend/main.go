@@ -370,7 +370,7 @@ func seedCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args []st
 	}
 	defer a.Close()
 	start := time.Now()
-	seeder := &demo.Seeder{DB: a.DB, Accounts: a.Accounts, Segments: a.Segments, Clock: a.Clock}
+	seeder := &demo.Seeder{DB: a.DB, Accounts: a.Accounts, Segments: a.Segments, Clock: a.Clock, Health: a.Health}
 	sum, err := seeder.Seed(ctx, demo.Options{Accounts: *accounts, Seed: *seed, IfEmpty: *ifEmpty})
 	if err != nil {
 		return describe(err)

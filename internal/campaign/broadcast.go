@@ -22,13 +22,19 @@ const BroadcastBatch = 2000
 // campaign's window in the contact's own time zone. Work goes in batches of
 // accounts, each its own transaction with a cursor, so a worker that dies
 // midway is continued by the next run, and nothing is written twice. It
-// returns how many messages it scheduled.
+// returns how many messages it scheduled. A broadcast waits while one of its
+// variants' segments is still building: fanned out then, it would reach only
+// the members found so far.
 func (e *Enroller) RunDueBroadcasts(ctx context.Context) (int, error) {
 	var due []string
 	if err := e.db.SelectContext(ctx, &due, `
 		SELECT c.name FROM campaign c JOIN campaign_version v ON v.campaign_id = c.id AND v.version = c.current_version
 		WHERE c.kind = 'broadcast' AND c.status = 'active' AND c.broadcast_finished_at IS NULL
 		  AND (v.definition->>'send_at')::timestamptz <= $1
+		  AND (c.broadcast_started_at IS NOT NULL OR NOT EXISTS (
+		      SELECT 1 FROM jsonb_array_elements(v.definition->'variants') AS var
+		      JOIN segment s ON s.name = var->>'segment' AND s.deleted_at IS NULL
+		      WHERE s.built_generation < s.generation))
 		ORDER BY c.id`, e.clock.Now()); err != nil {
 		return 0, fmt.Errorf("campaign: due broadcasts: %w", err)
 	}

@@ -128,9 +128,9 @@ func csmInputs() []account.CSMInput {
 		cal := "https://cal.example/" + strings.ReplaceAll(c.slug, ".", "-")
 		sig := fmt.Sprintf(`<table role="presentation" style="font-family:Arial,sans-serif;font-size:13px;color:#333">`+
 			`<tr><td><strong>%s</strong><br>%s, Tend Demo<br>`+
-			`<a href="tel:%s" style="color:#333">%s</a> · <a href="mailto:%s">%s</a><br>`+
-			`<a href="%s">Book time with me</a></td></tr></table>`,
-			c.name, c.title, strings.NewReplacer(" ", "", "-", "").Replace(c.phone), c.phone, email, email, cal)
+			`<a href="tel:%s" style="color:#333">%s</a> · <a href="mailto:%s">%s</a></td></tr></table>`,
+			c.name, c.title, strings.NewReplacer(" ", "", "-", "").Replace(c.phone), c.phone, email, email)
+		// The layout adds "Book a time with me" from CalendarURL.
 		out[i] = account.CSMInput{
 			Email: email, Name: ptr(c.name), Title: ptr(c.title), SignatureHTML: ptr(sig),
 			ReplyTo: ptr(email), Phone: ptr(c.phone), CalendarURL: ptr(cal),

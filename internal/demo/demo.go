@@ -8,6 +8,7 @@ import (
 	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/health"
 	"github.com/tendhq/tend/internal/postgres"
 	"github.com/tendhq/tend/internal/segment"
 )
@@ -57,6 +58,10 @@ type Seeder struct {
 	Accounts *account.Store
 	Segments *segment.Store
 	Clock    clock.Clock
+	// Health, when set, backfills the score history as of 60 and 30 days
+	// ago, so that the 30-day change and the summary's "then" mean
+	// something on the demo's first day.
+	Health *health.Service
 }
 
 // Seed writes the demo data: the CSMs, then the accounts chunk by chunk (each
@@ -110,6 +115,13 @@ func (s *Seeder) Seed(ctx context.Context, opt Options) (Summary, error) {
 			return Summary{}, fmt.Errorf("demo: seed: segment %s: %w", in.Name, err)
 		default:
 			sum.SegmentsCreated = append(sum.SegmentsCreated, in.Name)
+		}
+	}
+	if s.Health != nil {
+		for _, days := range []int{60, 30} {
+			if _, err := s.Health.Backfill(ctx, sum.Day.AddDate(0, 0, -days)); err != nil {
+				return Summary{}, fmt.Errorf("demo: seed: health history: %w", err)
+			}
 		}
 	}
 	return sum, nil

@@ -130,7 +130,7 @@ func Default() Model {
 	return Model{
 		StartingScore: account.StartingHealthScore,
 		Weights:       Weights{Usage: 35, Adoption: 20, Support: 10, Sentiment: 15, Engagement: 20},
-		Bands:         Bands{AtRiskBelow: 40, HealthyFrom: 70, AdvocateFrom: 80, AdvocateMinNPS: 9, Hysteresis: 5},
+		Bands:         Bands{AtRiskBelow: 40, HealthyFrom: 70, AdvocateFrom: 85, AdvocateMinNPS: 9, Hysteresis: 5},
 		KeyFeatures:   []string{"dashboards", "reports", "integrations", "alerts"},
 		Usage:         UsageModel{LoginsPerSeat30d: 4, Utilization: 0.8, RecentDays: 3, StaleDays: 30},
 		Support:       SupportModel{MaxOpenTickets: 5},

@@ -140,7 +140,7 @@ func TestNoFeedbackSpiral(t *testing.T) {
 }
 
 func TestBandsUseHysteresis(t *testing.T) {
-	m := Default() // at risk below 40, healthy from 70, advocate from 80 with NPS >= 9, hysteresis 5
+	m := Default() // at risk below 40, healthy from 70, advocate from 85 with NPS >= 9, hysteresis 5
 	band := ""
 	if got := m.Band(39, 7, ""); got != account.BandAtRisk {
 		t.Fatalf("a first score of 39 is %s, want at risk (no previous band, no hysteresis)", got)
@@ -161,11 +161,11 @@ func TestBandsUseHysteresis(t *testing.T) {
 		{72, 7, account.BandHealthy},
 		{67, 7, account.BandHealthy},
 		{64, 7, account.BandNeutral},
+		{87, 9, account.BandAdvocate},
 		{82, 9, account.BandAdvocate},
-		{77, 9, account.BandAdvocate},
-		{77, 6, account.BandHealthy}, // no longer a promoter: not an advocate, whatever the score
-		{84, 9, account.BandHealthy},
-		{85, 9, account.BandAdvocate},
+		{82, 6, account.BandHealthy}, // no longer a promoter: not an advocate, whatever the score
+		{89, 9, account.BandHealthy},
+		{90, 9, account.BandAdvocate},
 	} {
 		band = m.Band(step.score, step.nps, band)
 		if band != step.want {
@@ -190,7 +190,7 @@ func TestModelValidation(t *testing.T) {
 		{"negative weight", func(m *Model) { m.Weights.Usage = -1 }, "weights.usage"},
 		{"all weights zero", func(m *Model) { m.Weights = Weights{} }, "weights"},
 		{"bands out of order", func(m *Model) { m.Bands.HealthyFrom = 30 }, "bands"},
-		{"hysteresis too wide", func(m *Model) { m.Bands.Hysteresis = 6 }, "bands.hysteresis"},
+		{"hysteresis too wide", func(m *Model) { m.Bands.Hysteresis = 8 }, "bands.hysteresis"},
 		{"no key features", func(m *Model) { m.KeyFeatures = nil }, "key_features"},
 		{"duplicate feature", func(m *Model) { m.KeyFeatures = []string{"a", "a"} }, "key_features[1]"},
 		{"bad feature name", func(m *Model) { m.KeyFeatures = []string{"has space"} }, "key_features[0]"},

@@ -324,3 +324,79 @@ func idsOf(out []scored) []int64 {
 	}
 	return ids
 }
+
+// Backfill records in the history the score every account had at a past
+// time, computed from its usage as of then (and its metrics as they are now),
+// for accounts with no score at or before then. Demo data uses it so that
+// the 30-day change means something on the first day. Usage windows and the
+// last login are as of then; active users and metrics are as they are now. It streams the
+// accounts in batches and returns how many it scored.
+func (s *Service) Backfill(ctx context.Context, at time.Time) (int, error) {
+	mv, err := s.Model(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var after int64
+	for {
+		var ids []int64
+		if err := s.db.SelectContext(ctx, &ids, `
+			SELECT a.id FROM account a
+			WHERE a.id > $1 AND a.signup_at <= $2
+			  AND NOT EXISTS (SELECT 1 FROM health_history h WHERE h.account_id = a.id AND h.at <= $2)
+			ORDER BY a.id LIMIT 1000`, after, at); err != nil {
+			return n, fmt.Errorf("health: backfill: %w", err)
+		}
+		if len(ids) == 0 {
+			return n, nil
+		}
+		after = ids[len(ids)-1]
+		profiles, err := account.Profiles(ctx, s.db, ids, at)
+		if err != nil {
+			return n, err
+		}
+		// The profile's last login is the latest; as of then it is the
+		// last day with a login up to then.
+		var last []struct {
+			AccountID int64     `db:"account_id"`
+			Day       time.Time `db:"day"`
+		}
+		if err := s.db.SelectContext(ctx, &last, `
+			SELECT account_id, max(day) AS day FROM usage_daily
+			WHERE account_id = ANY($1) AND kind = 'e' AND key = $2 AND day <= $3::date
+			GROUP BY account_id`, pq.Array(ids), account.EventLogin, at); err != nil {
+			return n, fmt.Errorf("health: backfill: last logins: %w", err)
+		}
+		lastLogin := map[int64]time.Time{}
+		for _, l := range last {
+			lastLogin[l.AccountID] = l.Day
+		}
+		for id, p := range profiles {
+			if p.LastLoginAt.After(at) {
+				p.LastLoginAt = p.SignupAt
+				if d, ok := lastLogin[id]; ok {
+					p.LastLoginAt = d
+				}
+				p.DaysSinceLastLogin = int(at.Sub(p.LastLoginAt) / (24 * time.Hour))
+			}
+		}
+		out, err := s.score(ctx, s.db, mv.Model, at, ids, func(id int64) (*account.Profile, stored, bool) {
+			return profiles[id], stored{}, false
+		})
+		if err != nil {
+			return n, err
+		}
+		payload, err := json.Marshal(out)
+		if err != nil {
+			return n, fmt.Errorf("health: backfill: %w", err)
+		}
+		if _, err := s.db.ExecContext(ctx, `
+			INSERT INTO health_history (account_id, at, score, band, components, model_version)
+			SELECT account_id, $2, score, band, components, $3
+			FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, score integer, band text, components jsonb)`,
+			payload, at, mv.Version); err != nil {
+			return n, fmt.Errorf("health: backfill: %w", err)
+		}
+		n += len(out)
+	}
+}
