@@ -55,11 +55,19 @@ http_addr="${TEND_HTTP_ADDR:-:8080}"
 public_url="${TEND_PUBLIC_URL:-http://localhost:8080}"
 cat <<MSG
 
-Tend is starting (tend all: API and worker).
+Tend is starting (tend all: API and worker). Within a minute every account is scored, the
+segments are built and the example campaigns' first emails are in the mail UI.
   API:         ${public_url}  (listening on ${http_addr}; try ${public_url}/healthz)
   Mail (UI):   http://127.0.0.1:8025  (mailpit catches everything sent to ${TEND_SMTP_URL:-smtp://127.0.0.1:1025})
-  Admin key:   $TEND keys create --name me --role admin
-               then: curl -H "Authorization: Bearer <key>" ${public_url}/v1/...
+  Queues:      ${public_url}/admin/queues  (user: anything, password: an admin key)
+  Try, in another terminal:
+    KEY=\$($TEND keys create --name me --role admin); H="Authorization: Bearer \$KEY"
+    curl -s -H "\$H" ${public_url}/v1/health/summary
+    curl -s -H "\$H" ${public_url}/v1/segments
+    curl -s -H "\$H" ${public_url}/v1/campaigns/at-risk-checkin/stats
+    curl -s -H "\$H" ${public_url}/v1/accounts/acct-00008/health
+    TEND_DEMO_CLOCK=true $TEND clock advance 2d      # fast-forward the drips
+  README.md has the whole walk-through.
   Stop:        Ctrl-C
 
 MSG
