@@ -18,7 +18,7 @@ func TestMachineRules(t *testing.T) {
 		{"YahooMailProxy; https://help.yahoo.com", time.Hour, true},
 	}
 	for _, c := range opens {
-		if got := machineOpen(c.ua, c.since); got != c.machine {
+		if got := openVerdict(c.ua).machineAfter(c.since); got != c.machine {
 			t.Errorf("open %q after %s: machine=%v, want %v", c.ua, c.since, got, c.machine)
 		}
 	}
@@ -34,7 +34,7 @@ func TestMachineRules(t *testing.T) {
 		{browser, -1, false}, // unknown send time
 	}
 	for _, c := range clicks {
-		if got := machineClick(c.ua, c.since); got != c.machine {
+		if got := clickVerdict(c.ua).machineAfter(c.since); got != c.machine {
 			t.Errorf("click %q after %s: machine=%v, want %v", c.ua, c.since, got, c.machine)
 		}
 	}

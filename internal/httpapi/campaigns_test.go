@@ -157,6 +157,8 @@ func TestTrackingLinks(t *testing.T) {
 		return res
 	}
 	const browser = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15"
+	version := func() int { return h.count(`SELECT max(change_version) FROM account`) }
+	v0 := version()
 	open := signer.Open(msgID)
 	if res := get("/t/o/"+open, browser); res.StatusCode != 200 || res.Header.Get("Content-Type") != "image/gif" {
 		t.Fatalf("pixel = %d %s", res.StatusCode, res.Header.Get("Content-Type"))
@@ -166,7 +168,17 @@ func TestTrackingLinks(t *testing.T) {
 	if res.StatusCode != http.StatusFound || res.Header.Get("Location") != "https://docs.example.com/reports?x=1" {
 		t.Fatalf("click = %d to %q", res.StatusCode, res.Header.Get("Location"))
 	}
+	if v := version(); v != v0+2 {
+		t.Fatalf("a first open and a first click should each mark the account changed: version %d → %d", v0, v)
+	}
 	get("/t/c/"+click, browser) // a replay is recorded; it counts once in stats
+	get("/t/o/"+open, browser)
+	if v := version(); v != v0+2 {
+		t.Fatalf("replays change nothing in the profile, so they must not mark the account changed: version %d → %d", v0, v)
+	}
+	if n := h.count(`SELECT count(*) FROM engagement_event WHERE human`); n != 4 {
+		t.Fatalf("%d human events recorded, want every hit (4)", n)
+	}
 	// Forged, altered and wrong-kind tokens: 404, nothing recorded, no redirect.
 	before := h.count(`SELECT count(*) FROM engagement_event`)
 	for _, bad := range []string{"forged", click[:len(click)-3] + "abc", open[:5] + "x" + open[6:], signer.Unsubscribe(msgID)} {
