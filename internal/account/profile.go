@@ -187,7 +187,7 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 	}
 
 	var metrics []metricRow
-	err = q.SelectContext(ctx, &metrics, `SELECT account_id, name, value, at FROM account_metric WHERE account_id = ANY($1)`, pq.Array(ids))
+	err = q.SelectContext(ctx, &metrics, `SELECT account_id, name, value, at FROM account_metric WHERE account_id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("account: profiles: metrics: %w", err)
 	}
@@ -227,18 +227,25 @@ func engagementCounts(ctx context.Context, q postgres.Queryer, ids []int64, sinc
 		Replies   int   `db:"replies"`
 		Dismissed int   `db:"dismissed"`
 	}
+	// One aggregate over each message's events (an index lookup per
+	// message): EXISTS subqueries here were planned as hashed subplans that
+	// read every engagement event for every batch.
 	err := q.SelectContext(ctx, &rows, `
 		SELECT ct.account_id,
-		       count(*) FILTER (WHERE m.channel = 'email' AND m.status = 'sent' AND m.sent_at >= $2) AS emails,
-		       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id
-		                        AND e.kind = 'open' AND e.human AND e.at >= $2)) AS opens,
-		       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id
-		                        AND e.kind = 'click' AND e.human AND e.at >= $2)) AS clicks,
-		       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id
-		                        AND e.kind = 'reply' AND e.at >= $2)) AS replies,
-		       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.id
-		                        AND e.kind = 'nudge_dismiss' AND e.at >= $2)) AS dismissed
-		FROM message m JOIN contact ct ON ct.id = m.contact_id
+		       count(*) FILTER (WHERE m.channel = 'email' AND m.sent_at >= $2) AS emails,
+		       count(*) FILTER (WHERE ev.opened) AS opens,
+		       count(*) FILTER (WHERE ev.clicked) AS clicks,
+		       count(*) FILTER (WHERE ev.replied) AS replies,
+		       count(*) FILTER (WHERE ev.dismissed) AS dismissed
+		FROM message m
+		JOIN contact ct ON ct.id = m.contact_id
+		CROSS JOIN LATERAL (
+			SELECT coalesce(bool_or(e.kind = 'open' AND e.human), false) AS opened,
+			       coalesce(bool_or(e.kind = 'click' AND e.human), false) AS clicked,
+			       coalesce(bool_or(e.kind = 'reply'), false) AS replied,
+			       coalesce(bool_or(e.kind = 'nudge_dismiss'), false) AS dismissed
+			FROM engagement_event e WHERE e.message_id = m.id AND e.at >= $2
+		) ev
 		WHERE ct.account_id IN (SELECT unnest($1::bigint[])) AND NOT m.test AND m.status = 'sent' AND m.sent_at >= $2 - interval '30 days'
 		GROUP BY ct.account_id`, pq.Array(ids), since)
 	if err != nil {

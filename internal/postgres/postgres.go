@@ -26,7 +26,14 @@ import (
 const migrationLockID int64 = 0x74656e646d696772
 
 // Open connects to the database at url and checks that it answers.
+//
+// Connections run with PostgreSQL's JIT compilation off unless the URL says
+// otherwise (jit=on): Tend's statements are batches of a thousand rows whose
+// row estimates (joins through unnest'ed id arrays) often cross the JIT cost
+// threshold, and compiling took longer than running them — most of a health
+// recompute's database time in BenchmarkHealthRecompute.
 func Open(ctx context.Context, databaseURL string) (*sqlx.DB, error) {
+	databaseURL = withDefaultParam(databaseURL, "jit", "off")
 	db, err := sqlx.Open("postgres", databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
@@ -41,6 +48,23 @@ func Open(ctx context.Context, databaseURL string) (*sqlx.DB, error) {
 		return nil, fmt.Errorf("postgres: connect to %s: %w", redact(databaseURL), err)
 	}
 	return db, nil
+}
+
+// withDefaultParam adds a connection parameter to a postgres:// URL unless it
+// names it already; lib/pq sends parameters it does not know itself as
+// run-time settings. Other forms of connection string are left as they are.
+func withDefaultParam(databaseURL, name, value string) string {
+	u, err := url.Parse(databaseURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return databaseURL
+	}
+	q := u.Query()
+	if q.Has(name) {
+		return databaseURL
+	}
+	q.Set(name, value)
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // EnsureDatabase creates the database named in databaseURL when it does not

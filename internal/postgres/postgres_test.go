@@ -88,3 +88,24 @@ func TestConcurrentStartsMigrateOnce(t *testing.T) {
 		t.Fatalf("second migrate: %d applied, %v", len(res), err)
 	}
 }
+
+// TestJITOffUnlessAsked: Open turns JIT off, and a URL that says jit=on keeps it.
+func TestJITOffUnlessAsked(t *testing.T) {
+	t.Parallel()
+	base := testsvc.NewDB(t)
+	on, _ := url.Parse(base.URL)
+	q := on.Query()
+	q.Set("jit", "on")
+	on.RawQuery = q.Encode()
+	for _, c := range []struct{ url, want string }{{base.URL, "off"}, {on.String(), "on"}} {
+		db, err := postgres.Open(context.Background(), c.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var jit string
+		if err := db.Get(&jit, `SHOW jit`); err != nil || jit != c.want {
+			t.Errorf("jit = %q (%v), want %s", jit, err, c.want)
+		}
+		db.Close()
+	}
+}
