@@ -39,6 +39,22 @@ func (s *Service) Model(ctx context.Context) (Versioned, error) {
 	return currentModel(ctx, s.db)
 }
 
+// ModelVersion returns the version of the model in effect (0: the default,
+// never saved). A score depends only on the account's data (its
+// change_version), the UTC day and this version, so the segment engine keys
+// what it may skip on it.
+func (s *Service) ModelVersion(ctx context.Context) (int64, error) {
+	var v int64
+	err := s.db.GetContext(ctx, &v, `SELECT version FROM health_model`)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("health: model version: %w", err)
+	}
+	return v, nil
+}
+
 func currentModel(ctx context.Context, q postgres.Queryer) (Versioned, error) {
 	var row struct {
 		Version   int64           `db:"version"`
@@ -104,7 +120,6 @@ type scored struct {
 	Change30d  int         `json:"change_30d"`
 	Components []Component `json:"components"`
 	Version    int64       `json:"version"`
-	Changed    bool        `json:"changed"` // score or band differ from the stored ones
 }
 
 // Refresh brings the scores of a batch of accounts up to date and writes them
@@ -207,7 +222,7 @@ func (s *Service) score(ctx context.Context, q postgres.Queryer, m Model, now ti
 		}
 		out = append(out, scored{
 			AccountID: id, Score: res.Score, Band: res.Band, Change30d: res.Score - base,
-			Components: res.Components, Changed: !ok || r.Score != res.Score || r.Band != res.Band,
+			Components: res.Components,
 		})
 	}
 	return out, nil
@@ -258,10 +273,18 @@ func scoresAt(ctx context.Context, q postgres.Queryer, ids []int64, t time.Time)
 		AccountID int64 `db:"account_id"`
 		Score     int   `db:"score"`
 	}
+	// One backward probe of health_history_account_at per account: the
+	// DISTINCT ON form of this query was planned as a sequential scan of the
+	// whole history for every batch (the planner cannot see how many ids the
+	// array holds), which made a day's first pass quadratic in accounts.
 	err := q.SelectContext(ctx, &rows, `
-		SELECT DISTINCT ON (account_id) account_id, score FROM health_history
-		WHERE account_id IN (SELECT unnest($1::bigint[])) AND at <= $2
-		ORDER BY account_id, at DESC, id DESC`, pq.Array(ids), t)
+		SELECT x.id AS account_id, h.score
+		FROM unnest($1::bigint[]) AS x(id)
+		CROSS JOIN LATERAL (
+			SELECT score FROM health_history
+			WHERE account_id = x.id AND at <= $2
+			ORDER BY at DESC, id DESC LIMIT 1
+		) h`, pq.Array(ids), t)
 	if err != nil {
 		return nil, fmt.Errorf("health: scores at %s: %w", t.Format(time.RFC3339), err)
 	}
@@ -282,24 +305,37 @@ func (s *Service) write(ctx context.Context, now, day time.Time, modelVersion in
 		return fmt.Errorf("health: write: %w", err)
 	}
 	return postgres.InTxRetry(ctx, s.db, func(tx *sqlx.Tx) error {
+		// The score rows first: a score computed from older data or under
+		// an older model never replaces a newer one. The rows stay locked
+		// to the end, so the history below is compared with what every
+		// earlier writer committed.
 		if _, err := tx.ExecContext(ctx, `
-			WITH x AS (
-				SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, score integer, band text,
-					change_30d integer, components jsonb, version bigint, changed boolean)
-			),
-			up AS (
-				INSERT INTO account_health AS h (account_id, score, band, change_30d, components, version, day, model_version, computed_at)
-				SELECT account_id, score, band, change_30d, components, version, $2, $3, $4 FROM x ORDER BY account_id
-				ON CONFLICT (account_id) DO UPDATE SET score = EXCLUDED.score, band = EXCLUDED.band,
-					change_30d = EXCLUDED.change_30d, components = EXCLUDED.components, version = EXCLUDED.version,
-					day = EXCLUDED.day, model_version = EXCLUDED.model_version, computed_at = EXCLUDED.computed_at
-				WHERE h.version <= EXCLUDED.version
-				RETURNING h.account_id
-			)
-			INSERT INTO health_history (account_id, at, score, band, components, model_version)
-			SELECT x.account_id, $4, x.score, x.band, x.components, $3 FROM x JOIN up USING (account_id) WHERE x.changed`,
+			INSERT INTO account_health AS h (account_id, score, band, change_30d, components, version, day, model_version, computed_at)
+			SELECT account_id, score, band, change_30d, components, version, $2, $3, $4
+			FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, score integer, band text,
+				change_30d integer, components jsonb, version bigint)
+			ORDER BY account_id
+			ON CONFLICT (account_id) DO UPDATE SET score = EXCLUDED.score, band = EXCLUDED.band,
+				change_30d = EXCLUDED.change_30d, components = EXCLUDED.components, version = EXCLUDED.version,
+				day = EXCLUDED.day, model_version = EXCLUDED.model_version, computed_at = EXCLUDED.computed_at
+			WHERE h.version <= EXCLUDED.version AND h.model_version <= EXCLUDED.model_version`,
 			payload, day, modelVersion, now); err != nil {
 			return fmt.Errorf("health: write: %w", err)
+		}
+		// A history row where the stored score or band differs from the
+		// latest one in the history (a new statement: it sees the history
+		// of every writer that held these rows before).
+		if _, err := tx.ExecContext(ctx, `
+			INSERT INTO health_history (account_id, at, score, band, components, model_version)
+			SELECT h.account_id, h.computed_at, h.score, h.band, h.components, h.model_version
+			FROM account_health h
+			WHERE h.account_id IN (SELECT unnest($1::bigint[])) AND h.computed_at = $2
+			  AND NOT EXISTS (
+				SELECT 1 FROM (SELECT score, band FROM health_history l WHERE l.account_id = h.account_id
+				               ORDER BY l.at DESC, l.id DESC LIMIT 1) last
+				WHERE last.score = h.score AND last.band = h.band)`,
+			pq.Array(idsOf(out)), now); err != nil {
+			return fmt.Errorf("health: write history: %w", err)
 		}
 		// The cached profiles take the score as stored (a newer one may have
 		// won above); rows locked in id order, like every writer of them.

@@ -46,6 +46,10 @@ type Engine struct {
 
 	mu    sync.Mutex
 	cache map[int64]*compiled
+
+	// beforeWrite, when set (by tests), runs between an evaluation's reads
+	// and its writes.
+	beforeWrite func()
 }
 
 // NewEngine returns an engine.
@@ -57,6 +61,10 @@ func NewEngine(db *sqlx.DB, clk clock.Clock, log *slog.Logger) *Engine {
 // scores). It needs the profiles' features decoded.
 type Scorer interface {
 	Refresh(ctx context.Context, now time.Time, profiles map[int64]account.Cached) error
+	// ModelVersion is the version of the scoring model in effect. A score
+	// may change only with the account's change_version, the UTC day or
+	// this version.
+	ModelVersion(ctx context.Context) (int64, error)
 }
 
 type compiled struct {
@@ -141,25 +149,80 @@ type versionRow struct {
 	Evaluated int64 `db:"evaluated_version"`
 }
 
-// evaluate evaluates accounts against segments (all live ones when only is
-// nil) and writes the differences. With only nil the accounts are also marked
-// evaluated at the version read.
-func (e *Engine) evaluate(ctx context.Context, accountIDs []int64, only map[int64]int64) (Stats, error) {
+// plan is what an evaluation evaluates: the live segments (or, for a build
+// pass, the ones it names), compiled.
+type plan struct {
+	segs []*compiled
+	// all says the plan holds every live segment: its evaluations mark
+	// accounts evaluated and stamp them, under fingerprint fp.
+	all bool
+	fp  int64
+	// time is what some segment's result depends on (Always: every account
+	// is evaluated against those segments in every pass).
+	time TimeDeps
+}
+
+func (e *Engine) plan(ctx context.Context, only map[int64]int64) (*plan, error) {
 	segs, err := e.live(ctx, only)
+	if err != nil {
+		return nil, err
+	}
+	p := &plan{segs: segs, all: only == nil}
+	for _, s := range segs {
+		d := s.pred.Time
+		p.time.SignupDays = p.time.SignupDays || d.SignupDays
+		p.time.LoginDays = p.time.LoginDays || d.LoginDays
+		p.time.Always = p.time.Always || d.Always
+	}
+	if p.all {
+		if p.fp, err = e.fingerprint(ctx, segs); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// evaluateIDs evaluates accounts against every segment of the plan built
+// from only (all live segments when nil).
+func (e *Engine) evaluateIDs(ctx context.Context, accountIDs []int64, only map[int64]int64) (Stats, error) {
+	p, err := e.plan(ctx, only)
 	if err != nil {
 		return Stats{}, err
 	}
-	now := e.clock.Now()
+	return e.evaluate(ctx, p, fullTargets(accountIDs))
+}
+
+// evaluate evaluates accounts against the plan's segments (each target says
+// which) and writes the differences. With a plan of all live segments the
+// accounts are also marked evaluated at the version read, and stamped.
+func (e *Engine) evaluate(ctx context.Context, p *plan, targets []target) (Stats, error) {
+	if len(targets) == 0 {
+		return Stats{}, nil
+	}
+	// Microseconds, as PostgreSQL stores it: the stamps' time is exactly the
+	// time evaluated at (whole-day counts from microsecond times are the
+	// same at now and at now truncated).
+	now := e.clock.Now().Truncate(time.Microsecond)
+	sort.Slice(targets, func(i, j int) bool { return targets[i].id < targets[j].id })
+	ids := make([]int64, len(targets))
+	anyFull := false
+	for i := range targets {
+		targets[i].settle(p, now)
+		ids[i] = targets[i].id
+		anyFull = anyFull || targets[i].full
+	}
 	var maps account.Maps
-	for _, s := range segs {
-		maps.Features = maps.Features || s.pred.Maps.Features
-		maps.Events = maps.Events || s.pred.Maps.Events
-		maps.Traits = maps.Traits || s.pred.Maps.Traits
+	for _, s := range p.segs {
+		if anyFull || s.pred.Time.Any() {
+			maps.Features = maps.Features || s.pred.Maps.Features
+			maps.Events = maps.Events || s.pred.Maps.Events
+			maps.Traits = maps.Traits || s.pred.Maps.Traits
+		}
 	}
 	if e.Health != nil {
 		maps.Features = true
 	}
-	profiles, err := account.CachedProfiles(ctx, e.db, accountIDs, now, maps)
+	profiles, err := account.CachedProfiles(ctx, e.db, ids, now, maps)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -168,26 +231,36 @@ func (e *Engine) evaluate(ctx context.Context, accountIDs []int64, only map[int6
 			return Stats{}, err
 		}
 	}
-	versions := make([]versionRow, 0, len(profiles))
-	for id, c := range profiles {
-		versions = append(versions, versionRow{ID: id, Version: c.Version, Evaluated: c.Evaluated})
-	}
-	sort.Slice(versions, func(i, j int) bool { return versions[i].ID < versions[j].ID })
-	st := Stats{Accounts: len(versions)}
 	current := map[[2]int64]bool{}
-	if len(segs) > 0 {
-		if err := e.openMemberships(ctx, accountIDs, current); err != nil {
+	var seqs map[int64]int64
+	if p.all {
+		seqs = make(map[int64]int64, len(targets))
+	}
+	if len(p.segs) > 0 || seqs != nil {
+		if err := e.openMemberships(ctx, ids, current, seqs); err != nil {
 			return Stats{}, err
 		}
 	}
 
+	var st Stats
 	var entries, exits []diff
+	var mark []versionRow
+	sw := stampWrite{fp: p.fp}
 	errCount := map[int64]*segError{}
 	var m Matcher
-	for _, v := range versions {
-		p := profiles[v.ID].Profile
-		for _, s := range segs {
-			match, err := m.Match(s.pred, p)
+	for _, t := range targets {
+		c, ok := profiles[t.id]
+		if !ok {
+			continue // deleted meanwhile
+		}
+		st.Accounts++
+		v := versionRow{ID: t.id, Version: c.Version, Evaluated: c.Evaluated}
+		before := len(entries) + len(exits)
+		for _, s := range p.segs {
+			if !t.wants(s) {
+				continue
+			}
+			match, err := m.Match(s.pred, c.Profile)
 			if err != nil {
 				se := errCount[s.id]
 				if se == nil {
@@ -216,21 +289,27 @@ func (e *Engine) evaluate(ctx context.Context, accountIDs []int64, only map[int6
 				exits = append(exits, d)
 			}
 		}
-	}
-	var mark []versionRow
-	if only == nil {
-		// Only accounts changed since their last evaluation need marking:
-		// for the others the write's own condition (evaluated_version <
-		// version read) cannot hold, since evaluated_version only grows. In
-		// a full pass that is nearly every account, and skipping them saves
-		// a transaction and an UPDATE per batch.
-		for _, v := range versions {
+		switch {
+		case p.all:
+			// Only accounts changed since their last evaluation need
+			// marking: for the others the write's own condition
+			// (evaluated_version < version read) cannot hold, since
+			// evaluated_version only grows.
 			if v.Version > v.Evaluated {
 				mark = append(mark, v)
 			}
+			if t.stamps() {
+				sw.rows = append(sw.rows, stampRow{id: v.ID, version: v.Version, seen: seqs[v.ID],
+					signupNext: nextDay(c.Profile.SignupAt, now), loginNext: nextDay(c.Profile.LastLoginAt, now)})
+			}
+		case len(entries)+len(exits) > before:
+			sw.touched = append(sw.touched, v.ID)
 		}
 	}
-	entered, exited, err := e.write(ctx, now, entries, exits, errCount, mark)
+	if e.beforeWrite != nil {
+		e.beforeWrite()
+	}
+	entered, exited, err := e.writeStamped(ctx, now, entries, exits, errCount, mark, sw)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -239,19 +318,30 @@ func (e *Engine) evaluate(ctx context.Context, accountIDs []int64, only map[int6
 }
 
 // openMemberships adds the accounts' open memberships to current, as
-// (segment, account) pairs. Scanned by hand: a full pass reads millions.
-func (e *Engine) openMemberships(ctx context.Context, accountIDs []int64, current map[[2]int64]bool) error {
+// (segment, account) pairs, and, when seqs is not nil, their stamps' seq to
+// seqs, in one statement (so one snapshot). Scanned by hand: a full pass
+// reads millions.
+func (e *Engine) openMemberships(ctx context.Context, accountIDs []int64, current map[[2]int64]bool, seqs map[int64]int64) error {
+	// Segment ids start at 1: a 0 marks a stamp's row.
 	rows, err := e.db.QueryContext(ctx, `
-		SELECT segment_id, account_id FROM segment_membership
-		WHERE account_id = ANY($1) AND exited_at IS NULL`, pq.Array(accountIDs))
+		SELECT segment_id, account_id, 0 AS seq FROM segment_membership
+		WHERE account_id = ANY($1) AND exited_at IS NULL
+		UNION ALL
+		SELECT 0, account_id, seq FROM segment_stamp
+		WHERE $2 AND account_id IN (SELECT unnest($1::bigint[]))`, pq.Array(accountIDs), seqs != nil)
 	if err != nil {
 		return fmt.Errorf("segment: evaluate: memberships: %w", err)
 	}
 	defer rows.Close()
 	var k [2]int64
+	var seq int64
 	for rows.Next() {
-		if err := rows.Scan(&k[0], &k[1]); err != nil {
+		if err := rows.Scan(&k[0], &k[1], &seq); err != nil {
 			return fmt.Errorf("segment: evaluate: memberships: %w", err)
+		}
+		if k[0] == 0 {
+			seqs[k[1]] = seq
+			continue
 		}
 		current[k] = true
 	}
@@ -263,7 +353,13 @@ func (e *Engine) openMemberships(ctx context.Context, accountIDs []int64, curren
 
 // write applies differences in one transaction, retrying on deadlock.
 func (e *Engine) write(ctx context.Context, now time.Time, entries, exits []diff, errCount map[int64]*segError, mark []versionRow) (int, int, error) {
-	if len(entries)+len(exits)+len(errCount)+len(mark) == 0 {
+	return e.writeStamped(ctx, now, entries, exits, errCount, mark, stampWrite{})
+}
+
+// writeStamped is write, and the stamps that vouch for the differences in
+// the same transaction.
+func (e *Engine) writeStamped(ctx context.Context, now time.Time, entries, exits []diff, errCount map[int64]*segError, mark []versionRow, sw stampWrite) (int, int, error) {
+	if len(entries)+len(exits)+len(errCount)+len(mark) == 0 && sw.empty() {
 		return 0, 0, nil
 	}
 	order := func(d []diff) {
@@ -324,7 +420,8 @@ func (e *Engine) write(ctx context.Context, now time.Time, entries, exits []diff
 				return fmt.Errorf("segment: mark evaluated: %w", err)
 			}
 		}
-		return nil
+		// Last: the stamps vouch for the differences written above.
+		return writeStamps(ctx, tx, now, sw)
 	})
 	return entered, exited, err
 }
@@ -378,7 +475,7 @@ func applyDiffs(ctx context.Context, tx *sqlx.Tx, query string, d []diff, now ti
 
 // EvaluateAccounts re-evaluates the given accounts against every live segment.
 func (e *Engine) EvaluateAccounts(ctx context.Context, accountIDs []int64) (Stats, error) {
-	return e.evaluate(ctx, accountIDs, nil)
+	return e.evaluateIDs(ctx, accountIDs, nil)
 }
 
 // DirtyRounds bounds one EvaluateDirty call, so a constantly changing account
@@ -401,7 +498,7 @@ func (e *Engine) EvaluateDirty(ctx context.Context, shard, shards int) (st Stats
 		if len(batch) == 0 {
 			return st, false, nil
 		}
-		s, err := e.evaluate(ctx, batch, nil)
+		s, err := e.evaluateIDs(ctx, batch, nil)
 		if err != nil {
 			return st, false, err
 		}
@@ -508,34 +605,33 @@ func (e *Engine) RunShard(ctx context.Context, sh Shard) (Stats, error) {
 		}
 	}
 	var st Stats
-	cursor := sh.Lo
-	for {
-		var batch []int64
-		if err := e.db.SelectContext(ctx, &batch, `
-			SELECT id FROM account WHERE id >= $1 AND id < $2 ORDER BY id LIMIT $3`, cursor, sh.Hi, e.BatchSize); err != nil {
-			return st, fmt.Errorf("segment: run shard: %w", err)
-		}
-		if len(batch) == 0 {
-			break
-		}
-		s, err := e.evaluate(ctx, batch, only)
-		if err != nil {
-			return st, err
-		}
-		st.add(s)
-		cursor = batch[len(batch)-1] + 1
+	var err error
+	if pass.Full {
+		st, err = e.runFull(ctx, sh)
+	} else {
+		st, err = e.runBuild(ctx, sh, only)
 	}
-	err := postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) error {
+	if err != nil {
+		return st, err
+	}
+	err = postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) error {
+		// Shards finishing at once take turns on the pass row, and each
+		// counts the open shards in a statement of its own, after the lock:
+		// a statement's snapshot is taken when it starts, so a count in the
+		// statement that waited for the lock would miss the shard whose
+		// transaction it waited for, and when the last two shards finish
+		// together neither would finish the pass.
+		if _, err := tx.ExecContext(ctx, `SELECT 1 FROM segment_pass WHERE id = $1 FOR UPDATE`, sh.PassID); err != nil {
+			return fmt.Errorf("segment: shard done: %w", err)
+		}
 		if _, err := tx.ExecContext(ctx, `
 			UPDATE segment_pass_shard SET done_at = $3 WHERE pass_id = $1 AND lo = $2 AND done_at IS NULL`,
 			sh.PassID, sh.Lo, e.clock.Now()); err != nil {
 			return fmt.Errorf("segment: shard done: %w", err)
 		}
-		// Lock the pass row so the last two shards finishing at once agree.
 		var open int
 		if err := tx.GetContext(ctx, &open, `
-			SELECT count(*) FROM segment_pass_shard
-			WHERE pass_id = (SELECT id FROM segment_pass WHERE id = $1 FOR UPDATE) AND done_at IS NULL`, sh.PassID); err != nil {
+			SELECT count(*) FROM segment_pass_shard WHERE pass_id = $1 AND done_at IS NULL`, sh.PassID); err != nil {
 			return fmt.Errorf("segment: shard done: %w", err)
 		}
 		if open == 0 {
@@ -544,6 +640,71 @@ func (e *Engine) RunShard(ctx context.Context, sh Shard) (Stats, error) {
 		return nil
 	})
 	return st, err
+}
+
+// runFull evaluates a shard of a full pass: the accounts and segments that
+// can have changed since the accounts' stamps (see stamp.go).
+func (e *Engine) runFull(ctx context.Context, sh Shard) (Stats, error) {
+	p, err := e.plan(ctx, nil)
+	if err != nil {
+		return Stats{}, err
+	}
+	targets, err := e.candidates(ctx, p, sh.Lo, sh.Hi, e.clock.Now().Truncate(time.Microsecond))
+	if err != nil {
+		return Stats{}, err
+	}
+	var st Stats
+	for first := true; len(targets) > 0; first = false {
+		if !first {
+			// Segments (or the model) may have changed since the
+			// candidates were chosen: the rest is evaluated in full under
+			// the new ones. (The accounts not chosen keep memberships that
+			// were right under the old ones, like after a pass that ran
+			// just before the change; the change's own build or pass sees
+			// to them.)
+			np, err := e.plan(ctx, nil)
+			if err != nil {
+				return st, err
+			}
+			if np.fp != p.fp {
+				for i := range targets {
+					targets[i].full = true
+				}
+			}
+			p = np
+		}
+		n := min(len(targets), e.BatchSize)
+		s, err := e.evaluate(ctx, p, targets[:n])
+		if err != nil {
+			return st, err
+		}
+		st.add(s)
+		targets = targets[n:]
+	}
+	return st, nil
+}
+
+// runBuild evaluates every account of a shard of a build pass against the
+// segments it builds.
+func (e *Engine) runBuild(ctx context.Context, sh Shard, only map[int64]int64) (Stats, error) {
+	var st Stats
+	cursor := sh.Lo
+	for {
+		var batch []int64
+		if err := e.db.SelectContext(ctx, &batch, `
+			SELECT id FROM account WHERE id >= $1 AND id < $2 ORDER BY id LIMIT $3`, cursor, sh.Hi, e.BatchSize); err != nil {
+			return st, fmt.Errorf("segment: run shard: %w", err)
+		}
+		if len(batch) == 0 {
+			return st, nil
+		}
+		s, err := e.evaluateIDs(ctx, batch, only)
+		if err != nil {
+			return st, err
+		}
+		st.add(s)
+		cursor = batch[len(batch)-1] + 1
+	}
 }
 
 // finishPass closes a pass and marks the segment generations it evaluated as built.

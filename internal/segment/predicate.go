@@ -35,14 +35,99 @@ type Predicate struct {
 	// Maps says which of the profile's map fields the predicate reads, so
 	// that evaluation decodes only those.
 	Maps account.Maps
+	// Time says how the predicate's result can change while the account's
+	// data and the UTC day stay the same.
+	Time TimeDeps
 }
 
-type identifiers map[string]bool
+// TimeDeps says through which clock readings a predicate can change its
+// result for one account while the account's data (its change_version) and
+// the UTC day stay the same. Everything else in the profile is fixed for
+// that account and day (the windows count whole UTC days, the health score
+// is computed once per day, data and model), so a predicate with no TimeDeps
+// keeps its result all day.
+type TimeDeps struct {
+	// SignupDays: the whole days since signup_at (days_since_signup, or
+	// days_since(signup_at)), which change once a day at the signup's time
+	// of day.
+	SignupDays bool
+	// LoginDays: the whole days since last_login_at, likewise.
+	LoginDays bool
+	// Always: the clock read otherwise (now(), days_since of anything
+	// else): the result may change at any moment.
+	Always bool
+}
 
-func (ids identifiers) Visit(node *ast.Node) {
-	if id, ok := (*node).(*ast.IdentifierNode); ok {
-		ids[id.Value] = true
+// Any reports whether the predicate depends on the clock at all.
+func (t TimeDeps) Any() bool { return t.SignupDays || t.LoginDays || t.Always }
+
+// analysis collects what a compiled predicate reads: the identifiers (for
+// Maps) and its dependence on the clock. It errs on the side of "depends":
+// whatever it cannot classify reads the clock Always.
+type analysis struct {
+	ids  map[string]bool
+	time TimeDeps
+	// days_since as a name and as a call whose argument was classified:
+	// a name used any other way counts as Always.
+	daysSinceNames, daysSinceCalls int
+}
+
+func (a *analysis) Visit(node *ast.Node) {
+	switch n := (*node).(type) {
+	case *ast.IdentifierNode:
+		a.ids[n.Value] = true
+		switch n.Value {
+		case "days_since_signup":
+			a.time.SignupDays = true
+		case "days_since_last_login":
+			a.time.LoginDays = true
+		case "days_since":
+			a.daysSinceNames++
+		case "now":
+			a.time.Always = true
+		}
+	case *ast.CallNode:
+		id, ok := n.Callee.(*ast.IdentifierNode)
+		if !ok || id.Value != "days_since" {
+			return
+		}
+		a.daysSinceCalls++
+		// days_since(signup_at) and days_since(last_login_at) are the
+		// whole-day fields by another name (same clock, same rounding).
+		if len(n.Arguments) == 1 {
+			if arg, ok := n.Arguments[0].(*ast.IdentifierNode); ok {
+				switch arg.Value {
+				case "signup_at":
+					a.time.SignupDays = true
+					return
+				case "last_login_at":
+					a.time.LoginDays = true
+					return
+				}
+			}
+		}
+		a.time.Always = true
+	case *ast.BuiltinNode:
+		if n.Name == "now" {
+			a.time.Always = true
+		}
+		// The optimizer folds map() into filter() and friends here, where
+		// ast.Walk does not look.
+		if n.Map != nil {
+			ast.Walk(&n.Map, a)
+		}
 	}
+}
+
+// analyse walks a compiled program's tree.
+func analyse(prog *vm.Program) *analysis {
+	a := &analysis{ids: map[string]bool{}}
+	root := prog.Node()
+	ast.Walk(&root, a)
+	if a.daysSinceNames != a.daysSinceCalls {
+		a.time.Always = true
+	}
+	return a
 }
 
 // Options returns the expr options of the predicate environment over env (a
@@ -88,10 +173,9 @@ func Compile(src string, clk clock.Clock) (*Predicate, error) {
 	if err != nil {
 		return nil, err
 	}
-	ids := identifiers{}
-	root := prog.Node()
-	ast.Walk(&root, ids)
-	return &Predicate{Source: src, program: prog, Maps: account.Maps{Features: ids["features"], Events: ids["events"], Traits: ids["traits"]}}, nil
+	a := analyse(prog)
+	return &Predicate{Source: src, program: prog, Time: a.time,
+		Maps: account.Maps{Features: a.ids["features"], Events: a.ids["events"], Traits: a.ids["traits"]}}, nil
 }
 
 // CompileWith compiles an expression with the given options, turning expr's
