@@ -54,6 +54,18 @@ func (p *process) kill() {
 // over); none is lost.
 func TestAWorkerKilledMidBatch(t *testing.T) {
 	t.Parallel()
+	killMidBatch(t, 2, 2)
+}
+
+// TestAWorkerKilledMidRound is TestAWorkerKilledMidBatch with more SMTP
+// connections than batches at once: each batch hands several messages over
+// per round, and still no more can be uncertain than connections.
+func TestAWorkerKilledMidRound(t *testing.T) {
+	t.Parallel()
+	killMidBatch(t, 6, 2)
+}
+
+func killMidBatch(t *testing.T, connections, concurrency int) {
 	bin := filepath.Join(t.TempDir(), "tend")
 	build := exec.Command("go", "build", "-o", bin, "github.com/tendhq/tend/cmd/tend")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -67,12 +79,11 @@ func TestAWorkerKilledMidBatch(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	const connections = 2
 	env := []string{
 		"TEND_DATABASE_URL=" + db.URL, "TEND_REDIS_URL=" + rd.URL, "TEND_SMTP_URL=" + sink.URL(),
 		"TEND_HTTP_ADDR=" + addr, "TEND_PUBLIC_URL=http://" + addr, "TEND_SWEEP_INTERVAL=200ms",
-		"TEND_SEND_LEASE=10s", fmt.Sprintf("TEND_SMTP_CONNECTIONS=%d", connections), "TEND_WORKER_CONCURRENCY=2",
-		"TEND_LOG_LEVEL=warn",
+		"TEND_SEND_LEASE=10s", fmt.Sprintf("TEND_SMTP_CONNECTIONS=%d", connections),
+		fmt.Sprintf("TEND_WORKER_CONCURRENCY=%d", concurrency), "TEND_LOG_LEVEL=warn",
 	}
 	_, key, err := apikey.NewStore(db.DB, clock.System{}).Create(context.Background(), "kill-test", apikey.Admin)
 	if err != nil {
@@ -131,7 +142,9 @@ func TestAWorkerKilledMidBatch(t *testing.T) {
 	sink.SetFault(smtptest.Fault{})
 	startProcess(t, bin, env)
 
-	api.eventually("every message settled", 60*time.Second, func() bool {
+	// Messages whose task Redis lost before any worker took it come back
+	// once the sweep's requeue delay (a minute) has passed.
+	api.eventually("every message settled", 2*time.Minute, func() bool {
 		var open int
 		db.Get(&open, `SELECT count(*) FROM message WHERE status IN ('scheduled', 'claimed', 'sending')`)
 		return open == 0

@@ -4,11 +4,12 @@
 //
 // A message moves scheduled → claimed → sending → sent | failed | skipped |
 // uncertain. "claimed" means a worker holds it in a batch; "sending" is set
-// just before that one message is handed to SMTP. A worker that dies leaves
-// its claimed messages to be released back to scheduled (safe: they never
-// reached SMTP) and at most its one sending message per connection to be
-// marked uncertain (it may or may not have been accepted), never resent
-// automatically.
+// just before it is handed to SMTP, in rounds: one commit marks as many of a
+// batch's messages as the SMTP connections the worker has reserved for
+// them, one message per connection. A worker that dies leaves its claimed
+// messages to be released back to scheduled (safe: they never reached SMTP)
+// and at most one sending message per connection to be marked uncertain (it
+// may or may not have been accepted), never resent automatically.
 package delivery
 
 import (
@@ -17,6 +18,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -45,6 +48,9 @@ type Outbox struct {
 	// wall is real time, for leases: whether a worker is still alive is not
 	// a question about business time (which the demo clock may jump).
 	wall func() time.Time
+
+	stmts     sync.Map // query → *sqlx.Stmt (see prepared)
+	handOvers handOvers
 }
 
 // NewOutbox returns the outbox.
@@ -60,39 +66,82 @@ func NewToken() string {
 }
 
 // TakeDue marks up to limit due, scheduled messages as enqueued (now) and
-// returns their ids, oldest first. Messages enqueued within requeueAfter are
-// left alone: their task is presumably still queued. A message whose task
-// was lost (Redis flushed) comes back after requeueAfter.
+// returns their ids: first those never enqueued, the longest due first,
+// then those whose task may have been lost (Redis flushed), enqueued more
+// than requeueAfter ago and still scheduled. Messages enqueued within
+// requeueAfter are left alone: their task is presumably still queued.
 func (o *Outbox) TakeDue(ctx context.Context, limit int, requeueAfter time.Duration) ([]int64, error) {
-	wall := o.wall()
+	now, wall := o.clock.Now(), o.wall()
 	var ids []int64
-	err := o.db.SelectContext(ctx, &ids, `
-		UPDATE message SET enqueued_at = $2
-		WHERE id IN (
-			SELECT m.id FROM message m JOIN campaign c ON c.id = m.campaign_id
-			WHERE m.status = 'scheduled' AND m.due_at <= $1 AND (m.enqueued_at IS NULL OR m.enqueued_at < $3)
-			  AND (m.test OR c.status = 'active') -- a paused campaign's messages wait
-			  AND NOT `+heldOrPaused+`
-			ORDER BY m.due_at, m.id LIMIT $4
-			FOR UPDATE OF m SKIP LOCKED)
-		RETURNING id`, o.clock.Now(), wall, wall.Add(-requeueAfter), limit)
-	if err != nil {
+	if err := o.db.SelectContext(ctx, &ids, takeNewSQL, now, wall, limit); err != nil {
 		return nil, fmt.Errorf("delivery: take due: %w", err)
+	}
+	if len(ids) < limit {
+		var lost []int64
+		if err := o.db.SelectContext(ctx, &lost, takeLostSQL, now, wall, limit-len(ids), wall.Add(-requeueAfter)); err != nil {
+			return nil, fmt.Errorf("delivery: take due: %w", err)
+		}
+		ids = append(ids, lost...)
 	}
 	return ids, nil
 }
 
-// Claim takes the given messages that are still scheduled and due, under a
-// claim token, and returns the ids it got. Others (sent meanwhile, claimed
-// by another worker, rescheduled later) are left alone.
-func (o *Outbox) Claim(ctx context.Context, ids []int64, token string) ([]int64, error) {
-	var got []int64
-	err := o.db.SelectContext(ctx, &got, `
+// takeDueSQL marks as enqueued ($2) the due ($1) scheduled messages that
+// cond picks, up to $3. Each cond is the predicate of an index (see
+// migration 00013), so that a sweep reads the messages it takes, not every
+// message due and already enqueued.
+func takeDueSQL(cond string) string {
+	return `
+		UPDATE message SET enqueued_at = $2
+		WHERE id IN (
+			SELECT m.id FROM message m JOIN campaign c ON c.id = m.campaign_id
+			WHERE m.status = 'scheduled' AND ` + cond + ` AND m.due_at <= $1
+			  AND (m.test OR c.status = 'active') -- a paused campaign's messages wait
+			  AND NOT ` + heldOrPaused + `
+			ORDER BY m.due_at, m.id LIMIT $3
+			FOR UPDATE OF m SKIP LOCKED)
+		RETURNING id`
+}
+
+var (
+	takeNewSQL  = takeDueSQL(`m.enqueued_at IS NULL`)
+	takeLostSQL = takeDueSQL(`m.enqueued_at < $4`)
+)
+
+// claimSQL claims the given messages that are still scheduled and due under
+// a claim token ($2) and loads, in the same statement, everything deciding
+// about and rendering them needs but their campaign versions (which the
+// sender keeps) and account profiles (read through the profile cache). One
+// round trip a batch. Others (sent meanwhile, claimed by another worker,
+// rescheduled later) are left alone.
+const claimSQL = `
+	WITH got AS (
 		UPDATE message m SET status = 'claimed', claim_token = $2, claimed_at = $3, updated_at = $1
-		WHERE id = ANY($4) AND status = 'scheduled' AND due_at <= $1
-		  AND NOT `+heldOrPaused+` -- a hold placed since the task was queued still holds
-		RETURNING id`, o.clock.Now(), token, o.wall(), pq.Array(ids))
-	if err != nil {
+		WHERE m.id = ANY($4) AND m.status = 'scheduled' AND m.due_at <= $1
+		  AND NOT ` + heldOrPaused + ` -- a hold placed since the task was queued still holds
+		RETURNING m.id, m.enrollment_id, m.campaign_id, m.version, m.step_id, m.channel, m.test, m.to_address,
+		          m.attempts, m.due_at, m.contact_id
+	)
+	SELECT m.id, m.enrollment_id, en.status AS enrollment_status, m.campaign_id, cp.name AS campaign, cp.topic,
+	       m.version, m.step_id, m.channel, m.test, m.to_address, m.attempts, m.due_at,
+	       ct.id AS contact_id, ct.external_id AS contact_external_id, ct.email AS contact_email,
+	       ct.name AS contact_name, ct.role AS contact_role, ct.timezone AS contact_timezone,
+	       ct.locale AS contact_locale, ct.traits AS contact_traits,
+	       (SELECT sp.reason FROM suppression sp WHERE sp.email = coalesce(nullif(m.to_address, ''), ct.email)) AS suppressed,
+	       (SELECT u.topic FROM contact_unsubscribe u WHERE u.contact_id = ct.id AND u.topic IN (cp.topic, '*') LIMIT 1) AS unsubscribed,
+	       ` + accountColumns + `
+	FROM got m
+	JOIN campaign cp ON cp.id = m.campaign_id
+	LEFT JOIN enrollment en ON en.id = m.enrollment_id
+	LEFT JOIN contact ct ON ct.id = m.contact_id
+	LEFT JOIN account a ON a.id = coalesce(en.account_id, ct.account_id)
+	LEFT JOIN csm ON csm.id = a.csm_id
+	ORDER BY m.id`
+
+// claim runs claimSQL.
+func (o *Outbox) claim(ctx context.Context, ids []int64, token string) ([]claimed, error) {
+	var got []claimed
+	if err := o.selectPrepared(ctx, &got, claimSQL, o.clock.Now(), token, o.wall(), pq.Array(ids)); err != nil {
 		return nil, fmt.Errorf("delivery: claim: %w", err)
 	}
 	return got, nil
@@ -105,8 +154,160 @@ type Outcome struct {
 	Reason string `json:"reason"`
 }
 
-// settleSQL records outcomes and (when $3 is not 0) marks the next message
-// as being handed to SMTP, in one statement: one commit per message sent.
+// recordOutcomes is the common table expression that records outcomes of
+// one or more batches: $1 to $4 are the messages' ids, claim tokens,
+// statuses and reasons; $5 is the clock's now.
+const recordOutcomes = `
+	WITH done AS (
+		UPDATE message m SET status = x.status, reason = x.reason, updated_at = $5,
+			sent_at = CASE WHEN x.status = 'sent' THEN $5 ELSE m.sent_at END,
+			last_error = CASE WHEN x.status IN ('failed', 'uncertain') THEN x.reason ELSE m.last_error END
+		FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS x(id, token, status, reason)
+		WHERE m.id = x.id AND m.claim_token = x.token AND m.status IN ('claimed', 'sending')
+	)`
+
+// handOverSQL records earlier outcomes and marks the next messages ($7, with
+// their claim tokens $8) as being handed to SMTP now ($6 is real time, for
+// the lease), in one statement and one commit. It returns the ids it marked.
+const handOverSQL = recordOutcomes + `
+	UPDATE message m SET status = 'sending', claimed_at = $6, attempts = m.attempts + 1, updated_at = $5
+	FROM unnest($7::bigint[], $8::text[]) AS x(id, token)
+	WHERE m.id = x.id AND m.claim_token = x.token AND m.status = 'claimed'
+	RETURNING m.id`
+
+// settleAsyncSQL records outcomes with an asynchronous commit:
+// set_config(..., true) lasts until the end of the statement's own
+// transaction, and its commit reads synchronous_commit as it is then.
+const settleAsyncSQL = recordOutcomes + `
+	SELECT set_config('synchronous_commit', 'off', true)`
+
+// HandOver records earlier outcomes of the batch and marks the messages next
+// as being handed to SMTP now, durably. From here on a crash makes them
+// uncertain. It returns those it marked: one whose claim was lost (its lease
+// expired and it was released) is not.
+//
+// The hand-overs of a process's batches are committed together: a call
+// made while one commit runs waits for the next, which carries every call
+// made meanwhile (see handOvers).
+func (o *Outbox) HandOver(ctx context.Context, token string, done []Outcome, next []int64) (map[int64]bool, error) {
+	req := &handOverReq{token: token, done: done, next: next, ready: make(chan struct{})}
+	o.handOvers.mu.Lock()
+	o.handOvers.pending = append(o.handOvers.pending, req)
+	if !o.handOvers.running {
+		o.handOvers.running = true
+		go o.commitHandOvers()
+	}
+	o.handOvers.mu.Unlock()
+	// Not cancelled with ctx: the commit may happen all the same, and the
+	// caller must know what it marked.
+	<-req.ready
+	if req.err != nil {
+		return nil, fmt.Errorf("delivery: hand over: %w", req.err)
+	}
+	return req.marked, nil
+}
+
+// handOvers is the queue of HandOver calls waiting for a commit. Each round
+// of each batch needs a durable commit before its messages go to SMTP; the
+// rounds of concurrent batches share one, so that a process makes at most
+// one at a time, however many batches and rounds it runs.
+type handOvers struct {
+	mu      sync.Mutex
+	pending []*handOverReq
+	running bool // commitHandOvers is running
+}
+
+// handOverTimeout bounds a hand-over's commit, which no caller's context
+// does. One that times out is an error for its callers, who withdraw the
+// messages whether or not it committed: none of them was sent.
+const handOverTimeout = time.Minute
+
+// handOverReq is one HandOver call.
+type handOverReq struct {
+	token  string
+	done   []Outcome
+	next   []int64
+	marked map[int64]bool
+	err    error
+	ready  chan struct{} // closed when marked or err is set
+}
+
+// commitHandOvers commits the waiting hand-overs, all in one statement,
+// until none is waiting.
+func (o *Outbox) commitHandOvers() {
+	for {
+		o.handOvers.mu.Lock()
+		reqs := o.handOvers.pending
+		o.handOvers.pending = nil
+		if len(reqs) == 0 {
+			o.handOvers.running = false
+			o.handOvers.mu.Unlock()
+			return
+		}
+		o.handOvers.mu.Unlock()
+
+		var done []Outcome
+		var tokens []string
+		var next pq.Int64Array
+		var nextTokens pq.StringArray
+		for _, r := range reqs {
+			done = append(done, r.done...)
+			for range r.done {
+				tokens = append(tokens, r.token)
+			}
+			for _, id := range r.next {
+				next, nextTokens = append(next, id), append(nextTokens, r.token)
+			}
+		}
+		ids, statuses, reasons := outcomeArrays(done)
+		var marked []int64
+		ctx, cancel := context.WithTimeout(context.Background(), handOverTimeout)
+		err := o.selectPrepared(ctx, &marked, handOverSQL,
+			ids, pq.StringArray(tokens), statuses, reasons, o.clock.Now(), o.wall(), next, nextTokens)
+		cancel()
+		got := make(map[int64]bool, len(marked))
+		for _, id := range marked {
+			got[id] = true
+		}
+		for _, r := range reqs {
+			r.err = err
+			if err == nil {
+				r.marked = make(map[int64]bool, len(r.next))
+				for _, id := range r.next {
+					if got[id] {
+						r.marked[id] = true
+					}
+				}
+			}
+			close(r.ready)
+		}
+	}
+}
+
+// Settle records outcomes. The commit does not wait for the WAL flush
+// (synchronous_commit off): should a crash of PostgreSQL lose it, a sent
+// message is still "sending" and the reaper marks it uncertain, and a
+// skipped one is still "claimed" and is decided again. Nothing is ever
+// resent; the write that must be durable is HandOver's, and it is.
+func (o *Outbox) Settle(ctx context.Context, token string, done []Outcome) error {
+	if len(done) == 0 {
+		return nil
+	}
+	ids, statuses, reasons := outcomeArrays(done)
+	tokens := make(pq.StringArray, len(done))
+	for i := range tokens {
+		tokens[i] = token
+	}
+	var sc string
+	if err := o.getPrepared(ctx, &sc, settleAsyncSQL, ids, tokens, statuses, reasons, o.clock.Now()); err != nil {
+		return fmt.Errorf("delivery: settle: %w", err)
+	}
+	return nil
+}
+
+// settleSQL records outcomes given as JSON ($2) and (when $3 is not 0) marks
+// message $3 as being handed over, in one statement: deliverNudge's, which
+// puts the nudge in the inbox in the same transaction.
 const settleSQL = `
 	WITH done AS (
 		UPDATE message m SET status = x.status, reason = x.reason, updated_at = $4,
@@ -122,63 +323,6 @@ const settleSQL = `
 	)
 	SELECT (SELECT count(*) FROM next) + 0 * (SELECT count(*) FROM done)`
 
-// Handover records earlier outcomes of the batch and marks message next as
-// being handed to SMTP now, durably, in one commit. From here on a crash
-// makes next uncertain. It reports false when next's claim was lost (its
-// lease expired and it was released).
-func (o *Outbox) Handover(ctx context.Context, token string, done []Outcome, next int64) (bool, error) {
-	var n int
-	var err error
-	if len(done) == 1 {
-		// The common case (the previous message's outcome), without the
-		// JSON decoding of the general statement.
-		d := done[0]
-		err = o.db.GetContext(ctx, &n, handoverOneSQL, token, d.ID, d.Status, d.Reason, next, o.clock.Now(), o.wall())
-	} else {
-		err = o.db.GetContext(ctx, &n, settleSQL, token, outcomes(done), next, o.clock.Now(), o.wall())
-	}
-	if err != nil {
-		return false, fmt.Errorf("delivery: hand over: %w", err)
-	}
-	return n == 1, nil
-}
-
-// handoverOneSQL is settleSQL for exactly one outcome.
-const handoverOneSQL = `
-	WITH done AS (
-		UPDATE message SET status = $3, reason = $4, updated_at = $6,
-			sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END,
-			last_error = CASE WHEN $3 IN ('failed', 'uncertain') THEN $4 ELSE last_error END
-		WHERE id = $2 AND claim_token = $1 AND status IN ('claimed', 'sending')
-		RETURNING id
-	), next AS (
-		UPDATE message SET status = 'sending', claimed_at = $7, attempts = attempts + 1, updated_at = $6
-		WHERE id = $5 AND claim_token = $1 AND status = 'claimed'
-		RETURNING id
-	)
-	SELECT (SELECT count(*) FROM next) + 0 * (SELECT count(*) FROM done)`
-
-// Settle records the last outcomes of a batch. The commit does not wait for
-// the WAL flush (synchronous_commit off): should a crash of PostgreSQL lose
-// it, a sent message is still "sending" and the reaper marks it uncertain,
-// and a skipped one is still "claimed" and is decided again. Nothing is ever
-// resent; the write that must be durable is Handover's, and it is.
-func (o *Outbox) Settle(ctx context.Context, token string, done []Outcome) error {
-	if len(done) == 0 {
-		return nil
-	}
-	return postgres.InTx(ctx, o.db, func(tx *sqlx.Tx) error {
-		if _, err := tx.ExecContext(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
-			return fmt.Errorf("delivery: settle: %w", err)
-		}
-		var n int
-		if err := tx.GetContext(ctx, &n, settleSQL, token, outcomes(done), 0, o.clock.Now(), o.wall()); err != nil {
-			return fmt.Errorf("delivery: settle: %w", err)
-		}
-		return nil
-	})
-}
-
 func outcomes(done []Outcome) []byte {
 	if len(done) == 0 {
 		return []byte("[]")
@@ -187,9 +331,63 @@ func outcomes(done []Outcome) []byte {
 	return b
 }
 
+// outcomeArrays returns the columns of outcomes as arrays. A reason, which
+// may quote an SMTP server's reply, is made text PostgreSQL accepts: one it
+// refused would fail the commit, shared with the hand-overs of other batches.
+func outcomeArrays(done []Outcome) (ids pq.Int64Array, statuses, reasons pq.StringArray) {
+	ids = make(pq.Int64Array, len(done))
+	statuses = make(pq.StringArray, len(done))
+	reasons = make(pq.StringArray, len(done))
+	for i, d := range done {
+		ids[i], statuses[i], reasons[i] = d.ID, d.Status, pgText(d.Reason)
+	}
+	return ids, statuses, reasons
+}
+
+// prepared returns query prepared on the pool: database/sql prepares it on
+// each connection the first time it runs there. The statements a batch runs
+// for its messages are prepared, which saves a round trip (lib/pq otherwise
+// parses before it binds) and the parsing of each execution.
+func (o *Outbox) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
+	if st, ok := o.stmts.Load(query); ok {
+		return st.(*sqlx.Stmt), nil
+	}
+	st, err := o.db.PreparexContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := o.stmts.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sqlx.Stmt), nil
+	}
+	return st, nil
+}
+
+func (o *Outbox) selectPrepared(ctx context.Context, dest any, query string, args ...any) error {
+	st, err := o.prepared(ctx, query)
+	if err != nil {
+		return err
+	}
+	return st.SelectContext(ctx, dest, args...)
+}
+
+func (o *Outbox) getPrepared(ctx context.Context, dest any, query string, args ...any) error {
+	st, err := o.prepared(ctx, query)
+	if err != nil {
+		return err
+	}
+	return st.GetContext(ctx, dest, args...)
+}
+
+// pgText is s as text PostgreSQL stores: valid UTF-8, without NUL.
+func pgText(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
+}
+
 // Retry puts a message the server did not accept back to scheduled, due
 // again at retryAt.
 func (o *Outbox) Retry(ctx context.Context, id int64, token string, retryAt time.Time, cause string) error {
+	cause = pgText(cause)
 	_, err := o.db.ExecContext(ctx, `
 		UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
 			due_at = $3, last_error = $4, reason = 'retrying: ' || $4, updated_at = $5
@@ -221,6 +419,21 @@ func (o *Outbox) Release(ctx context.Context, ids []int64, token string) error {
 		WHERE id = ANY($1) AND claim_token = $2 AND status = 'claimed'`, pq.Array(ids), token, o.clock.Now())
 	if err != nil {
 		return fmt.Errorf("delivery: release: %w", err)
+	}
+	return nil
+}
+
+// withdraw is Release for messages a HandOver that failed may or may not
+// have marked sending: the caller knows none of them reached the transport,
+// so they go back to scheduled rather than to the reaper (who would make
+// them uncertain).
+func (o *Outbox) withdraw(ctx context.Context, ids []int64, token string) error {
+	_, err := o.db.ExecContext(ctx, `
+		UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL, updated_at = $3,
+			attempts = CASE WHEN status = 'sending' THEN attempts - 1 ELSE attempts END
+		WHERE id = ANY($1) AND claim_token = $2 AND status IN ('claimed', 'sending')`, pq.Array(ids), token, o.clock.Now())
+	if err != nil {
+		return fmt.Errorf("delivery: withdraw: %w", err)
 	}
 	return nil
 }

@@ -25,11 +25,13 @@ import (
 	"github.com/tendhq/tend/internal/render"
 )
 
-// Transport hands one message to SMTP (the Mailer, in production): a
-// go-mail Msg, or one already serialised (and DKIM-signed) with its envelope.
+// Transport hands messages to SMTP (the Mailer, in production): a go-mail
+// Msg, or one already serialised (and DKIM-signed) with its envelope; one at
+// a time, or a round at once over connections reserved for it.
 type Transport interface {
 	Send(ctx context.Context, msg *gomail.Msg) error
 	SendRaw(ctx context.Context, from string, to []string, data []byte) error
+	Reserve(ctx context.Context, n int) (*Reservation, error)
 }
 
 // SenderOptions configure how mail is addressed.
@@ -69,6 +71,7 @@ type Sender struct {
 
 	progs     sync.Map // expression source → *vm.Program
 	templates sync.Map // version key + name → *render.Template
+	versions  sync.Map // versionKey → *version
 }
 
 // NewSender wires a sender.
@@ -98,7 +101,7 @@ type claimed struct {
 	ToAddress    string          `db:"to_address"`
 	Attempts     int             `db:"attempts"`
 	DueAt        time.Time       `db:"due_at"`
-	RawDef       []byte          `db:"definition"`
+	RawDef       []byte          `db:"definition"` // previews only; batches use the version cache
 	RawTemplates []byte          `db:"templates"`
 	ContactID    *int64          `db:"contact_id"`
 	ContactExt   *string         `db:"contact_external_id"`
@@ -108,73 +111,130 @@ type claimed struct {
 	ContactTZ    *string         `db:"contact_timezone"`
 	ContactLoc   *string         `db:"contact_locale"`
 	ContactTr    json.RawMessage `db:"contact_traits"`
-	AccountID    *int64          `db:"account_id"`
 	Suppressed   *string         `db:"suppressed"`
 	Unsubscribed *string         `db:"unsubscribed"`
+	accountRow
+}
+
+// accountColumns selects, for rendering, an account (a) and its CSM (csm),
+// either of which may be missing (LEFT JOINs), into an accountRow.
+const accountColumns = `a.id AS account_id, a.external_id AS account_external_id, a.name AS account_name,
+	a.plan AS account_plan, a.mrr AS account_mrr, a.seats AS account_seats, a.signup_at AS account_signup_at,
+	a.stage AS account_stage, a.tier AS account_tier, a.region AS account_region, a.timezone AS account_timezone,
+	a.traits AS account_traits, a.created_at AS account_created_at, a.updated_at AS account_updated_at,
+	csm.id AS csm_id, csm.email AS csm_email, csm.name AS csm_name, csm.title AS csm_title,
+	csm.signature_html AS csm_signature, csm.reply_to AS csm_reply_to, csm.phone AS csm_phone,
+	csm.calendar_url AS csm_calendar`
+
+// accountRow is what accountColumns selects.
+type accountRow struct {
+	AccountID *int64          `db:"account_id"`
+	AccExt    *string         `db:"account_external_id"`
+	AccName   *string         `db:"account_name"`
+	AccPlan   *string         `db:"account_plan"`
+	AccMRR    *float64        `db:"account_mrr"`
+	AccSeats  *int            `db:"account_seats"`
+	AccSignup *time.Time      `db:"account_signup_at"`
+	AccStage  *string         `db:"account_stage"`
+	AccTier   *string         `db:"account_tier"`
+	AccRegion *string         `db:"account_region"`
+	AccTZ     *string         `db:"account_timezone"`
+	AccTraits json.RawMessage `db:"account_traits"`
+	AccCreate *time.Time      `db:"account_created_at"`
+	AccUpdate *time.Time      `db:"account_updated_at"`
+	CSMID     *int64          `db:"csm_id"`
+	CSMEmail  *string         `db:"csm_email"`
+	CSMName   *string         `db:"csm_name"`
+	CSMTitle  *string         `db:"csm_title"`
+	CSMSig    *string         `db:"csm_signature"`
+	CSMReply  *string         `db:"csm_reply_to"`
+	CSMPhone  *string         `db:"csm_phone"`
+	CSMCal    *string         `db:"csm_calendar"`
+}
+
+// info returns the row's account and CSM, without a profile; nil when there
+// is no account.
+func (r *accountRow) info() *accountInfo {
+	if r.AccountID == nil || r.AccExt == nil {
+		return nil
+	}
+	info := &accountInfo{account: account.Account{ID: *r.AccountID, ExternalID: *r.AccExt, Name: deref(r.AccName),
+		Plan: deref(r.AccPlan), Stage: deref(r.AccStage), Tier: deref(r.AccTier), Region: deref(r.AccRegion),
+		CSMEmail: deref(r.CSMEmail), Timezone: deref(r.AccTZ), Traits: r.AccTraits}}
+	if r.AccMRR != nil {
+		info.account.MRR = *r.AccMRR
+	}
+	if r.AccSeats != nil {
+		info.account.Seats = *r.AccSeats
+	}
+	if r.AccSignup != nil {
+		info.account.SignupAt = *r.AccSignup
+	}
+	if r.AccCreate != nil && r.AccUpdate != nil {
+		info.account.CreatedAt, info.account.UpdatedAt = *r.AccCreate, *r.AccUpdate
+	}
+	if r.CSMID != nil {
+		info.csm = &account.CSM{ID: *r.CSMID, Email: deref(r.CSMEmail), Name: deref(r.CSMName), Title: deref(r.CSMTitle),
+			SignatureHTML: deref(r.CSMSig), ReplyTo: deref(r.CSMReply), Phone: deref(r.CSMPhone), CalendarURL: deref(r.CSMCal)}
+	}
+	return info
 }
 
 // SendBatch sends the given messages (those still scheduled and due; others
 // are left alone). It returns how many were handed to SMTP.
+//
+// It claims and loads the batch in one statement, decides about and renders
+// every message, then hands the emails to SMTP in rounds (see handOver).
 func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 	token := NewToken()
-	got, err := s.outbox.Claim(ctx, ids, token)
-	if err != nil || len(got) == 0 {
+	msgs, err := s.outbox.claim(ctx, ids, token)
+	if err != nil || len(msgs) == 0 {
 		return 0, err
 	}
-	var msgs []claimed
-	err = s.db.SelectContext(ctx, &msgs, `
-		SELECT m.id, m.enrollment_id, en.status AS enrollment_status, m.campaign_id, c.name AS campaign, c.topic,
-		       m.version, m.step_id, m.channel, m.test, m.to_address, m.attempts, m.due_at, v.definition, v.templates,
-		       ct.id AS contact_id, ct.external_id AS contact_external_id, ct.email AS contact_email,
-		       ct.name AS contact_name, ct.role AS contact_role, ct.timezone AS contact_timezone,
-		       ct.locale AS contact_locale, ct.traits AS contact_traits,
-		       coalesce(en.account_id, ct.account_id) AS account_id,
-		       (SELECT sp.reason FROM suppression sp WHERE sp.email = coalesce(nullif(m.to_address, ''), ct.email)) AS suppressed,
-		       (SELECT u.topic FROM contact_unsubscribe u WHERE u.contact_id = ct.id AND u.topic IN (c.topic, '*') LIMIT 1) AS unsubscribed
-		FROM message m
-		JOIN campaign c ON c.id = m.campaign_id
-		JOIN campaign_version v ON v.campaign_id = m.campaign_id AND v.version = m.version
-		LEFT JOIN enrollment en ON en.id = m.enrollment_id
-		LEFT JOIN contact ct ON ct.id = m.contact_id
-		WHERE m.id = ANY($1) ORDER BY m.id`, pq.Array(got))
+	accounts, err := s.prepareBatch(ctx, msgs)
 	if err != nil {
-		s.outbox.Release(context.WithoutCancel(ctx), got, token)
-		return 0, fmt.Errorf("delivery: load batch: %w", err)
-	}
-	accounts, err := s.loadAccounts(ctx, msgs)
-	if err != nil {
-		s.outbox.Release(context.WithoutCancel(ctx), got, token)
+		s.release(ctx, token, msgs)
 		return 0, err
 	}
 	ledger, err := s.loadCaps(ctx, msgs, s.clock.Now())
 	if err != nil {
-		s.outbox.Release(context.WithoutCancel(ctx), got, token)
+		s.release(ctx, token, msgs)
+		return 0, err
+	}
+	engagement, err := s.loadEngagement(ctx, msgs)
+	if err != nil {
+		s.release(ctx, token, msgs)
 		return 0, err
 	}
 	touched := map[int64]bool{}
 	sent := 0
-	b := &batch{token: token, caps: ledger}
+	b := &batch{token: token, caps: ledger, engagement: engagement}
+	var ready []*email
 	for i := range msgs {
 		m := &msgs[i]
 		if ctx.Err() != nil {
 			// Shutting down: what was not handed over goes back, untouched.
-			rest := make([]int64, 0, len(msgs)-i)
-			for _, r := range msgs[i:] {
-				rest = append(rest, r.ID)
-			}
-			s.outbox.Release(context.WithoutCancel(ctx), rest, token)
+			s.release(ctx, token, msgs[i:])
 			break
 		}
 		if m.EnrollmentID != nil {
 			touched[*m.EnrollmentID] = true
 		}
-		handed, err := s.one(ctx, m, accounts, b)
+		e, delivered, err := s.prepare(ctx, m, accounts, b)
 		if err != nil {
 			s.log.Error("delivery: message failed to process", "message", m.ID, "err", err)
 		}
-		if handed {
+		if delivered {
 			sent++
 		}
+		if e != nil {
+			ready = append(ready, e)
+		}
+	}
+	handed, handErr := s.handOver(ctx, b, ready)
+	sent += handed
+	if handErr != nil {
+		s.log.Error("delivery: hand-over failed; the rest of the batch goes back to scheduled", "err", handErr)
 	}
 	if err := s.outbox.Settle(context.WithoutCancel(ctx), token, b.done); err != nil {
 		return sent, err
@@ -190,7 +250,33 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 			return sent, err
 		}
 	}
-	return sent, nil
+	return sent, handErr
+}
+
+// release puts claimed messages that were not handed over back to scheduled.
+func (s *Sender) release(ctx context.Context, token string, msgs []claimed) {
+	ids := make([]int64, len(msgs))
+	for i := range msgs {
+		ids[i] = msgs[i].ID
+	}
+	if err := s.outbox.Release(context.WithoutCancel(ctx), ids, token); err != nil {
+		s.log.Error("delivery: release failed; the reaper will release the messages", "err", err)
+	}
+}
+
+// prepareBatch makes sure the batch's campaign versions are known, and
+// returns its accounts with their CSMs and profiles.
+func (s *Sender) prepareBatch(ctx context.Context, msgs []claimed) (map[int64]*accountInfo, error) {
+	if err := s.loadVersions(ctx, msgs); err != nil {
+		return nil, err
+	}
+	out := map[int64]*accountInfo{}
+	for i := range msgs {
+		if info := msgs[i].info(); info != nil && out[info.account.ID] == nil {
+			out[info.account.ID] = info
+		}
+	}
+	return out, s.withProfiles(ctx, out)
 }
 
 // accountInfo is an account with its CSM and profile, for rendering.
@@ -200,51 +286,152 @@ type accountInfo struct {
 	profile *account.Profile
 }
 
-func (s *Sender) loadAccounts(ctx context.Context, msgs []claimed) (map[int64]*accountInfo, error) {
-	idSet := map[int64]bool{}
-	for _, m := range msgs {
-		if m.AccountID != nil {
-			idSet[*m.AccountID] = true
-		}
-	}
-	ids := make([]int64, 0, len(idSet))
-	for id := range idSet {
-		ids = append(ids, id)
-	}
-	out := map[int64]*accountInfo{}
-	if len(ids) == 0 {
-		return out, nil
-	}
-	var rows []struct {
-		account.Account
-		CSMID    *int64  `db:"csm_id"`
-		CSMName  *string `db:"csm_name"`
-		CSMTitle *string `db:"csm_title"`
-		CSMSig   *string `db:"csm_signature"`
-		CSMReply *string `db:"csm_reply_to"`
-		CSMPhone *string `db:"csm_phone"`
-		CSMCal   *string `db:"csm_calendar"`
-	}
+// loadAccounts returns the given accounts with their CSMs and profiles.
+func (s *Sender) loadAccounts(ctx context.Context, ids []int64) (map[int64]*accountInfo, error) {
+	var rows []accountRow
 	err := s.db.SelectContext(ctx, &rows, `
-		SELECT a.id, a.external_id, a.name, a.plan, a.mrr, a.seats, a.signup_at, a.stage, a.tier, a.region,
-		       coalesce(c.email, '') AS csm_email, a.timezone, a.traits, a.created_at, a.updated_at,
-		       c.id AS csm_id, c.name AS csm_name, c.title AS csm_title, c.signature_html AS csm_signature,
-		       c.reply_to AS csm_reply_to, c.phone AS csm_phone, c.calendar_url AS csm_calendar
-		FROM account a LEFT JOIN csm c ON c.id = a.csm_id WHERE a.id = ANY($1)`, pq.Array(ids))
+		SELECT `+accountColumns+`
+		FROM account a LEFT JOIN csm ON csm.id = a.csm_id WHERE a.id = ANY($1)`, pq.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("delivery: load accounts: %w", err)
 	}
+	out := map[int64]*accountInfo{}
+	for i := range rows {
+		if info := rows[i].info(); info != nil {
+			out[info.account.ID] = info
+		}
+	}
+	return out, s.withProfiles(ctx, out)
+}
+
+// withProfiles adds their profiles to accounts.
+func (s *Sender) withProfiles(ctx context.Context, accounts map[int64]*accountInfo) error {
+	if len(accounts) == 0 {
+		return nil
+	}
+	ids := make([]int64, 0, len(accounts))
+	for id := range accounts {
+		ids = append(ids, id)
+	}
 	profiles, err := account.CachedProfiles(ctx, s.db, ids, s.clock.Now(), account.AllMaps)
 	if err != nil {
-		return nil, err
+		return err
+	}
+	for id, info := range accounts {
+		info.profile = profiles[id].Profile
+	}
+	return nil
+}
+
+// versionKey names a campaign version.
+type versionKey struct {
+	campaign int64
+	version  int
+}
+
+// version is a campaign version as the sender uses it. Versions are never
+// changed once written, so the sender keeps those it has read.
+type version struct {
+	def       campaign.Definition
+	err       error  // the definition cannot be read
+	templates []byte // the copies of its templates, parsed when first used (see template)
+}
+
+// loadVersions reads the campaign versions of msgs the sender does not know
+// yet (none, once warm).
+func (s *Sender) loadVersions(ctx context.Context, msgs []claimed) error {
+	var camps pq.Int64Array
+	var vers pq.Int64Array
+	seen := map[versionKey]bool{}
+	for i := range msgs {
+		k := versionKey{msgs[i].CampaignID, msgs[i].Version}
+		if _, ok := s.versions.Load(k); !ok && !seen[k] {
+			seen[k] = true
+			camps, vers = append(camps, k.campaign), append(vers, int64(k.version))
+		}
+	}
+	if len(camps) == 0 {
+		return nil
+	}
+	var rows []struct {
+		CampaignID int64  `db:"campaign_id"`
+		Version    int    `db:"version"`
+		Definition []byte `db:"definition"`
+		Templates  []byte `db:"templates"`
+	}
+	err := s.db.SelectContext(ctx, &rows, `
+		SELECT v.campaign_id, v.version, v.definition, v.templates
+		FROM campaign_version v JOIN unnest($1::bigint[], $2::int[]) AS k(campaign_id, version)
+		  ON v.campaign_id = k.campaign_id AND v.version = k.version`, camps, vers)
+	if err != nil {
+		return fmt.Errorf("delivery: load campaign versions: %w", err)
 	}
 	for _, r := range rows {
-		info := &accountInfo{account: r.Account, profile: profiles[r.ID].Profile}
-		if r.CSMID != nil {
-			info.csm = &account.CSM{ID: *r.CSMID, Email: r.CSMEmail, Name: *r.CSMName, Title: *r.CSMTitle,
-				SignatureHTML: *r.CSMSig, ReplyTo: *r.CSMReply, Phone: *r.CSMPhone, CalendarURL: *r.CSMCal}
+		def, err := campaign.Decode(r.Definition)
+		s.versions.Store(versionKey{r.CampaignID, r.Version}, &version{def: def, err: err, templates: r.Templates})
+	}
+	return nil
+}
+
+// version returns m's campaign version, if loadVersions found it.
+func (s *Sender) version(m *claimed) *version {
+	v, _ := s.versions.Load(versionKey{m.CampaignID, m.Version})
+	ver, _ := v.(*version)
+	return ver
+}
+
+// engagementKey is an enrollment and one of its contacts.
+type engagementKey struct{ enrollment, contact int64 }
+
+// loadEngagement reads, for the messages of a batch whose step has an
+// unless, their contact's human opens and clicks of earlier messages of the
+// same enrollment: one query a batch.
+func (s *Sender) loadEngagement(ctx context.Context, msgs []claimed) (map[engagementKey]*campaign.StepState, error) {
+	out := map[engagementKey]*campaign.StepState{}
+	var enrollments, contacts pq.Int64Array
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Test || m.EnrollmentID == nil || m.ContactID == nil {
+			continue
 		}
-		out[r.ID] = info
+		ver := s.version(m)
+		if ver == nil || ver.err != nil {
+			continue
+		}
+		if step := stepOf(ver.def, m.StepID); step == nil || step.Unless == "" {
+			continue
+		}
+		k := engagementKey{*m.EnrollmentID, *m.ContactID}
+		if out[k] == nil {
+			out[k] = &campaign.StepState{Opened: map[string]bool{}, Clicked: map[string]bool{}}
+			enrollments, contacts = append(enrollments, k.enrollment), append(contacts, k.contact)
+		}
+	}
+	if len(enrollments) == 0 {
+		return out, nil
+	}
+	var rows []struct {
+		Enrollment int64  `db:"enrollment_id"`
+		Contact    int64  `db:"contact_id"`
+		Step       string `db:"step_id"`
+		Kind       string `db:"kind"`
+	}
+	if err := s.db.SelectContext(ctx, &rows, `
+		SELECT DISTINCT m.enrollment_id, m.contact_id, m.step_id, e.kind
+		FROM unnest($1::bigint[], $2::bigint[]) AS k(enrollment_id, contact_id)
+		JOIN message m ON m.enrollment_id = k.enrollment_id AND m.contact_id = k.contact_id
+		JOIN engagement_event e ON e.message_id = m.id
+		WHERE e.human AND e.kind IN ('open', 'click')`, enrollments, contacts); err != nil {
+		return nil, fmt.Errorf("delivery: engagement: %w", err)
+	}
+	for _, r := range rows {
+		st := out[engagementKey{r.Enrollment, r.Contact}]
+		if r.Kind == "open" {
+			st.Opened[r.Step] = true
+		} else {
+			st.Clicked[r.Step] = true
+			st.Opened[r.Step] = true // a click implies the message was opened
+		}
 	}
 	return out, nil
 }
@@ -252,28 +439,38 @@ func (s *Sender) loadAccounts(ctx context.Context, msgs []claimed) (map[int64]*a
 // batch carries a batch's claim token and the outcomes not yet written:
 // they go out with the next hand-over, or with Settle at the end.
 type batch struct {
-	token string
-	done  []Outcome
-	caps  *capLedger
+	token      string
+	done       []Outcome
+	caps       *capLedger
+	engagement map[engagementKey]*campaign.StepState // see loadEngagement
 }
 
 func (b *batch) record(id int64, status, reason string) {
 	b.done = append(b.done, Outcome{ID: id, Status: status, Reason: reason})
 }
 
-// one decides about, renders and sends one claimed message, and records the
-// outcome. It reports whether the message was handed to SMTP.
-func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accountInfo, b *batch) (bool, error) {
-	token := b.token
-	skip := func(reason string) (bool, error) {
+// email is a rendered message waiting for its hand-over to SMTP.
+type email struct {
+	m   *claimed
+	to  string
+	out outgoing
+}
+
+// prepare decides about and renders one claimed message. It returns the
+// email to hand over, or nil when the message was settled otherwise
+// (skipped, failed, deferred, or an in-app nudge, then reported delivered).
+func (s *Sender) prepare(ctx context.Context, m *claimed, accounts map[int64]*accountInfo, b *batch) (*email, bool, error) {
+	skip := func(reason string) (*email, bool, error) {
 		b.record(m.ID, StatusSkipped, reason)
-		return false, nil
+		return nil, false, nil
 	}
-	def, err := campaign.Decode(m.RawDef)
-	if err != nil {
+	ver := s.version(m)
+	if ver == nil || ver.err != nil {
 		b.record(m.ID, StatusFailed, "the campaign version cannot be read")
-		return false, nil
+		return nil, false, nil
 	}
+	def := ver.def
+	m.RawTemplates = ver.templates
 	var info *accountInfo
 	if m.AccountID != nil {
 		info = accounts[*m.AccountID]
@@ -299,13 +496,13 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 			ok, err := s.eval(def.Goal, campaign.CompileGoal, info.profile)
 			if err == nil && ok {
 				if err := s.enroller.Convert(ctx, s.db, *m.EnrollmentID); err != nil {
-					return false, err
+					return nil, false, err
 				}
 				return skip("converted: the goal holds")
 			}
 		}
 		if step := stepOf(def, m.StepID); step != nil && step.Unless != "" {
-			held, err := s.unless(ctx, m, def, step, info.profile, contact)
+			held, err := s.unless(m, def, step, info.profile, contact, b.engagement[engagementKey{deref64(m.EnrollmentID), deref64(m.ContactID)}])
 			if err != nil {
 				return skip("unless could not be evaluated: " + err.Error())
 			}
@@ -332,41 +529,133 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 			if at.After(m.DueAt.Add(s.opts.Caps.MaxDelay)) {
 				return skip("capped: the " + why + " allows no slot within the maximum delay")
 			}
-			return false, s.outbox.Defer(ctx, m.ID, token, at, "capped: "+why+"; moved to the next allowed slot")
+			return nil, false, s.outbox.Defer(ctx, m.ID, b.token, at, "capped: "+why+"; moved to the next allowed slot")
 		}
 	}
 
 	if m.Channel == campaign.ChannelInApp {
-		return s.nudge(ctx, m, def, info, contact, b)
+		ok, err := s.nudge(ctx, m, def, info, contact, b)
+		return nil, ok, err
 	}
 	msg, err := s.compose(m, def, info, contact, to)
 	if err != nil {
 		b.record(m.ID, StatusFailed, "render: "+err.Error())
-		return false, nil
+		return nil, false, nil
 	}
 	out, err := s.seal(msg)
 	if err != nil {
 		b.record(m.ID, StatusFailed, err.Error())
-		return false, nil
+		return nil, false, nil
 	}
-	ok, err := s.outbox.Handover(ctx, token, b.done, m.ID)
-	if err != nil {
-		return false, err
-	}
-	b.done = nil
-	if !ok {
-		return false, nil
-	}
-	sendErr := out.send(ctx, s.transport)
-	// Recording the outcome must survive a cancelled context: the message
-	// was handed over.
-	rctx := context.WithoutCancel(ctx)
 	if !m.Test && m.ContactID != nil {
+		// Counted now, so that the batch's later messages to the contact
+		// and the account see it: it is going out.
 		b.caps.count(*m.ContactID, s.clock.Now())
 	}
+	return &email{m: m, to: to, out: out}, false, nil
+}
+
+// handOver hands a batch's rendered emails to SMTP in rounds. It reserves
+// SMTP connections (waiting for one, taking more that are free), and in each
+// round records, in one commit, the outcomes of the round before and which
+// messages it is about to hand over, one per connection it holds; then it
+// sends those at once, each on its own connection, and notes their
+// outcomes. It gives connections back only once the outcomes of the
+// messages they carried are recorded: a batch's messages marked sending are
+// never more than the connections it holds, and only they can be left
+// uncertain by a crash. It returns how many emails it handed over.
+//
+// Should a hand-over fail to be recorded, the emails not sent go back to
+// scheduled and the error is returned.
+func (s *Sender) handOver(ctx context.Context, b *batch, queue []*email) (int, error) {
+	if len(queue) == 0 {
+		return 0, nil
+	}
+	rctx := context.WithoutCancel(ctx)
+	conns, err := s.transport.Reserve(ctx, len(queue))
+	if err != nil {
+		// Shutting down (nothing else makes a reservation fail): the
+		// emails go back, untouched.
+		s.releaseEmails(ctx, b.token, queue, false)
+		return 0, nil
+	}
+	defer conns.Release()
+	handed := 0
+	for len(queue) > 0 {
+		if ctx.Err() != nil {
+			s.releaseEmails(ctx, b.token, queue, false)
+			break
+		}
+		conns.Grow(len(queue))
+		round := queue[:min(len(queue), conns.Len())]
+		next := make([]int64, len(round))
+		for i, e := range round {
+			next[i] = e.m.ID
+		}
+		marked, err := s.outbox.HandOver(ctx, b.token, b.done, next)
+		if err != nil {
+			// None of these reached SMTP, whether or not the commit
+			// happened.
+			s.releaseEmails(ctx, b.token, queue, true)
+			if s.outbox.Settle(rctx, b.token, b.done) == nil {
+				b.done = nil
+			}
+			return handed, err
+		}
+		b.done = nil
+		// The previous round's outcomes are recorded: connections beyond
+		// this round's can go.
+		conns.Shrink(len(round))
+		queue = queue[len(round):]
+		errs := make([]error, len(round))
+		var wg sync.WaitGroup
+		for i, e := range round {
+			if marked[e.m.ID] {
+				wg.Go(func() { errs[i] = e.out.send(ctx, conns) })
+			}
+		}
+		wg.Wait()
+		for i, e := range round {
+			if !marked[e.m.ID] {
+				continue // its claim was lost: another worker has it
+			}
+			handed++
+			if err := s.outcome(rctx, e, errs[i], b); err != nil {
+				s.log.Error("delivery: recording an outcome failed", "message", e.m.ID, "err", err)
+			}
+		}
+	}
+	// Recorded before the connections go back; see above.
+	if err := s.outbox.Settle(rctx, b.token, b.done); err != nil {
+		return handed, err
+	}
+	b.done = nil
+	return handed, nil
+}
+
+// releaseEmails puts emails never handed to SMTP back to scheduled; marked
+// says some may have been marked sending by a hand-over whose outcome is
+// unknown.
+func (s *Sender) releaseEmails(ctx context.Context, token string, queue []*email, marked bool) {
+	ids := make([]int64, len(queue))
+	for i, e := range queue {
+		ids[i] = e.m.ID
+	}
+	release := s.outbox.Release
+	if marked {
+		release = s.outbox.withdraw
+	}
+	if err := release(context.WithoutCancel(ctx), ids, token); err != nil {
+		s.log.Error("delivery: release failed; the reaper will reclaim the messages", "err", err)
+	}
+}
+
+// outcome records what became of an email handed to SMTP.
+func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch) error {
+	m := e.m
 	if sendErr == nil {
 		b.record(m.ID, StatusSent, "")
-		return true, nil
+		return nil
 	}
 	var se *SendError
 	if !errors.As(sendErr, &se) {
@@ -376,18 +665,18 @@ func (s *Sender) one(ctx context.Context, m *claimed, accounts map[int64]*accoun
 	case se.Uncertain():
 		b.record(m.ID, StatusUncertain, "the SMTP server did not confirm the message: "+se.Error())
 	case IsHardBounce(se):
-		if _, err := s.db.ExecContext(rctx, `
+		if _, err := s.db.ExecContext(ctx, `
 			INSERT INTO suppression (email, reason, at) VALUES (lower($1), $2, $3) ON CONFLICT (email) DO NOTHING`,
-			to, "hard bounce: "+se.Error(), s.clock.Now()); err != nil {
-			return true, fmt.Errorf("delivery: suppress: %w", err)
+			e.to, "hard bounce: "+se.Error(), s.clock.Now()); err != nil {
+			return fmt.Errorf("delivery: suppress: %w", err)
 		}
 		b.record(m.ID, StatusFailed, "hard bounce: "+se.Error())
 	case se.Temporary && m.Attempts+1 < s.opts.MaxAttempts:
-		return true, s.outbox.Retry(rctx, m.ID, token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error())
+		return s.outbox.Retry(ctx, m.ID, b.token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error())
 	default:
 		b.record(m.ID, StatusFailed, se.Error())
 	}
-	return true, nil
+	return nil
 }
 
 // nudge renders an in-app step and puts it in the contact's inbox.
@@ -460,6 +749,13 @@ func deref(s *string) string {
 	return *s
 }
 
+func deref64(n *int64) int64 {
+	if n == nil {
+		return 0
+	}
+	return *n
+}
+
 func stepOf(def campaign.Definition, id string) *campaign.Step {
 	for i := range def.Steps {
 		if def.Steps[i].ID == id {
@@ -495,8 +791,8 @@ func (s *Sender) eval(src string, compile func(string, clock.Clock) (*vm.Program
 }
 
 // unless evaluates a step's unless with the contact's human opens and
-// clicks of this enrollment's earlier steps.
-func (s *Sender) unless(ctx context.Context, m *claimed, def campaign.Definition, step *campaign.Step, prof *account.Profile, c account.Contact) (bool, error) {
+// clicks of this enrollment's earlier steps (st; nil for none).
+func (s *Sender) unless(m *claimed, def campaign.Definition, step *campaign.Step, prof *account.Profile, c account.Contact, st *campaign.StepState) (bool, error) {
 	earlier := map[string]bool{}
 	for _, st := range def.Steps {
 		if st.ID == step.ID {
@@ -510,24 +806,8 @@ func (s *Sender) unless(ctx context.Context, m *claimed, def campaign.Definition
 	if err != nil {
 		return false, err
 	}
-	st := &campaign.StepState{Opened: map[string]bool{}, Clicked: map[string]bool{}}
-	var rows []struct {
-		Step string `db:"step_id"`
-		Kind string `db:"kind"`
-	}
-	if err := s.db.SelectContext(ctx, &rows, `
-		SELECT DISTINCT m.step_id, e.kind FROM engagement_event e JOIN message m ON m.id = e.message_id
-		WHERE m.enrollment_id = $1 AND m.contact_id = $2 AND e.human AND e.kind IN ('open', 'click')`,
-		m.EnrollmentID, m.ContactID); err != nil {
-		return false, fmt.Errorf("delivery: engagement: %w", err)
-	}
-	for _, r := range rows {
-		if r.Kind == "open" {
-			st.Opened[r.Step] = true
-		} else {
-			st.Clicked[r.Step] = true
-			st.Opened[r.Step] = true // a click implies the message was opened
-		}
+	if st == nil {
+		st = &campaign.StepState{Opened: map[string]bool{}, Clicked: map[string]bool{}}
 	}
 	env := campaign.UnlessEnv{Profile: prof, Contact: campaign.ContactEnv{ID: c.ExternalID, Email: c.Email, Name: c.Name, Role: c.Role, Timezone: c.Timezone, Locale: c.Locale}, State: st}
 	out, err := vm.Run(p, env)
@@ -648,45 +928,42 @@ func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo,
 	return msg, nil
 }
 
-// outgoing is a composed message ready for the transport: the Msg itself,
-// or, DKIM-signed, its bytes and envelope.
+// outgoing is a composed message ready for the transport: its bytes and
+// envelope.
 type outgoing struct {
-	msg  *gomail.Msg
 	from string
 	to   []string
 	data []byte
 }
 
-// seal DKIM-signs msg when a key is configured. It runs before the handover,
-// so that a message that cannot be signed fails without being handed over.
+// seal serialises msg for the transport, DKIM-signed when a key is
+// configured. It runs before the handover, so that a message that cannot be
+// written or signed fails without being handed over, and so that the
+// connection it goes out on is not held while it is written.
 func (s *Sender) seal(msg *gomail.Msg) (outgoing, error) {
-	if s.opts.DKIM == nil {
-		return outgoing{msg: msg}, nil
-	}
 	from, err := msg.GetSender(false)
 	if err != nil {
-		return outgoing{}, fmt.Errorf("dkim: envelope sender: %w", err)
+		return outgoing{}, fmt.Errorf("envelope sender: %w", err)
 	}
 	to, err := msg.GetRecipients()
 	if err != nil {
-		return outgoing{}, fmt.Errorf("dkim: envelope recipients: %w", err)
+		return outgoing{}, fmt.Errorf("envelope recipients: %w", err)
 	}
 	var buf bytes.Buffer
 	if _, err := msg.WriteTo(&buf); err != nil {
-		return outgoing{}, fmt.Errorf("dkim: write the message: %w", err)
+		return outgoing{}, fmt.Errorf("write the message: %w", err)
 	}
-	data, err := s.opts.DKIM.Sign(buf.Bytes())
-	if err != nil {
-		return outgoing{}, err
+	data := buf.Bytes()
+	if s.opts.DKIM != nil {
+		if data, err = s.opts.DKIM.Sign(data); err != nil {
+			return outgoing{}, err
+		}
 	}
 	return outgoing{from: from, to: to, data: data}, nil
 }
 
-func (o outgoing) send(ctx context.Context, t Transport) error {
-	if o.data == nil {
-		return t.Send(ctx, o.msg)
-	}
-	return t.SendRaw(ctx, o.from, o.to, o.data)
+func (o outgoing) send(ctx context.Context, conns *Reservation) error {
+	return conns.SendRaw(ctx, o.from, o.to, o.data)
 }
 
 // Preview renders the step of a campaign's current version for a contact,
@@ -737,7 +1014,7 @@ func (s *Sender) synthetic(ctx context.Context, campaignName, stepID, contactID 
 			errs.E(errs.NotFound, "contact_not_found", "no contact with id %q", contactID).With("field", "contact_id"))
 	}
 	m.ContactID, m.AccountID = &c.ID, &accountID
-	accounts, err := s.loadAccounts(ctx, []claimed{m})
+	accounts, err := s.loadAccounts(ctx, []int64{accountID})
 	if err != nil {
 		return nil, def, nil, c, err
 	}

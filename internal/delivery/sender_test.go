@@ -1,0 +1,431 @@
+package delivery_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	stdlog "log"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/lib/pq"
+
+	"github.com/tendhq/tend/internal/campaign"
+	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/delivery"
+	"github.com/tendhq/tend/internal/render"
+	"github.com/tendhq/tend/internal/smtptest"
+	"github.com/tendhq/tend/internal/testsvc"
+	"github.com/tendhq/tend/internal/token"
+)
+
+// outbox is a sender and its outbox on a database of their own, with one
+// active single-step email campaign, sending to an SMTP server on loopback.
+type outbox struct {
+	t      *testing.T
+	db     *testsvc.DB
+	clock  *clock.Manual
+	smtp   *smtptest.Server
+	mailer *delivery.Mailer
+	outbox *delivery.Outbox
+	sender *delivery.Sender
+}
+
+var t0 = time.Date(2026, 6, 15, 9, 0, 0, 0, time.UTC)
+
+const checkin = `{{define "subject"}}Checking in, {{.Contact.FirstName}}{{end}}
+{{define "body"}}<p>Hi {{.Contact.FirstName}}, how is {{.Account.Name}} getting on?</p>{{end}}`
+
+func newOutbox(t *testing.T, connections int) *outbox {
+	t.Helper()
+	t.Parallel()
+	ctx := context.Background()
+	db := testsvc.NewDB(t)
+	clk := clock.NewManual(t0)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	sink := smtptest.Start(t)
+	mailer := newMailer(t, sink.URL(), delivery.MailerOptions{Connections: connections})
+	if _, err := db.Exec(`INSERT INTO segment (name, predicate, created_at, updated_at) VALUES ('everyone', 'true', $1, $1)`, t0); err != nil {
+		t.Fatal(err)
+	}
+	store := campaign.NewStore(db.DB, clk, render.Checker{})
+	if _, err := store.Apply(ctx, campaign.Bundle{
+		Campaigns: []campaign.Definition{{Name: "checkin", Kind: "drip", Segment: "everyone", Sender: "csm",
+			Steps: []campaign.Step{{ID: "checkin", Wait: "0h", Channel: "email", Template: "checkin"}}}},
+		Templates: []campaign.TemplateInput{{Name: "checkin", Kind: "email", Source: checkin}},
+	}, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE campaign SET status = 'active', activated_at = $1`, t0); err != nil {
+		t.Fatal(err)
+	}
+	ob := delivery.NewOutbox(db.DB, clk)
+	renderer := &render.Renderer{Signer: token.NewSigner([]byte("sender-test-secret-0123456789")), PublicURL: "http://tend.test",
+		PostalAddress: "Acme, 1 Main St"}
+	sender := delivery.NewSender(db.DB, clk, log, ob, campaign.NewEnroller(db.DB, clk, log, time.UTC), renderer, mailer,
+		delivery.SenderOptions{TeamSender: "Acme <success@acme.example>", MessageIDDomain: "tend.test"})
+	return &outbox{t: t, db: db, clock: clk, smtp: sink, mailer: mailer, outbox: ob, sender: sender}
+}
+
+// due writes n due messages, each to its own contact of one account with a
+// CSM, and returns their ids in order.
+func (o *outbox) due(n int) []int64 {
+	o.t.Helper()
+	o.exec(`INSERT INTO csm (email, name, created_at, updated_at) VALUES ('dana@acme.example', 'Dana Reyes', $1, $1)`, t0)
+	o.exec(`INSERT INTO account (external_id, name, signup_at, csm_id, created_at, updated_at)
+		VALUES ('globex', 'Globex', $1, (SELECT id FROM csm), $1, $1)`, t0)
+	o.exec(`INSERT INTO contact (external_id, account_id, email, name, created_at, updated_at)
+		SELECT 'c' || i, (SELECT id FROM account), 'c' || i || '@globex.example', 'Person ' || i, $1, $1
+		FROM generate_series(1, $2) i`, t0, n)
+	o.exec(`INSERT INTO enrollment (campaign_id, version, account_id, entry_number, contacts, status, step, anchor_at, entered_at)
+		SELECT (SELECT id FROM campaign), 1, id, 1, ARRAY(SELECT id FROM contact ORDER BY id), 'active', 0, $1, $1 FROM account`, t0)
+	o.exec(`INSERT INTO message (enrollment_id, campaign_id, version, step_id, contact_id, channel, status, due_at, created_at, updated_at)
+		SELECT en.id, en.campaign_id, 1, 'checkin', c, 'email', 'scheduled', $1, $1, $1
+		FROM enrollment en, unnest(en.contacts) c`, t0)
+	var ids []int64
+	if err := o.db.Select(&ids, `SELECT id FROM message ORDER BY id`); err != nil {
+		o.t.Fatal(err)
+	}
+	return ids
+}
+
+func (o *outbox) exec(q string, args ...any) {
+	o.t.Helper()
+	if _, err := o.db.Exec(q, args...); err != nil {
+		o.t.Fatal(err)
+	}
+}
+
+// statuses returns each message's status by its contact's address.
+func (o *outbox) statuses() map[string]string {
+	o.t.Helper()
+	var rows []struct {
+		Email  string `db:"email"`
+		Status string `db:"status"`
+	}
+	if err := o.db.Select(&rows, `SELECT ct.email, m.status FROM message m JOIN contact ct ON ct.id = m.contact_id`); err != nil {
+		o.t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, r := range rows {
+		out[r.Email] = r.Status
+	}
+	return out
+}
+
+// A batch goes out in rounds, one message per connection at once. When one
+// connection is lost after the end of DATA, only the message it carried is
+// uncertain: the others of its round, and of the other rounds, are sent.
+func TestARoundWithOneConnectionLostMidData(t *testing.T) {
+	o := newOutbox(t, 3)
+	ids := o.due(8)
+	o.smtp.SetFault(smtptest.Fault{Kind: smtptest.DropAfterData, Match: "c5@"})
+	handed, err := o.sender.SendBatch(t.Context(), ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if handed != 8 {
+		t.Fatalf("handed over %d, want 8", handed)
+	}
+	for email, st := range o.statuses() {
+		want := "sent"
+		if email == "c5@globex.example" {
+			want = "uncertain"
+		}
+		if st != want {
+			t.Errorf("%s: %s, want %s", email, st, want)
+		}
+	}
+	copies := map[string]int{}
+	for _, m := range o.smtp.Messages() {
+		copies[m.To[0]]++
+	}
+	for i := 1; i <= 8; i++ {
+		if got := copies[fmt.Sprintf("c%d@globex.example", i)]; got != 1 {
+			t.Errorf("c%d: the server holds %d copies, want 1", i, got)
+		}
+	}
+	if got := o.smtp.Connections(); got > 4 {
+		t.Errorf("%d connections for 3 at once and one lost", got)
+	}
+	// The enrollment's step is done: every message is settled.
+	var status string
+	o.db.Get(&status, `SELECT status FROM enrollment`)
+	if status != "completed" {
+		t.Errorf("enrollment %s, want completed", status)
+	}
+}
+
+// A message refused before the end of DATA goes back to scheduled for a
+// retry; the rest of its round is sent.
+func TestARoundWithOneMessageRefusedBeforeData(t *testing.T) {
+	o := newOutbox(t, 4)
+	ids := o.due(4)
+	o.smtp.SetFault(smtptest.Fault{Kind: smtptest.TempFailRcpt, Match: "c2@"})
+	if _, err := o.sender.SendBatch(t.Context(), ids); err != nil {
+		t.Fatal(err)
+	}
+	for email, st := range o.statuses() {
+		want := "sent"
+		if email == "c2@globex.example" {
+			want = "scheduled"
+		}
+		if st != want {
+			t.Errorf("%s: %s, want %s", email, st, want)
+		}
+	}
+	if o.smtp.Count() != 3 {
+		t.Fatalf("the server holds %d messages, want 3", o.smtp.Count())
+	}
+}
+
+// While batches hand messages over, no more of them are marked sending
+// than the process has connections: a crash can leave no more uncertain.
+func TestSendingNeverExceedsConnections(t *testing.T) {
+	const connections = 2
+	o := newOutbox(t, connections)
+	ids := o.due(12)
+	g := startGate(t)
+	mailer := newMailer(t, g.url, delivery.MailerOptions{Connections: connections})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	renderer := &render.Renderer{Signer: token.NewSigner([]byte("sender-test-secret-0123456789")), PublicURL: "http://tend.test"}
+	sender := delivery.NewSender(o.db.DB, o.clock, log, o.outbox, campaign.NewEnroller(o.db.DB, o.clock, log, time.UTC), renderer, mailer,
+		delivery.SenderOptions{TeamSender: "Acme <success@acme.example>", MessageIDDomain: "tend.test"})
+
+	// Every statement that changes messages notes the most it has seen
+	// marked sending.
+	o.exec(`CREATE TABLE most_sending (n bigint NOT NULL)`)
+	o.exec(`INSERT INTO most_sending VALUES (0)`)
+	o.exec(`CREATE FUNCTION note_sending() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			UPDATE most_sending SET n = greatest(n, (SELECT count(*) FROM message WHERE status = 'sending'));
+			RETURN NULL;
+		END $$`)
+	o.exec(`CREATE TRIGGER note_sending AFTER UPDATE ON message FOR EACH STATEMENT EXECUTE FUNCTION note_sending()`)
+
+	// Two batches at once, in rounds of two and a last round of one.
+	done := make(chan error, 2)
+	for _, batch := range [][]int64{ids[:5], ids[5:]} {
+		go func() {
+			_, err := sender.SendBatch(t.Context(), batch)
+			done <- err
+		}()
+	}
+	// Each message is held at the end of DATA until let through; while it
+	// is (and the other connection's, when it comes), count the messages
+	// marked sending.
+	most := 0
+	for let, held := 0, 0; let < 12; {
+		select {
+		case <-g.arrived:
+			held++
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%d messages went through, then none came", let)
+		}
+		// The other connection's message, if it comes soon.
+		select {
+		case <-g.arrived:
+			held++
+		case <-time.After(20 * time.Millisecond):
+		}
+		var sending int
+		o.db.Get(&sending, `SELECT count(*) FROM message WHERE status = 'sending'`)
+		most = max(most, sending)
+		for ; held > 0; held-- {
+			g.pass <- struct{}{}
+			let++
+		}
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var noted int
+	o.db.Get(&noted, `SELECT n FROM most_sending`)
+	if most == 0 || most > connections || noted > connections {
+		t.Fatalf("at most %d messages were seen marked sending at once (%d by the statements), want 1 to %d", most, noted, connections)
+	}
+	for email, st := range o.statuses() {
+		if st != "sent" {
+			t.Errorf("%s: %s", email, st)
+		}
+	}
+	if g.passed.Load() != 12 {
+		t.Fatalf("%d messages went through, want 12", g.passed.Load())
+	}
+}
+
+// gate is an SMTP server on loopback that holds each message at the end of
+// DATA, after announcing it on arrived, until it is let through by pass.
+type gate struct {
+	url     string
+	arrived chan struct{}
+	pass    chan struct{}
+	passed  atomic.Int32
+}
+
+func startGate(t *testing.T) *gate {
+	t.Helper()
+	g := &gate{arrived: make(chan struct{}), pass: make(chan struct{})}
+	srv := smtp.NewServer(g)
+	srv.Domain = "gate.local"
+	srv.ErrorLog = stdlog.New(io.Discard, "", 0)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.url = "smtp://" + ln.Addr().String()
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return g
+}
+
+func (g *gate) NewSession(*smtp.Conn) (smtp.Session, error) { return gateSession{g}, nil }
+
+type gateSession struct{ g *gate }
+
+func (gateSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (gateSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (gateSession) Reset()                               {}
+func (gateSession) Logout() error                        { return nil }
+
+func (s gateSession) Data(r io.Reader) error {
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	s.g.arrived <- struct{}{}
+	<-s.g.pass
+	s.g.passed.Add(1)
+	return nil
+}
+
+// Hand-overs of concurrent batches are committed together; each gets back
+// only its own messages, and only those its token still holds.
+func TestConcurrentHandOvers(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(40)
+	tokens := make([]string, 4)
+	for i := range tokens {
+		tokens[i] = delivery.NewToken()
+		o.exec(`UPDATE message SET status = 'claimed', claim_token = $1 WHERE id = ANY($2)`, tokens[i], pq.Array(ids[i*10:i*10+10]))
+	}
+	// One message of the last batch was released and claimed by another
+	// worker meanwhile.
+	o.exec(`UPDATE message SET claim_token = 'another' WHERE id = $1`, ids[39])
+	var wg sync.WaitGroup
+	for i, tok := range tokens {
+		wg.Go(func() {
+			mine := ids[i*10 : i*10+10]
+			for r := 0; r < 10; r += 2 {
+				var done []delivery.Outcome
+				if r > 0 {
+					done = []delivery.Outcome{{ID: mine[r-2], Status: "sent"}, {ID: mine[r-1], Status: "sent"}}
+				}
+				marked, err := o.outbox.HandOver(t.Context(), tok, done, mine[r:r+2])
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for _, id := range mine[r : r+2] {
+					if want := id != ids[39]; marked[id] != want {
+						t.Errorf("batch %d: message %d marked %v, want %v", i, id, marked[id], want)
+					}
+				}
+				if len(marked) > 2 {
+					t.Errorf("batch %d got back messages not its own: %v", i, marked)
+				}
+			}
+			if err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: mine[8], Status: "sent"}, {ID: mine[9], Status: "sent"}}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	var rows []struct {
+		ID       int64 `db:"id"`
+		Status   string
+		Attempts int
+	}
+	if err := o.db.Select(&rows, `SELECT id, status, attempts FROM message ORDER BY id`); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		want, attempts := "sent", 1
+		if r.ID == ids[39] {
+			want, attempts = "claimed", 0
+		}
+		if r.Status != want || r.Attempts != attempts {
+			t.Errorf("message %d: %s after %d attempts, want %s after %d", r.ID, r.Status, r.Attempts, want, attempts)
+		}
+	}
+}
+
+// An SMTP server's reply quoted in a reason may be anything; it is stored
+// as valid text, and the outcome with it.
+func TestOutcomeReasonsAreStoredAsText(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(2)
+	tok := delivery.NewToken()
+	o.exec(`UPDATE message SET status = 'claimed', claim_token = $1`, tok)
+	bad := "550 \xff\xfe no\x00 such user"
+	if _, err := o.outbox.HandOver(t.Context(), tok, []delivery.Outcome{{ID: ids[0], Status: "failed", Reason: bad}}, ids[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: ids[1], Status: "uncertain", Reason: bad}}); err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		Status string `db:"status"`
+		Reason string `db:"reason"`
+	}
+	if err := o.db.Select(&rows, `SELECT status, reason FROM message ORDER BY id`); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"failed", "uncertain"} {
+		if rows[i].Status != want || rows[i].Reason != "550 \uFFFD no such user" {
+			t.Errorf("message %d: %s %q, want %s with the reason made text", ids[i], rows[i].Status, rows[i].Reason, want)
+		}
+	}
+}
+
+// The sweep takes due messages never enqueued, oldest first, then those
+// enqueued long enough ago that their task may have been lost; not those
+// whose task is presumably still queued.
+func TestTakeDue(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(5)
+	o.exec(`UPDATE message SET due_at = due_at + (id - $1) * interval '1 second' - interval '1 hour'`, ids[0])
+	take := func(limit int, requeueAfter time.Duration) []int64 {
+		t.Helper()
+		got, err := o.outbox.TakeDue(t.Context(), limit, requeueAfter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(got)
+		return got
+	}
+	if got := take(3, time.Hour); fmt.Sprint(got) != fmt.Sprint(ids[:3]) {
+		t.Fatalf("first take: %v, want %v", got, ids[:3])
+	}
+	if got := take(3, time.Hour); fmt.Sprint(got) != fmt.Sprint(ids[3:]) {
+		t.Fatalf("second take: %v, want %v", got, ids[3:])
+	}
+	if got := take(3, time.Hour); len(got) != 0 {
+		t.Fatalf("every task is presumably queued, yet %v were taken again", got)
+	}
+	// A message released meanwhile is taken before those whose task is lost.
+	o.exec(`UPDATE message SET enqueued_at = NULL WHERE id = $1`, ids[4])
+	if got := take(2, -time.Second); len(got) != 2 || !slices.Contains(got, ids[4]) {
+		t.Fatalf("take with lost tasks: %v, want %d and one more", got, ids[4])
+	}
+	if got := take(10, -time.Second); len(got) != 5 {
+		t.Fatalf("every task lost: took %v, want all 5", got)
+	}
+}
