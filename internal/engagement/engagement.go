@@ -7,7 +7,6 @@ package engagement
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -37,9 +36,6 @@ type Tracker struct {
 	signer *token.Signer
 
 	lanes [writeLanes]lane
-
-	stmtMu sync.Mutex
-	stmt   *sql.Stmt
 }
 
 // NewTracker returns a tracker.
@@ -259,21 +255,14 @@ func (t *Tracker) write(ctx context.Context, batch []*hitRow) {
 	}
 }
 
-// exec runs recordSQL (prepared once; database/sql prepares it on each
-// connection as it is used) and marks the positions it answers.
+// exec runs recordSQL and marks the positions it answers. It is not a
+// prepared statement on purpose: after a few executions PostgreSQL may
+// switch a prepared statement to a generic plan, which for these arrays
+// guessed badly and ran a batch several times slower, in about half of the
+// benchmark's runs. Planned with its arguments each time, it costs one more
+// round trip per batch.
 func (t *Tracker) exec(ctx context.Context, found []bool, args ...any) error {
-	t.stmtMu.Lock()
-	if t.stmt == nil {
-		stmt, err := t.db.PrepareContext(ctx, recordSQL)
-		if err != nil {
-			t.stmtMu.Unlock()
-			return err
-		}
-		t.stmt = stmt
-	}
-	stmt := t.stmt
-	t.stmtMu.Unlock()
-	rows, err := stmt.QueryContext(ctx, args...)
+	rows, err := t.db.QueryContext(ctx, recordSQL, args...)
 	if err != nil {
 		return err
 	}
