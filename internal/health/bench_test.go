@@ -99,9 +99,9 @@ func BenchmarkHealthRecompute(b *testing.B) {
 	r := &recomputeRig{b: b, db: db, clock: clk, engine: segment.NewEngine(db.DB, clk, log), health: health.NewService(db.DB, clk), n: n, conc: conc}
 
 	// Without health: the same passes' cost when nothing is scored.
-	noCold := r.pass("nohealth cold", false)
+	noCold := r.pass("nohealth cold", false, n)
 	r.checkHealth(0, 0, false)
-	noWarm := r.pass("nohealth warm", false)
+	noWarm := r.pass("nohealth warm", false, 0)
 	r.checkHealth(0, 0, false)
 
 	var cold recomputeResult
@@ -110,7 +110,7 @@ func BenchmarkHealthRecompute(b *testing.B) {
 		b.StopTimer()
 		r.forget()
 		b.StartTimer()
-		cold = r.pass("cold", true)
+		cold = r.pass("cold", true, n)
 	}
 	b.StopTimer()
 	r.checkHealth(n, 0, true)
@@ -121,12 +121,12 @@ func BenchmarkHealthRecompute(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	model := r.pass("model", true)
+	model := r.pass("model", true, n)
 	r.checkHealth(n, v.Version, true)
-	unchanged := r.pass("unchanged", true)
+	unchanged := r.pass("unchanged", true, 0)
 	r.checkHealth(n, v.Version, false)
 	clk.Advance(24 * time.Hour)
-	nextDay := r.pass("next day", true)
+	nextDay := r.pass("next day", true, n)
 	r.checkHealth(n, v.Version, true)
 
 	for _, p := range []struct {
@@ -163,7 +163,9 @@ func verdict(ok bool) string {
 // in for autovacuum between passes) and a minute on the clock (so that rows
 // written by this pass can be told by computed_at), and checks that every
 // account was evaluated.
-func (r *recomputeRig) pass(name string, withHealth bool) recomputeResult {
+// pass runs a full pass and checks it evaluated want accounts: every one, or
+// none when nothing can have changed since their stamps (internal/segment).
+func (r *recomputeRig) pass(name string, withHealth bool, want int) recomputeResult {
 	r.b.Helper()
 	ctx := context.Background()
 	r.vacuum()
@@ -211,8 +213,8 @@ func (r *recomputeRig) pass(name string, withHealth bool) recomputeResult {
 	if err := errors.Join(errs...); err != nil {
 		r.b.Fatalf("%s pass: %v", name, err)
 	}
-	if evaluated != r.n {
-		r.b.Fatalf("%s pass evaluated %d accounts, want %d", name, evaluated, r.n)
+	if evaluated != want {
+		r.b.Fatalf("%s pass evaluated %d accounts, want %d", name, evaluated, want)
 	}
 	var finished bool
 	if err := r.db.GetContext(ctx, &finished, `SELECT finished_at IS NOT NULL FROM segment_pass WHERE key = $1`, key); err != nil || !finished {
@@ -273,7 +275,7 @@ func (r *recomputeRig) checkHealth(want int, modelVersion int64, rescored bool) 
 // no history, no cached profile.
 func (r *recomputeRig) forget() {
 	r.b.Helper()
-	if _, err := r.db.Exec(`TRUNCATE account_health, health_history, account_profile`); err != nil {
+	if _, err := r.db.Exec(`TRUNCATE account_health, health_history, account_profile, segment_stamp`); err != nil {
 		r.b.Fatal(err)
 	}
 }
@@ -301,125 +303,47 @@ func seedRecompute(b *testing.B, db *testsvc.DB, n int, now time.Time) {
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	start30 := now.Truncate(24*time.Hour).AddDate(0, 0, -29)
-	steps := []struct {
-		what  string
-		query string
-		args  []any
-	}{
-		{"session", `SET synchronous_commit = off`, nil},
-		{"seed", `SELECT setseed(0.1337)`, nil},
-		{"account", `
-			WITH r AS (
-				SELECT g, random() AS r1, random() AS r2, random() AS r3, random() AS r4, random() AS r5
-				FROM generate_series(1, $1::int) g
-			), p AS (
-				SELECT r.*,
-				       CASE WHEN r1 < 0.50 THEN 'free' WHEN r1 < 0.75 THEN 'starter'
-				            WHEN r1 < 0.93 THEN 'pro' ELSE 'enterprise' END AS plan,
-				       $2::timestamptz - r4 * interval '730 days' AS signup_at
-				FROM r
-			)
-			INSERT INTO account (external_id, name, plan, mrr, seats, signup_at, tier, last_login_at,
-			                     created_at, updated_at, change_version, evaluated_version)
-			SELECT 'acc-' || g, 'Account ' || g, plan,
-			       CASE plan WHEN 'free' THEN 0 WHEN 'starter' THEN round(49 + r2 * 250)
-			                 WHEN 'pro' THEN round(300 + r2 * 2700) ELSE round(3000 + r2 * 47000) END,
-			       CASE plan WHEN 'free' THEN 1 + floor(r3 * 3) WHEN 'starter' THEN 3 + floor(r3 * 12)
-			                 WHEN 'pro' THEN 10 + floor(r3 * 90) ELSE 50 + floor(r3 * 950) END,
-			       signup_at,
-			       CASE plan WHEN 'enterprise' THEN 'enterprise' WHEN 'pro' THEN 'mid-market' ELSE 'smb' END,
-			       CASE WHEN r5 < 0.08 THEN NULL
-			            ELSE greatest(signup_at, $2::timestamptz - power((r5 - 0.08) / 0.92, 3) * interval '150 days') END,
-			       signup_at, signup_at, 1, 1
-			FROM p`, []any{n, now}},
-		// Logins on up to 4 days of the window, ending on the last login.
-		{"usage_daily logins", `
-			INSERT INTO usage_daily (account_id, day, kind, key, n)
-			SELECT a.id, d.day, 'e', 'login', 1 + floor(random() * 6)::int
-			FROM account a,
-			     LATERAL (SELECT (a.last_login_at AT TIME ZONE 'UTC')::date - i * (1 + a.id % 5)::int AS day
-			              FROM generate_series(0, 3) i) d
-			WHERE (a.last_login_at AT TIME ZONE 'UTC')::date >= $1::date AND d.day >= $1::date`, []any{start30}},
-		{"usage_daily old logins", `
-			INSERT INTO usage_daily (account_id, day, kind, key, n)
-			SELECT a.id, (a.last_login_at AT TIME ZONE 'UTC')::date, 'e', 'login', 1 + floor(random() * 3)::int
-			FROM account a
-			WHERE (a.last_login_at AT TIME ZONE 'UTC')::date < $1::date`, []any{start30}},
-		// Two distinct features (key features among them) on the last login
-		// day, with their feature_used total.
-		{"usage_daily features", `
-			WITH f AS (
-				SELECT a.id, (a.last_login_at AT TIME ZONE 'UTC')::date AS day,
-				       (ARRAY['reports', 'dashboards', 'exports', 'alerts', 'integrations', 'api'])[1 + a.id % 6] AS k1,
-				       (ARRAY['reports', 'dashboards', 'exports', 'alerts', 'integrations', 'api'])[1 + (a.id % 6 + 1 + (a.id / 6) % 5) % 6] AS k2,
-				       1 + floor(random() * 8)::int AS n1, 1 + floor(random() * 4)::int AS n2
-				FROM account a
-				WHERE (a.last_login_at AT TIME ZONE 'UTC')::date >= $1::date
-			)
-			INSERT INTO usage_daily (account_id, day, kind, key, n)
-			SELECT id, day, 'f', k1, n1 FROM f
-			UNION ALL SELECT id, day, 'f', k2, n2 FROM f
-			UNION ALL SELECT id, day, 'e', 'feature_used', n1 + n2 FROM f`, []any{start30}},
-		{"account_user_activity", `
-			INSERT INTO account_user_activity (account_id, user_key, last_seen_at)
-			SELECT a.id, 'u' || u.i,
-			       CASE WHEN u.i = 1 THEN a.last_login_at ELSE a.last_login_at - random() * interval '45 days' END
-			FROM account a,
-			     LATERAL generate_series(1, 1 + floor(random() * least(a.seats, 12))::int) AS u(i)
-			WHERE a.last_login_at >= $1::timestamptz - interval '90 days'`, []any{now}},
-		{"account_metric", `
-			INSERT INTO account_metric (account_id, name, value, at)
-			SELECT id, 'nps', floor(random() * 11), $1::timestamptz - random() * interval '60 days'
-			FROM account WHERE random() < 0.30
-			UNION ALL
-			SELECT id, 'open_tickets', floor(power(random(), 2) * 10), $1::timestamptz - random() * interval '10 days'
-			FROM account WHERE random() < 0.25`, []any{now}},
-		{"campaign", `
+	// Already evaluated, as after earlier passes.
+	steps := append([]testsvc.SeedStep{
+		{What: "session", Query: `SET synchronous_commit = off`},
+		{What: "setseed", Query: `SELECT setseed(0.1337)`},
+	}, testsvc.AccountSteps(n, now)...)
+	steps = append(steps, testsvc.SeedStep{What: "evaluated", Query: `UPDATE account SET evaluated_version = change_version`})
+	steps = append(steps, []testsvc.SeedStep{
+		{What: "campaign", Query: `
 			INSERT INTO campaign (name, kind, topic, status, current_version, created_at, updated_at, activated_at)
-			VALUES ('onboarding', 'drip', 'product', 'active', 1, $1, $1, $1)`, []any{now.AddDate(0, -3, 0)}},
-		{"contact", `
+			VALUES ('onboarding', 'drip', 'product', 'active', 1, $1, $1, $1)`, Args: []any{now.AddDate(0, -3, 0)}},
+		{What: "contact", Query: `
 			INSERT INTO contact (external_id, account_id, email, name, created_at, updated_at)
 			SELECT a.external_id || '-u' || i, a.id, a.external_id || '-u' || i || '@example.com', 'User ' || i, a.signup_at, a.signup_at
-			FROM account a, generate_series(1, 2) i WHERE a.id % 10 = 0`, nil},
-		{"enrollment", `
+			FROM account a, generate_series(1, 2) i WHERE a.id % 10 = 0`},
+		{What: "enrollment", Query: `
 			INSERT INTO enrollment (campaign_id, version, account_id, entry_number, contacts, status, step, anchor_at, entered_at)
 			SELECT c.id, 1, a.id, 1, (SELECT array_agg(ct.id ORDER BY ct.id) FROM contact ct WHERE ct.account_id = a.id),
 			       'active', 3, $1::timestamptz - interval '2 days', $1::timestamptz - interval '26 days'
-			FROM campaign c, account a WHERE a.id % 10 = 0`, []any{now}},
+			FROM campaign c, account a WHERE a.id % 10 = 0`, Args: []any{now}},
 		// Steps sent 25, 14 and 2 days ago (give or take a few hours).
-		{"message", `
+		{What: "message", Query: `
 			INSERT INTO message (enrollment_id, campaign_id, version, step_id, contact_id, channel, status, due_at, sent_at,
 			                     attempts, created_at, updated_at)
 			SELECT e.id, e.campaign_id, 1, 's' || s.i, ct.id, 'email', 'sent', t.at, t.at, 1, t.at, t.at
 			FROM enrollment e, unnest(e.contacts) AS ct(id),
 			     (VALUES (1, 25), (2, 14), (3, 2)) AS s(i, days_ago),
-			     LATERAL (SELECT $1::timestamptz - s.days_ago * interval '1 day' - random() * interval '6 hours' AS at) t`, []any{now}},
+			     LATERAL (SELECT $1::timestamptz - s.days_ago * interval '1 day' - random() * interval '6 hours' AS at) t`, Args: []any{now}},
 		// Human opens of half the messages, clicks of a fifth, replies of one
 		// in twenty, some opened again; privacy-proxy opens of a tenth.
-		{"engagement_event", `
+		{What: "engagement_event", Query: `
 			WITH m AS (SELECT id, sent_at, random() AS r1, random() AS r2, random() AS r3, random() AS r4 FROM message)
 			INSERT INTO engagement_event (message_id, kind, human, at, metadata)
 			SELECT id, 'open', true, sent_at + interval '3 hours', '{"user_agent": "Mozilla/5.0 (Macintosh)"}'::jsonb FROM m WHERE r1 < 0.5
 			UNION ALL SELECT id, 'open', true, sent_at + interval '1 day', '{"user_agent": "Mozilla/5.0 (Macintosh)"}'::jsonb FROM m WHERE r1 < 0.2
 			UNION ALL SELECT id, 'click', true, sent_at + interval '4 hours', '{"user_agent": "Mozilla/5.0 (Macintosh)"}'::jsonb FROM m WHERE r2 < 0.2
 			UNION ALL SELECT id, 'reply', true, sent_at + interval '6 hours', '{}'::jsonb FROM m WHERE r3 < 0.05
-			UNION ALL SELECT id, 'open', false, sent_at + interval '20 seconds', '{"user_agent": "Mozilla/5.0"}'::jsonb FROM m WHERE r4 < 0.1`, nil},
-	}
-	var sb strings.Builder
-	for _, s := range steps {
-		start := time.Now()
-		res, err := conn.ExecContext(ctx, s.query, s.args...)
-		if err != nil {
-			b.Fatalf("seed %s: %v", s.what, err)
-		}
-		if rows, _ := res.RowsAffected(); rows > 0 && s.what != "seed" {
-			fmt.Fprintf(&sb, " %s=%d (%.1fs)", s.what, rows, time.Since(start).Seconds())
-		}
-	}
-	start := time.Now()
-	if _, err := conn.ExecContext(ctx, `VACUUM ANALYZE`); err != nil {
+			UNION ALL SELECT id, 'open', false, sent_at + interval '20 seconds', '{"user_agent": "Mozilla/5.0"}'::jsonb FROM m WHERE r4 < 0.1`},
+	}...)
+	done, err := testsvc.RunSeed(ctx, conn, steps)
+	if err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("seeded:%s; vacuum %.1fs", sb.String(), time.Since(start).Seconds())
+	b.Logf("seeded:%s", done)
 }

@@ -586,11 +586,7 @@ func (r *benchRig) onChange(samples int) (p50, p95, worst time.Duration) {
 	return q(0.50), q(0.95), took[len(took)-1]
 }
 
-// seedBench fills the database with n accounts in set-based SQL: plans and
-// their MRR and seats, signups over two years, traits, last logins; daily
-// usage for the last 30 days of active accounts (a handful of rows each:
-// logins, two features, sometimes a custom event) and a last login row for
-// dormant ones; user activity; NPS and open-ticket metrics for some.
+// seedBench fills the database with n accounts (testsvc.AccountSteps).
 // Random but repeatable (setseed on one connection).
 func seedBench(b *testing.B, db *sqlx.DB, n int, day time.Time) {
 	b.Helper()
@@ -600,121 +596,15 @@ func seedBench(b *testing.B, db *sqlx.DB, n int, day time.Time) {
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	today := day.Truncate(24 * time.Hour)
-	start30 := today.AddDate(0, 0, -29)
-	steps := []struct {
-		what  string
-		query string
-		args  []any
-	}{
-		{"session", `SET synchronous_commit = off`, nil},
-		{"seed", `SELECT setseed(0.4217)`, nil},
-		{"csm", `INSERT INTO csm (email, name, created_at, updated_at)
-			SELECT 'csm' || i || '@example.com', 'CSM ' || i, $1, $1 FROM generate_series(1, 20) i`, []any{day}},
-		{"account", `
-			WITH r AS (
-				SELECT g, random() AS r1, random() AS r2, random() AS r3, random() AS r4,
-				       random() AS r5, random() AS r6, random() AS r7, random() AS r8
-				FROM generate_series(1, $1::int) g
-			), p AS (
-				SELECT r.*,
-				       CASE WHEN r1 < 0.50 THEN 'free' WHEN r1 < 0.75 THEN 'starter'
-				            WHEN r1 < 0.93 THEN 'pro' ELSE 'enterprise' END AS plan,
-				       $2::timestamptz - r4 * interval '730 days' AS signup_at
-				FROM r
-			), csms AS (SELECT array_agg(id ORDER BY id) AS ids FROM csm)
-			INSERT INTO account (external_id, name, plan, mrr, seats, signup_at, stage, tier, region, csm_id,
-			                     timezone, traits, last_login_at, created_at, updated_at)
-			SELECT 'acc-' || g, 'Account ' || g, plan,
-			       CASE plan WHEN 'free' THEN 0 WHEN 'starter' THEN round(49 + r2 * 250)
-			                 WHEN 'pro' THEN round(300 + r2 * 2700) ELSE round(3000 + r2 * r2 * 47000) END,
-			       CASE plan WHEN 'free' THEN 1 + floor(r3 * 3) WHEN 'starter' THEN 3 + floor(r3 * 12)
-			                 WHEN 'pro' THEN 10 + floor(r3 * 90) ELSE 50 + floor(r3 * 950) END,
-			       signup_at,
-			       CASE WHEN signup_at > $2::timestamptz - interval '30 days' THEN 'onboarding'
-			            WHEN r5 < 0.10 THEN 'renewal' WHEN r5 < 0.15 THEN 'churning' ELSE 'active' END,
-			       CASE plan WHEN 'enterprise' THEN 'enterprise' WHEN 'pro' THEN 'mid-market' ELSE 'smb' END,
-			       (ARRAY['na', 'eu', 'apac', 'latam'])[1 + floor(r5 * 4)::int],
-			       CASE WHEN plan IN ('pro', 'enterprise') THEN csms.ids[1 + g % 20] END,
-			       (ARRAY['UTC', 'America/New_York', 'Europe/Berlin', 'Asia/Tokyo'])[1 + floor(r8 * 4)::int],
-			       jsonb_build_object(
-			           'industry', (ARRAY['retail', 'saas', 'finance', 'healthcare', 'education',
-			                              'manufacturing', 'media', 'logistics'])[1 + floor(r6 * 8)::int],
-			           'employees', CASE plan WHEN 'enterprise' THEN 500 + floor(r2 * 20000)
-			                                  ELSE 2 + floor(r6 * r8 * 2000) END,
-			           'source', CASE WHEN r8 < 0.6 THEN 'self-serve' ELSE 'sales' END),
-			       CASE WHEN r7 < 0.08 THEN NULL
-			            ELSE greatest(signup_at, $2::timestamptz - power((r7 - 0.08) / 0.92, 3) * interval '150 days') END,
-			       signup_at, signup_at
-			FROM p, csms`, []any{n, day}},
-		// Logins on up to 4 days of the window, ending on the last login.
-		{"usage_daily logins", `
-			INSERT INTO usage_daily (account_id, day, kind, key, n)
-			SELECT a.id, d.day, 'e', 'login', 1 + floor(random() * 6)::int
-			FROM account a,
-			     LATERAL (SELECT (a.last_login_at AT TIME ZONE 'UTC')::date - i * (1 + a.id % 5)::int AS day
-			              FROM generate_series(0, 3) i) d
-			WHERE (a.last_login_at AT TIME ZONE 'UTC')::date >= $1::date AND d.day >= $1::date`, []any{start30}},
-		// Dormant accounts: their last login is older than the window.
-		{"usage_daily old logins", `
-			INSERT INTO usage_daily (account_id, day, kind, key, n)
-			SELECT a.id, (a.last_login_at AT TIME ZONE 'UTC')::date, 'e', 'login', 1 + floor(random() * 3)::int
-			FROM account a
-			WHERE (a.last_login_at AT TIME ZONE 'UTC')::date < $1::date`, []any{start30}},
-		// Two distinct features on the last login day, with their feature_used total.
-		{"usage_daily features", `
-			WITH f AS (
-				SELECT a.id, (a.last_login_at AT TIME ZONE 'UTC')::date AS day,
-				       (ARRAY['reports', 'dashboards', 'exports', 'alerts', 'api'])[1 + a.id % 5] AS k1,
-				       (ARRAY['reports', 'dashboards', 'exports', 'alerts', 'api'])[1 + (a.id % 5 + 1 + (a.id / 5) % 4) % 5] AS k2,
-				       1 + floor(random() * 8)::int AS n1, 1 + floor(random() * 4)::int AS n2
-				FROM account a
-				WHERE (a.last_login_at AT TIME ZONE 'UTC')::date >= $1::date
-			)
-			INSERT INTO usage_daily (account_id, day, kind, key, n)
-			SELECT id, day, 'f', k1, n1 FROM f
-			UNION ALL SELECT id, day, 'f', k2, n2 FROM f
-			UNION ALL SELECT id, day, 'e', 'feature_used', n1 + n2 FROM f`, []any{start30}},
-		// A custom event the day before the last login, for half the active accounts.
-		{"usage_daily events", `
-			INSERT INTO usage_daily (account_id, day, kind, key, n)
-			SELECT a.id, (a.last_login_at AT TIME ZONE 'UTC')::date - 1,
-			       'e', (ARRAY['report_viewed', 'invite_sent', 'export_csv', 'api_call'])[1 + (a.id / 7) % 4],
-			       1 + floor(random() * 5)::int
-			FROM account a
-			WHERE (a.last_login_at AT TIME ZONE 'UTC')::date > $1::date AND a.id % 2 = 0`, []any{start30}},
-		// Users of accounts that logged in within 90 days; some no longer active.
-		{"account_user_activity", `
-			INSERT INTO account_user_activity (account_id, user_key, last_seen_at)
-			SELECT a.id, 'u' || u.i,
-			       CASE WHEN u.i = 1 THEN a.last_login_at ELSE a.last_login_at - random() * interval '45 days' END
-			FROM account a,
-			     LATERAL generate_series(1, 1 + floor(random() * least(a.seats, 12))::int) AS u(i)
-			WHERE a.last_login_at >= $1::timestamptz - interval '90 days'`, []any{day}},
-		{"account_metric", `
-			INSERT INTO account_metric (account_id, name, value, at)
-			SELECT id, 'nps', floor(random() * 11), $1::timestamptz - random() * interval '60 days'
-			FROM account WHERE random() < 0.30
-			UNION ALL
-			SELECT id, 'open_tickets', floor(power(random(), 2) * 10), $1::timestamptz - random() * interval '10 days'
-			FROM account WHERE random() < 0.25`, []any{day}},
-	}
-	var sb strings.Builder
-	for _, s := range steps {
-		start := time.Now()
-		res, err := conn.ExecContext(ctx, s.query, s.args...)
-		if err != nil {
-			b.Fatalf("seed %s: %v", s.what, err)
-		}
-		if rows, _ := res.RowsAffected(); rows > 0 && s.what != "seed" {
-			fmt.Fprintf(&sb, " %s=%d (%.1fs)", s.what, rows, time.Since(start).Seconds())
-		}
-	}
-	start := time.Now()
-	if _, err := conn.ExecContext(ctx, `VACUUM ANALYZE`); err != nil {
+	steps := append([]testsvc.SeedStep{
+		{What: "session", Query: `SET synchronous_commit = off`},
+		{What: "setseed", Query: `SELECT setseed(0.4217)`},
+	}, testsvc.AccountSteps(n, day)...)
+	done, err := testsvc.RunSeed(ctx, conn, steps)
+	if err != nil {
 		b.Fatal(err)
 	}
 	var size string
 	conn.GetContext(ctx, &size, `SELECT pg_size_pretty(pg_database_size(current_database()))`)
-	b.Logf("seeded:%s; vacuum %.1fs; database %s", sb.String(), time.Since(start).Seconds(), size)
+	b.Logf("seeded:%s; database %s", done, size)
 }
