@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,19 +24,6 @@ const (
 	benchDefaultConcurrency = 4 // shards run at once, like the worker pool's asynq workers
 	benchTarget             = 10 * time.Second
 )
-
-func benchEnvInt(b *testing.B, name string, def int) int {
-	b.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(strings.ReplaceAll(v, "_", ""))
-	if err != nil || n <= 0 {
-		b.Fatalf("%s=%q: want a positive whole number", name, v)
-	}
-	return n
-}
 
 // recomputeRig runs full passes of the segment engine, with or without
 // health, on a private database.
@@ -86,8 +71,8 @@ func (r recomputeResult) per100k() float64 { return r.wall.Seconds() * 100_000 /
 // expected model version, rescored (or not) as the pass should, and the
 // cached profiles hold the stored scores.
 func BenchmarkHealthRecompute(b *testing.B) {
-	n := benchEnvInt(b, "TEND_BENCH_ACCOUNTS", benchDefaultAccounts)
-	conc := benchEnvInt(b, "TEND_BENCH_CONCURRENCY", benchDefaultConcurrency)
+	n := testsvc.EnvInt(b, "TEND_BENCH_ACCOUNTS", benchDefaultAccounts)
+	conc := testsvc.EnvInt(b, "TEND_BENCH_CONCURRENCY", benchDefaultConcurrency)
 	ctx := context.Background()
 	db := testsvc.NewDB(b)
 	start := time.Now()

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -165,19 +164,6 @@ func benchBodies(b *testing.B, batches, size int) [][]byte {
 	return bodies
 }
 
-func envInt(b *testing.B, name string, def int) int {
-	b.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		b.Fatalf("%s=%q: want a positive whole number", name, v)
-	}
-	return n
-}
-
 // BenchmarkIngestEvents measures POST /v1/events end to end (HTTP, JSON,
 // validation, PostgreSQL, audit) with batches of 1,000 events over 10,000
 // accounts sent by concurrent clients. It reports events/s and the p50/p99
@@ -185,8 +171,8 @@ func envInt(b *testing.B, name string, def int) int {
 // was stored. One iteration sends TEND_BENCH_BATCHES batches (default 300)
 // from TEND_BENCH_CLIENTS clients (default 4); run it with -benchtime 1x.
 func BenchmarkIngestEvents(b *testing.B) {
-	batches := envInt(b, "TEND_BENCH_BATCHES", benchBatches)
-	clients := envInt(b, "TEND_BENCH_CLIENTS", benchClients)
+	batches := testsvc.EnvInt(b, "TEND_BENCH_BATCHES", benchBatches)
+	clients := testsvc.EnvInt(b, "TEND_BENCH_CLIENTS", benchClients)
 	env := newBenchEnv(b, clients)
 	env.createAccounts(b, benchAccounts)
 	bodies := benchBodies(b, batches, benchBatchSize)

@@ -168,8 +168,8 @@ func percentileMs(sorted []time.Duration, p float64) float64 {
 // TEND_BENCH_TRACKING_HITS hits (default 40,000) from
 // TEND_BENCH_TRACKING_CLIENTS clients (default 48); run it with -benchtime 1x.
 func BenchmarkTracking(b *testing.B) {
-	n := envInt(b, "TEND_BENCH_TRACKING_HITS", trackHits)
-	clients := envInt(b, "TEND_BENCH_TRACKING_CLIENTS", trackClients)
+	n := testsvc.EnvInt(b, "TEND_BENCH_TRACKING_HITS", trackHits)
+	clients := testsvc.EnvInt(b, "TEND_BENCH_TRACKING_CLIENTS", trackClients)
 	ctx := context.Background()
 	db := testsvc.NewDB(b)
 	clk := clock.NewManual(t0)

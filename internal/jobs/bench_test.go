@@ -68,18 +68,6 @@ var benchSegments = []segment.Input{
 	{Name: "trial-ending", Predicate: `plan == "free" && days_since_signup >= 12 && days_since_signup <= 14`},
 }
 
-func benchEnvInt(b *testing.B, name string, def int) int {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(strings.ReplaceAll(v, "_", ""))
-	if err != nil || n <= 0 {
-		b.Fatalf("%s=%q: want a positive whole number", name, v)
-	}
-	return n
-}
-
 // warnings collects what the worker pool logs at warn and above (a failed
 // task, say): a pass that needed retries is not a pass to report.
 type warnings struct {
@@ -183,8 +171,8 @@ type benchRig struct {
 // checked against direct SQL and engine.Preview so a broken pass cannot look
 // fast.
 func BenchmarkSegmentFullPass(b *testing.B) {
-	n := benchEnvInt(b, "TEND_BENCH_ACCOUNTS", benchDefaultAccounts)
-	conc := benchEnvInt(b, "TEND_BENCH_CONCURRENCY", benchDefaultConcurrency)
+	n := testsvc.EnvInt(b, "TEND_BENCH_ACCOUNTS", benchDefaultAccounts)
+	conc := testsvc.EnvInt(b, "TEND_BENCH_CONCURRENCY", benchDefaultConcurrency)
 	withHealth := os.Getenv("TEND_BENCH_HEALTH") != "0"
 	ctx := context.Background()
 	day := t0 // a fixed clock: cold and warm passes are on the same UTC day

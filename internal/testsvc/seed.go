@@ -3,7 +3,10 @@ package testsvc
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -138,4 +141,19 @@ func RunSeed(ctx context.Context, conn *sqlx.Conn, steps []SeedStep) (string, er
 	}
 	fmt.Fprintf(&sb, "; vacuum %.1fs", time.Since(start).Seconds())
 	return sb.String(), nil
+}
+
+// EnvInt reads a benchmark's size from the environment: def when name is
+// unset; a positive whole number (underscores allowed: 1_000_000) otherwise.
+func EnvInt(tb testing.TB, name string, def int) int {
+	tb.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(strings.ReplaceAll(v, "_", ""))
+	if err != nil || n <= 0 {
+		tb.Fatalf("%s=%q: want a positive whole number", name, v)
+	}
+	return n
 }
