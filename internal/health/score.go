@@ -100,7 +100,20 @@ func apportion(comps []Component, totalWeight float64) int {
 
 func clamp01(v float64) float64 { return math.Max(0, math.Min(1, v)) }
 
+// noData says Tend knows nothing of the account's use yet: no login ever, no
+// event in 30 days, no active users. Usage and adoption are then neutral, not
+// zero: an account upserted moments before its usage arrives is not at risk.
+func noData(p *account.Profile) bool {
+	return p.LastLoginAt.Equal(p.SignupAt) && p.Logins30d == 0 && len(p.Events) == 0 && len(p.Features) == 0 && p.ActiveUsers == 0
+}
+
+// neutralValue is the value of a component Tend has no data for.
+const neutralValue = 0.5
+
 func (m Model) usage(p *account.Profile) Component {
+	if noData(p) {
+		return Component{Name: Usage, Value: neutralValue, Inputs: map[string]any{"no_data_yet": true}}
+	}
 	u := m.Usage
 	perSeat := float64(p.Logins30d) / math.Max(1, float64(p.Seats))
 	logins := clamp01(perSeat / u.LoginsPerSeat30d)
@@ -114,6 +127,9 @@ func (m Model) usage(p *account.Profile) Component {
 }
 
 func (m Model) adoption(p *account.Profile) Component {
+	if noData(p) {
+		return Component{Name: Adoption, Value: neutralValue, Inputs: map[string]any{"key_features": m.KeyFeatures, "no_data_yet": true}}
+	}
 	used := []string{}
 	for _, f := range m.KeyFeatures {
 		if p.Features[f] > 0 {

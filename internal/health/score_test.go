@@ -60,7 +60,13 @@ func TestContributionsAddUpToTheScore(t *testing.T) {
 	if r := m.Score(healthy(), nil, now, ""); r.Score < m.Bands.HealthyFrom || r.Band != account.BandHealthy {
 		t.Fatalf("a healthy profile scored %d (%s)", r.Score, r.Band)
 	}
-	r := m.Score(&account.Profile{DaysSinceLastLogin: 40, NPS: 2, OpenTickets: 5, Features: map[string]int{}}, nil, now, "")
+	// An account Tend knows nothing about yet (no login, no usage) is
+	// neutral, not at risk: its usage may be moments away.
+	signup := now.AddDate(-1, 0, 0)
+	if r := m.Score(&account.Profile{SignupAt: signup, LastLoginAt: signup, DaysSinceLastLogin: 365, NPS: -1, Features: map[string]int{}}, nil, now, ""); r.Band != account.BandNeutral {
+		t.Fatalf("an account with no data yet scored %d (%s)", r.Score, r.Band)
+	}
+	r := m.Score(&account.Profile{SignupAt: signup, LastLoginAt: signup.Add(time.Hour), DaysSinceLastLogin: 40, NPS: 2, OpenTickets: 5, Features: map[string]int{}}, nil, now, "")
 	if r.Band != account.BandAtRisk {
 		t.Fatalf("an unused, unhappy account scored %d (%s)", r.Score, r.Band)
 	}

@@ -52,6 +52,11 @@ func (f *fixture) account(id string, mrr float64, users, days int, features []st
 		f.t.Fatal(err)
 	}
 	f.use(id, users, days, features)
+	if users == 0 {
+		// Not an account with no data yet (which scores neutral): one that
+		// was used, two months ago.
+		f.lastLoginAt(id, f.clock.Now().AddDate(0, -2, 0))
+	}
 	if _, err := f.accounts.RecordMetrics(f.ctx, []account.MetricInput{{AccountID: id, Values: map[string]float64{
 		account.MetricNPS: nps, account.MetricOpenTickets: tickets}}}); err != nil {
 		f.t.Fatal(err)
@@ -76,6 +81,13 @@ func (f *fixture) use(id string, users, days int, features []string) {
 		return
 	}
 	if _, err := f.accounts.IngestEvents(f.ctx, ev, false); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) lastLoginAt(id string, at time.Time) {
+	f.t.Helper()
+	if _, err := f.accounts.IngestEvents(f.ctx, []account.EventInput{{AccountID: id, ContactID: "u0", Name: account.EventLogin, Timestamp: ptr(at)}}, false); err != nil {
 		f.t.Fatal(err)
 	}
 }
