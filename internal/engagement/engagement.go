@@ -7,7 +7,6 @@ package engagement
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
 	"github.com/tendhq/tend/internal/token"
 )
 
@@ -237,15 +237,10 @@ func (t *Tracker) write(ctx context.Context, batch []*hitRow) {
 		ids[i], kinds[i], machine[i], windows[i], uas[i], ips[i] = h.messageID, h.kind, h.v.machine, h.v.window.Microseconds(), h.ua, h.ip
 	}
 	found := make([]bool, n)
-	var err error
-	for attempt := 0; ; attempt++ {
-		err = t.exec(ctx, found, pq.Array(ids), pq.Array(kinds), pq.Array(machine), pq.Array(windows), pq.Array(uas), pq.Array(ips), t.clock.Now())
-		var pqErr *pq.Error
-		if err != nil && errors.As(err, &pqErr) && pqErr.Code == "40P01" && attempt < 5 {
-			continue // deadlock with another writer of these accounts: try again
-		}
-		break
-	}
+	// A deadlock with another writer of these accounts: try again.
+	err := postgres.RetryDeadlock(func() error {
+		return t.exec(ctx, found, pq.Array(ids), pq.Array(kinds), pq.Array(machine), pq.Array(windows), pq.Array(uas), pq.Array(ips), t.clock.Now())
+	})
 	for i, h := range batch {
 		if err != nil {
 			h.done <- hitResult{err: fmt.Errorf("engagement: record: %w", err)}

@@ -282,18 +282,9 @@ func (r *recomputeRig) vacuum() {
 // some machine opens. Random but repeatable (setseed on one connection).
 func seedRecompute(b *testing.B, db *testsvc.DB, n int, now time.Time) {
 	b.Helper()
-	ctx := context.Background()
-	conn, err := db.Connx(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
 	// Already evaluated, as after earlier passes.
-	steps := append([]testsvc.SeedStep{
-		{What: "session", Query: `SET synchronous_commit = off`},
-		{What: "setseed", Query: `SELECT setseed(0.1337)`},
-	}, testsvc.AccountSteps(n, now)...)
-	steps = append(steps, testsvc.SeedStep{What: "evaluated", Query: `UPDATE account SET evaluated_version = change_version`})
+	steps := append(testsvc.AccountSteps(n, now),
+		testsvc.SeedStep{What: "evaluated", Query: `UPDATE account SET evaluated_version = change_version`})
 	steps = append(steps, []testsvc.SeedStep{
 		{What: "campaign", Query: `
 			INSERT INTO campaign (name, kind, topic, status, current_version, created_at, updated_at, activated_at)
@@ -326,9 +317,5 @@ func seedRecompute(b *testing.B, db *testsvc.DB, n int, now time.Time) {
 			UNION ALL SELECT id, 'reply', true, sent_at + interval '6 hours', '{}'::jsonb FROM m WHERE r3 < 0.05
 			UNION ALL SELECT id, 'open', false, sent_at + interval '20 seconds', '{"user_agent": "Mozilla/5.0"}'::jsonb FROM m WHERE r4 < 0.1`},
 	}...)
-	done, err := testsvc.RunSeed(ctx, conn, steps)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Logf("seeded:%s", done)
+	b.Logf("seeded:%s", testsvc.Seed(b, db.DB, 0.1337, steps))
 }

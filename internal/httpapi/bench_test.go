@@ -164,6 +164,58 @@ func benchBodies(b *testing.B, batches, size int) [][]byte {
 	return bodies
 }
 
+// drive runs b.N rounds of n requests (do(i) sends request i) from clients
+// concurrent clients, and returns every request's latency and the rounds'
+// wall time. The first error fails the benchmark.
+func drive(b *testing.B, clients, n int, do func(i int) error) ([]time.Duration, time.Duration) {
+	latencies := make([]time.Duration, 0, n*b.N)
+	var elapsed time.Duration
+	for range b.N {
+		var (
+			next     atomic.Int64
+			mu       sync.Mutex
+			firstErr error
+			wg       sync.WaitGroup
+		)
+		start := time.Now()
+		for range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				mine := make([]time.Duration, 0, n/clients+1)
+				defer func() {
+					mu.Lock()
+					latencies = append(latencies, mine...)
+					mu.Unlock()
+				}()
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= n {
+						return
+					}
+					t := time.Now()
+					err := do(i)
+					if err != nil {
+						mu.Lock()
+						if firstErr == nil {
+							firstErr = err
+						}
+						mu.Unlock()
+						return
+					}
+					mine = append(mine, time.Since(t))
+				}
+			}()
+		}
+		wg.Wait()
+		elapsed += time.Since(start)
+		if firstErr != nil {
+			b.Fatal(firstErr)
+		}
+	}
+	return latencies, elapsed
+}
+
 // BenchmarkIngestEvents measures POST /v1/events end to end (HTTP, JSON,
 // validation, PostgreSQL, audit) with batches of 1,000 events over 10,000
 // accounts sent by concurrent clients. It reports events/s and the p50/p99
@@ -177,64 +229,20 @@ func BenchmarkIngestEvents(b *testing.B) {
 	env.createAccounts(b, benchAccounts)
 	bodies := benchBodies(b, batches, benchBatchSize)
 
-	var (
-		latencies = make([]time.Duration, 0, batches*b.N)
-		elapsed   time.Duration
-	)
 	b.ResetTimer()
-	for range b.N {
-		var (
-			next     atomic.Int64
-			mu       sync.Mutex
-			firstErr error
-			wg       sync.WaitGroup
-		)
-		fail := func(err error) {
-			mu.Lock()
-			defer mu.Unlock()
-			if firstErr == nil {
-				firstErr = err
-			}
+	latencies, elapsed := drive(b, clients, len(bodies), func(i int) error {
+		r, err := env.post("/v1/events", bodies[i])
+		switch {
+		case err != nil:
+			return fmt.Errorf("batch %d: %w", i, err)
+		case r.Status != http.StatusAccepted:
+			return fmt.Errorf("batch %d: status %d, want 202: %s", i, r.Status, r.Raw)
 		}
-		start := time.Now()
-		for range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var mine []time.Duration
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= len(bodies) {
-						break
-					}
-					t := time.Now()
-					r, err := env.post("/v1/events", bodies[i])
-					d := time.Since(t)
-					if err != nil {
-						fail(fmt.Errorf("batch %d: %w", i, err))
-						break
-					}
-					if r.Status != http.StatusAccepted {
-						fail(fmt.Errorf("batch %d: status %d, want 202: %s", i, r.Status, r.Raw))
-						break
-					}
-					if got, _ := r.Body["accepted"].(float64); int(got) != benchBatchSize {
-						fail(fmt.Errorf("batch %d: accepted %v of %d: %s", i, r.Body["accepted"], benchBatchSize, r.Raw))
-						break
-					}
-					mine = append(mine, d)
-				}
-				mu.Lock()
-				latencies = append(latencies, mine...)
-				mu.Unlock()
-			}()
+		if got, _ := r.Body["accepted"].(float64); int(got) != benchBatchSize {
+			return fmt.Errorf("batch %d: accepted %v of %d: %s", i, r.Body["accepted"], benchBatchSize, r.Raw)
 		}
-		wg.Wait()
-		elapsed += time.Since(start)
-		if firstErr != nil {
-			b.Fatal(firstErr)
-		}
-	}
+		return nil
+	})
 	b.StopTimer()
 
 	sent := int64(b.N) * int64(batches) * benchBatchSize

@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,58 +187,13 @@ func BenchmarkTracking(b *testing.B) {
 	}
 	b.Cleanup(tr.CloseIdleConnections)
 
-	var (
-		latencies = make([]time.Duration, 0, n*b.N)
-		elapsed   time.Duration
-	)
 	b.ResetTimer()
-	for range b.N {
-		var (
-			next     atomic.Int64
-			mu       sync.Mutex
-			firstErr error
-			wg       sync.WaitGroup
-		)
-		fail := func(err error) {
-			mu.Lock()
-			defer mu.Unlock()
-			if firstErr == nil {
-				firstErr = err
-			}
+	latencies, elapsed := drive(b, clients, len(hits), func(i int) error {
+		if err := trackingGet(client, srv.URL, hits[i]); err != nil {
+			return fmt.Errorf("hit %d (%s): %w", i, hits[i].path, err)
 		}
-		start := time.Now()
-		for range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				mine := make([]time.Duration, 0, n/clients+1)
-				defer func() {
-					mu.Lock()
-					latencies = append(latencies, mine...)
-					mu.Unlock()
-				}()
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= len(hits) {
-						return
-					}
-					t := time.Now()
-					err := trackingGet(client, srv.URL, hits[i])
-					d := time.Since(t)
-					if err != nil {
-						fail(fmt.Errorf("hit %d (%s): %w", i, hits[i].path, err))
-						return
-					}
-					mine = append(mine, d)
-				}
-			}()
-		}
-		wg.Wait()
-		elapsed += time.Since(start)
-		if firstErr != nil {
-			b.Fatal(firstErr)
-		}
-	}
+		return nil
+	})
 	b.StopTimer()
 
 	// Every hit left one row on its own message, of its kind, human; the

@@ -578,21 +578,8 @@ func (r *benchRig) onChange(samples int) (p50, p95, worst time.Duration) {
 // Random but repeatable (setseed on one connection).
 func seedBench(b *testing.B, db *sqlx.DB, n int, day time.Time) {
 	b.Helper()
-	ctx := context.Background()
-	conn, err := db.Connx(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	steps := append([]testsvc.SeedStep{
-		{What: "session", Query: `SET synchronous_commit = off`},
-		{What: "setseed", Query: `SELECT setseed(0.4217)`},
-	}, testsvc.AccountSteps(n, day)...)
-	done, err := testsvc.RunSeed(ctx, conn, steps)
-	if err != nil {
-		b.Fatal(err)
-	}
+	done := testsvc.Seed(b, db, 0.4217, testsvc.AccountSteps(n, day))
 	var size string
-	conn.GetContext(ctx, &size, `SELECT pg_size_pretty(pg_database_size(current_database()))`)
+	db.Get(&size, `SELECT pg_size_pretty(pg_database_size(current_database()))`)
 	b.Logf("seeded:%s; database %s", done, size)
 }

@@ -149,8 +149,14 @@ func InTx(ctx context.Context, db *sqlx.DB, fn func(tx *sqlx.Tx) error) error {
 // InTxRetry is InTx, run again (up to five times) when PostgreSQL broke a
 // deadlock by aborting this transaction. fn must be safe to repeat.
 func InTxRetry(ctx context.Context, db *sqlx.DB, fn func(tx *sqlx.Tx) error) error {
+	return RetryDeadlock(func() error { return InTx(ctx, db, fn) })
+}
+
+// RetryDeadlock runs fn again (up to five times) while PostgreSQL aborts it
+// to break a deadlock. fn must be one statement or transaction, safe to repeat.
+func RetryDeadlock(fn func() error) error {
 	for attempt := 0; ; attempt++ {
-		err := InTx(ctx, db, fn)
+		err := fn()
 		var pqErr *pq.Error
 		if err != nil && errors.As(err, &pqErr) && pqErr.Code == "40P01" && attempt < 5 {
 			continue

@@ -25,7 +25,7 @@ type SeedStep struct {
 // usage for the last 30 days of active accounts (a handful of rows each:
 // logins, two features of six, sometimes a custom event) and a last-login row
 // for dormant ones; user activity; NPS for about 30% and open tickets for 25%.
-// Run them with RunSeed after a setseed for repeatable data.
+// Run them with runSeed after a setseed for repeatable data.
 func AccountSteps(n int, at time.Time) []SeedStep {
 	start30 := at.Truncate(24*time.Hour).AddDate(0, 0, -29)
 	return []SeedStep{
@@ -121,9 +121,31 @@ func AccountSteps(n int, at time.Time) []SeedStep {
 	}
 }
 
-// RunSeed runs seed steps on one connection (so that a setseed step applies
+// Seed runs seed steps on one connection of db, with synchronous commit off
+// and PostgreSQL's random() seeded with setseed (repeatable data), then
+// VACUUM ANALYZE; it returns what each step wrote, for the benchmark's log.
+func Seed(tb testing.TB, db *sqlx.DB, setseed float64, steps []SeedStep) string {
+	tb.Helper()
+	ctx := context.Background()
+	conn, err := db.Connx(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close()
+	steps = append([]SeedStep{
+		{What: "session", Query: `SET synchronous_commit = off`},
+		{What: "setseed", Query: `SELECT setseed($1)`, Args: []any{setseed}},
+	}, steps...)
+	done, err := runSeed(ctx, conn, steps)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return done
+}
+
+// runSeed runs seed steps on one connection (so that a setseed step applies
 // to the rest), then VACUUM ANALYZE, and returns what each step wrote.
-func RunSeed(ctx context.Context, conn *sqlx.Conn, steps []SeedStep) (string, error) {
+func runSeed(ctx context.Context, conn *sqlx.Conn, steps []SeedStep) (string, error) {
 	var sb strings.Builder
 	for _, s := range steps {
 		start := time.Now()
