@@ -265,6 +265,9 @@ func (a *App) Run(ctx context.Context, mode string) error {
 // Close releases connections.
 func (a *App) Close() error {
 	var errs []error
+	if a.Tracker != nil {
+		errs = append(errs, a.Tracker.Close())
+	}
 	if a.Jobs != nil {
 		errs = append(errs, a.Jobs.Close())
 	}

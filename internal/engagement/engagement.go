@@ -7,6 +7,9 @@ package engagement
 
 import (
 	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -119,15 +122,46 @@ func (t *Tracker) Click(ctx context.Context, h Hit) (string, error) {
 	return tok.URL, nil
 }
 
-// writeLanes is how many batches of hits may be written at once.
-const writeLanes = 4
+// writeLanes is how many batches of hits may be written at once. Fewer
+// lanes make bigger batches, and a batch costs little more than a single hit:
+// BenchmarkTracking ran 16–17k hits/s with one lane, 14–17k with two, 10–13k
+// with four. Two, so that one batch waiting on a lock (an account row held by
+// ingest) does not hold up every hit.
+const writeLanes = 2
 
 // lane is one line of hits waiting to be written in batches.
 type lane struct {
 	mu      sync.Mutex
 	pending []*hitRow // hits waiting for the next batch
 	writing bool      // a batch is being written
+
+	// The lane's own connection and recordSQL prepared on it (see
+	// laneStatement), used only by the hit writing the lane's batch, one at
+	// a time; nil until the first batch and after an error.
+	conn  *sql.Conn
+	stmt  *sql.Stmt
+	since time.Time // when conn was taken
 }
+
+// reset drops the lane's connection; the next batch takes a new one. The
+// connection is closed, not returned to the pool, where its setting (see
+// laneStatement) would reach other statements.
+func (l *lane) reset() {
+	if l.stmt != nil {
+		l.stmt.Close()
+	}
+	if l.conn != nil {
+		// database/sql discards a connection when Raw's function says it
+		// is bad.
+		l.conn.Raw(func(any) error { return driver.ErrBadConn })
+		l.conn.Close()
+	}
+	l.conn, l.stmt = nil, nil
+}
+
+// laneConnLifetime is how long a lane keeps its connection: a new one plans
+// recordSQL afresh, with the tables' sizes of now.
+const laneConnLifetime = 10 * time.Minute
 
 // hitRow is one hit waiting to be written.
 type hitRow struct {
@@ -153,6 +187,11 @@ type hitResult struct {
 // that change a profile or a health score — marked changed, locked in id
 // order like every writer of account rows. Test sends record nothing. It
 // answers the positions of the hits whose message exists.
+//
+// OFFSET 0 keeps the NOT EXISTS a lookup per hit through
+// engagement_event_message: without it PostgreSQL may turn it into an anti
+// join, which a generic plan (see laneStatement) can run as a scan of the
+// whole table.
 const recordSQL = `
 	WITH x AS (
 		SELECT * FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::bigint[], $5::text[], $6::text[])
@@ -170,7 +209,8 @@ const recordSQL = `
 		SELECT a.id FROM account a
 		WHERE a.id IN (SELECT m.account_id FROM m WHERE m.human AND NOT m.test
 		               AND NOT EXISTS (SELECT 1 FROM engagement_event e WHERE e.message_id = m.message_id
-		                               AND e.kind = m.kind AND e.human AND e.at > $7 - interval '30 days'))
+		                               AND e.kind = m.kind AND e.human AND e.at > $7 - interval '30 days'
+		                               OFFSET 0))
 		ORDER BY a.id
 		FOR NO KEY UPDATE
 	), bump AS (
@@ -210,7 +250,7 @@ func (t *Tracker) record(ctx context.Context, messageID int64, kind string, h Hi
 		batch := l.pending
 		l.pending = nil
 		l.mu.Unlock()
-		t.write(ctx, batch)
+		t.write(ctx, l, batch)
 		l.mu.Lock()
 		if len(l.pending) > 0 {
 			l.pending[0].done <- hitResult{lead: true}
@@ -225,8 +265,8 @@ func (t *Tracker) record(ctx context.Context, messageID int64, kind string, h Hi
 // writeTimeout bounds one batch's statement.
 const writeTimeout = 10 * time.Second
 
-// write writes a batch and answers every hit in it.
-func (t *Tracker) write(ctx context.Context, batch []*hitRow) {
+// write writes a batch on lane l and answers every hit in it.
+func (t *Tracker) write(ctx context.Context, l *lane, batch []*hitRow) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
 	defer cancel()
 	n := len(batch)
@@ -237,9 +277,17 @@ func (t *Tracker) write(ctx context.Context, batch []*hitRow) {
 		ids[i], kinds[i], machine[i], windows[i], uas[i], ips[i] = h.messageID, h.kind, h.v.machine, h.v.window.Microseconds(), h.ua, h.ip
 	}
 	found := make([]bool, n)
+	args := []any{pq.Array(ids), pq.Array(kinds), pq.Array(machine), pq.Array(windows), pq.Array(uas), pq.Array(ips), t.clock.Now()}
 	// A deadlock with another writer of these accounts: try again.
 	err := postgres.RetryDeadlock(func() error {
-		return t.exec(ctx, found, pq.Array(ids), pq.Array(kinds), pq.Array(machine), pq.Array(windows), pq.Array(uas), pq.Array(ips), t.clock.Now())
+		err := t.exec(ctx, l, found, args...)
+		if connectionLost(err) {
+			// The lane's connection had died (a restart of the server, an
+			// operator's pg_terminate_backend) and the batch did not run:
+			// once more, on a new one.
+			err = t.exec(ctx, l, found, args...)
+		}
+		return err
 	})
 	for i, h := range batch {
 		if err != nil {
@@ -250,26 +298,97 @@ func (t *Tracker) write(ctx context.Context, batch []*hitRow) {
 	}
 }
 
-// exec runs recordSQL and marks the positions it answers. It is not a
-// prepared statement on purpose: after a few executions PostgreSQL may
-// switch a prepared statement to a generic plan, which for these arrays
-// guessed badly and ran a batch several times slower, in about half of the
-// benchmark's runs. Planned with its arguments each time, it costs one more
-// round trip per batch.
-func (t *Tracker) exec(ctx context.Context, found []bool, args ...any) error {
-	rows, err := t.db.QueryContext(ctx, recordSQL, args...)
+// exec runs recordSQL on lane l and marks the positions it answers.
+func (t *Tracker) exec(ctx context.Context, l *lane, found []bool, args ...any) error {
+	stmt, err := t.laneStatement(ctx, l)
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var i int
-		if err := rows.Scan(&i); err != nil {
+	clear(found) // a retry after a deadlock answers again
+	err = func() error {
+		rows, err := stmt.QueryContext(ctx, args...)
+		if err != nil {
 			return err
 		}
-		found[i-1] = true
+		defer rows.Close()
+		for rows.Next() {
+			var i int
+			if err := rows.Scan(&i); err != nil {
+				return err
+			}
+			found[i-1] = true
+		}
+		return rows.Err()
+	}()
+	if err != nil {
+		// The connection may be broken or in an unknown state; a
+		// new one costs a connect and a prepare once.
+		l.reset()
 	}
-	return rows.Err()
+	return err
+}
+
+// laneStatement returns lane l's prepared recordSQL, taking a connection of
+// the lane's own from the pool the first time.
+//
+// Prepared, a batch skips parsing and planning, which cost as much as
+// running it. The connection runs with sequential scans off: after a few
+// executions PostgreSQL switches a prepared statement to a generic plan, and
+// one made while engagement_event was still small looked up earlier
+// engagement by scanning the table, kept doing so as it grew, and ran
+// batches many times slower (half of the benchmark's runs, in an earlier
+// version). Every table this statement reads is reached by a key, so with
+// sequential scans priced out the generic plan is the right one at any size.
+// The setting lives on the lane's connection alone, which is why the lane
+// holds one rather than returning it to the pool after each batch, and
+// closes it when done.
+func (t *Tracker) laneStatement(ctx context.Context, l *lane) (*sql.Stmt, error) {
+	if l.stmt != nil && time.Since(l.since) < laneConnLifetime {
+		return l.stmt, nil
+	}
+	l.reset()
+	conn, err := t.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l.conn, l.since = conn, time.Now()
+	if _, err := conn.ExecContext(ctx, `SET enable_seqscan = off`); err != nil {
+		l.reset()
+		return nil, err
+	}
+	stmt, err := conn.PrepareContext(ctx, recordSQL)
+	if err != nil {
+		l.reset()
+		return nil, err
+	}
+	l.stmt = stmt
+	return stmt, nil
+}
+
+// Close closes the lanes' connections. Call it once nothing records any more
+// (the HTTP server has stopped).
+func (t *Tracker) Close() error {
+	var errs []error
+	for i := range t.lanes {
+		l := &t.lanes[i]
+		l.mu.Lock()
+		if l.writing {
+			errs = append(errs, fmt.Errorf("engagement: close: lane %d is still writing", i))
+		} else {
+			l.reset()
+		}
+		l.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// connectionLost tells whether err says a connection was dead (database/sql
+// had already found it broken, or the driver did) or ended by the server,
+// its transaction (if any) rolled back: a statement that failed so did not
+// run, and can be run again on another connection.
+func connectionLost(err error) bool {
+	var pqErr *pq.Error
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) || errors.As(err, &pqErr) && pqErr.Code.Class() == "57" && pqErr.Code != "57014"
 }
 
 func truncate(s string, n int) string {

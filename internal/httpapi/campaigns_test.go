@@ -192,6 +192,22 @@ func TestTrackingLinks(t *testing.T) {
 	if h.count(`SELECT count(*) FROM engagement_event`) != before {
 		t.Fatal("bad tokens recorded engagement")
 	}
+	// The server ends the tracker's connections (a restart, an operator's
+	// pg_terminate_backend): the next hits are answered and recorded all the
+	// same, on new ones.
+	ended := h.count(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE '%WITH ORDINALITY AS x(message_id%' AND pid <> pg_backend_pid()`)
+	if ended == 0 {
+		t.Fatal("found no tracker connection to end")
+	}
+	for _, path := range []string{"/t/o/" + open, "/t/c/" + click} {
+		if r := get(path, browser); r.StatusCode != http.StatusOK && r.StatusCode != http.StatusFound {
+			t.Fatalf("%s after its connection ended: %d", path, r.StatusCode)
+		}
+	}
+	if n := h.count(`SELECT count(*) FROM engagement_event WHERE human`); n != 6 {
+		t.Fatalf("%d human events recorded, want 6 (two more after the connections ended)", n)
+	}
 	// A link scanner is recorded but not counted as human.
 	get("/t/c/"+click, "Mozilla/5.0 (compatible; Barracuda Sentinel)")
 	if n := h.count(`SELECT count(*) FROM engagement_event WHERE NOT human`); n != 1 {

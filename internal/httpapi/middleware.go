@@ -227,7 +227,9 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		switch {
 		case status >= 500:
 			s.deps.Log.Error("http request", append(attrs, "err", err)...)
-		case route == "/healthz" || route == "/readyz" || route == "/metrics":
+		case route == "/healthz" || route == "/readyz" || route == "/metrics" || strings.HasPrefix(route, "/t/"):
+			// Probes and tracking hits (an open pixel per email read, at
+			// thousands a second): counted in /metrics, logged at debug.
 			s.deps.Log.Debug("http request", attrs...)
 		default:
 			s.deps.Log.Info("http request", attrs...)

@@ -109,3 +109,44 @@ func TestJITOffUnlessAsked(t *testing.T) {
 		db.Close()
 	}
 }
+
+// TestDeletedMessagesTakeTheirEngagement: engagement_event has no foreign key
+// to message (migration 00014), yet deleting an account still removes the
+// engagement with its messages, through the cascade to message and its
+// trigger, and leaves other accounts' engagement alone.
+func TestDeletedMessagesTakeTheirEngagement(t *testing.T) {
+	t.Parallel()
+	db := testsvc.NewDB(t)
+	ctx := context.Background()
+	for _, q := range []string{
+		`INSERT INTO campaign (name, kind, topic, status, current_version, created_at, updated_at)
+		 VALUES ('c', 'drip', 'product', 'active', 1, now(), now())`,
+		`INSERT INTO account (external_id, name, plan, seats, signup_at, created_at, updated_at)
+		 SELECT 'a' || g, 'A' || g, 'pro', 5, now(), now(), now() FROM generate_series(1, 2) g`,
+		`INSERT INTO contact (external_id, account_id, email, name, created_at, updated_at)
+		 SELECT a.external_id || '-u', a.id, a.external_id || '@example.com', 'U', now(), now() FROM account a`,
+		`INSERT INTO enrollment (campaign_id, version, account_id, entry_number, contacts, status, step, anchor_at, entered_at)
+		 SELECT c.id, 1, a.id, 1, ARRAY(SELECT id FROM contact WHERE account_id = a.id), 'active', 1, now(), now()
+		 FROM campaign c, account a`,
+		`INSERT INTO message (enrollment_id, campaign_id, version, step_id, contact_id, channel, status, due_at, sent_at,
+		                      attempts, created_at, updated_at)
+		 SELECT e.id, e.campaign_id, 1, 's', ct.id, 'email', 'sent', now(), now(), 1, now(), now()
+		 FROM enrollment e, unnest(e.contacts) ct(id)`,
+		`INSERT INTO engagement_event (message_id, kind, at) SELECT id, k, now() FROM message, unnest(ARRAY['open', 'click']) k`,
+		`DELETE FROM account WHERE external_id = 'a1'`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	var left []string
+	if err := db.SelectContext(ctx, &left, `
+		SELECT a.external_id || ':' || e.kind FROM engagement_event e
+		LEFT JOIN message m ON m.id = e.message_id LEFT JOIN contact ct ON ct.id = m.contact_id
+		LEFT JOIN account a ON a.id = ct.account_id ORDER BY 1`); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(left) != "[a2:click a2:open]" {
+		t.Errorf("engagement left after deleting account a1: %v, want a2's click and open only", left)
+	}
+}
