@@ -3,8 +3,9 @@
 // profile: the predicate environment that segments are evaluated against.
 //
 // Every write that can change a profile bumps the account's change_version in
-// the same statement, so the segment engine can find dirty accounts in
-// PostgreSQL without trusting the queue to have delivered a signal.
+// the same statement and adds the account to account_pending in the same
+// transaction, so the segment engine can find dirty accounts in PostgreSQL
+// without trusting the queue to have delivered a signal.
 package account
 
 import (
@@ -162,6 +163,25 @@ func LockAccounts(ctx context.Context, q postgres.Queryer, ids []int64) error {
 	return nil
 }
 
+// MarkPending adds accounts whose change_version this transaction bumped to
+// account_pending, where the segment engine looks for accounts to evaluate
+// (see migration 00015). Call it after the bump, in the same transaction:
+// the transaction must hold the accounts' row locks, so that the engine
+// cannot take them off the list between the bump and this insert. Writers
+// that bump in one statement add the same INSERT as a step of it.
+func MarkPending(ctx context.Context, q postgres.Queryer, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := q.ExecContext(ctx, `
+		INSERT INTO account_pending (account_id) SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id
+		ON CONFLICT DO NOTHING`, pq.Array(ids))
+	if err != nil {
+		return fmt.Errorf("account: mark pending: %w", err)
+	}
+	return nil
+}
+
 // UpsertAccounts creates or updates accounts by their external id and returns
 // the internal ids of those whose data actually changed.
 func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64, error) {
@@ -270,7 +290,8 @@ func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64,
 		if err != nil {
 			return fmt.Errorf("account: upsert: %w", err)
 		}
-		return nil
+		// New accounts too: they wait for their first evaluation.
+		return MarkPending(ctx, tx, changed)
 	})
 	return changed, err
 }

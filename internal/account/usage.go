@@ -160,7 +160,7 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 // insertEvents writes events and everything derived from them in one
 // statement (one round trip per batch): the raw rows (skipping message ids
 // already seen), the daily rollups, user activity, and the accounts'
-// last_login_at and change_version. It returns how many events were new and
+// last_login_at and change_version (and their place in account_pending). It returns how many events were new and
 // which accounts changed.
 //
 // Concurrent batches meet on message ids, rollup, activity and account rows,
@@ -224,6 +224,9 @@ func insertEvents(ctx context.Context, tx *sqlx.Tx, rows []storedEvent, now time
 			WHERE id IN (SELECT account_id FROM ins) AND (SELECT count(*) FROM users) >= 0
 			ORDER BY id
 			FOR NO KEY UPDATE
+		), pending AS (
+			INSERT INTO account_pending (account_id) SELECT id FROM locked ORDER BY id
+			ON CONFLICT DO NOTHING
 		)
 		UPDATE account a
 		SET change_version = a.change_version + 1,
@@ -344,10 +347,15 @@ func (s *Store) RecordMetrics(ctx context.Context, in []MetricInput) ([]int64, e
 				ON CONFLICT (account_id, name) DO UPDATE SET value = EXCLUDED.value, at = EXCLUDED.at
 				WHERE EXCLUDED.at >= m.at
 				RETURNING account_id
+			), bumped AS (
+				UPDATE account a SET change_version = a.change_version + 1
+				WHERE a.id IN (SELECT account_id FROM up)
+				RETURNING a.id
+			), pending AS (
+				INSERT INTO account_pending (account_id) SELECT id FROM bumped ORDER BY id
+				ON CONFLICT DO NOTHING
 			)
-			UPDATE account a SET change_version = a.change_version + 1
-			WHERE a.id IN (SELECT account_id FROM up)
-			RETURNING a.id`, payload)
+			SELECT id FROM bumped`, payload)
 		if err != nil {
 			return fmt.Errorf("account: metrics: %w", err)
 		}

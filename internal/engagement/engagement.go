@@ -184,8 +184,8 @@ type hitResult struct {
 // flagged human or not by its verdict (machine by user agent, or within its
 // window after sending) and the message's send time; and the accounts of
 // first human events of their kind on a message in 30 days — the only ones
-// that change a profile or a health score — marked changed, locked in id
-// order like every writer of account rows. Test sends record nothing. It
+// that change a profile or a health score — marked changed (and pending, see
+// account.MarkPending), locked in id order like every writer of account rows. Test sends record nothing. It
 // answers the positions of the hits whose message exists.
 //
 // OFFSET 0 keeps the NOT EXISTS a lookup per hit through
@@ -216,6 +216,9 @@ const recordSQL = `
 	), bump AS (
 		UPDATE account a SET change_version = a.change_version + 1 FROM locked WHERE a.id = locked.id
 		RETURNING 1
+	), pending AS (
+		INSERT INTO account_pending (account_id) SELECT id FROM locked ORDER BY id
+		ON CONFLICT DO NOTHING
 	)
 	SELECT i FROM m`
 

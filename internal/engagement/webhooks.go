@@ -14,6 +14,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/postgres"
 )
@@ -200,6 +201,9 @@ func (t *Tracker) RecordReply(ctx context.Context, r Reply, fwd Forwarder) (Repl
 		}
 		if csm.Account != nil {
 			if _, err := tx.ExecContext(ctx, `UPDATE account SET change_version = change_version + 1 WHERE id = $1`, *csm.Account); err != nil {
+				return fmt.Errorf("engagement: reply: %w", err)
+			}
+			if err := account.MarkPending(ctx, tx, []int64{*csm.Account}); err != nil {
 				return fmt.Errorf("engagement: reply: %w", err)
 			}
 		}

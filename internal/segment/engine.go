@@ -412,11 +412,21 @@ func (e *Engine) writeStamped(ctx context.Context, now time.Time, entries, exits
 				ids[i], vers[i] = v.ID, v.Version
 			}
 			// Only the version this evaluation saw is cleared: a change
-			// that arrived meanwhile leaves the account dirty.
+			// that arrived meanwhile leaves the account dirty, and pending.
+			// An account leaves account_pending only here, while this
+			// transaction holds its row lock (taken by the UPDATE, which
+			// returns the latest change_version): a writer bumping it
+			// either committed before, and is seen, or waits for this
+			// transaction and then adds the account again.
 			if _, err := tx.ExecContext(ctx, `
-					UPDATE account a SET evaluated_version = x.version
-					FROM unnest($1::bigint[], $2::bigint[]) AS x(id, version)
-					WHERE a.id = x.id AND a.evaluated_version < x.version`, pq.Array(ids), pq.Array(vers)); err != nil {
+					WITH marked AS (
+						UPDATE account a SET evaluated_version = x.version
+						FROM unnest($1::bigint[], $2::bigint[]) AS x(id, version)
+						WHERE a.id = x.id AND a.evaluated_version < x.version
+						RETURNING a.id, a.change_version, a.evaluated_version
+					)
+					DELETE FROM account_pending p USING marked m
+					WHERE p.account_id = m.id AND m.change_version <= m.evaluated_version`, pq.Array(ids), pq.Array(vers)); err != nil {
 				return fmt.Errorf("segment: mark evaluated: %w", err)
 			}
 		}
@@ -489,9 +499,9 @@ func (e *Engine) EvaluateDirty(ctx context.Context, shard, shards int) (st Stats
 	for round := 0; round < DirtyRounds; round++ {
 		var batch []int64
 		err := e.db.SelectContext(ctx, &batch, `
-			SELECT id FROM account
-			WHERE change_version > evaluated_version AND id % $1 = $2
-			ORDER BY id LIMIT $3`, shards, shard, e.BatchSize)
+			SELECT a.id FROM account_pending p JOIN account a ON a.id = p.account_id
+			WHERE a.change_version > a.evaluated_version AND p.account_id % $1 = $2
+			ORDER BY p.account_id LIMIT $3`, shards, shard, e.BatchSize)
 		if err != nil {
 			return st, false, fmt.Errorf("segment: dirty: %w", err)
 		}
@@ -510,7 +520,9 @@ func (e *Engine) EvaluateDirty(ctx context.Context, shard, shards int) (st Stats
 // HasDirty reports whether any account waits for re-evaluation.
 func (e *Engine) HasDirty(ctx context.Context) (bool, error) {
 	var b bool
-	err := e.db.GetContext(ctx, &b, `SELECT EXISTS (SELECT 1 FROM account WHERE change_version > evaluated_version)`)
+	err := e.db.GetContext(ctx, &b, `
+		SELECT EXISTS (SELECT 1 FROM account_pending p JOIN account a ON a.id = p.account_id
+		               WHERE a.change_version > a.evaluated_version)`)
 	if err != nil {
 		return false, fmt.Errorf("segment: has dirty: %w", err)
 	}

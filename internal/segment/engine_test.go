@@ -366,3 +366,110 @@ func TestSegmentInputErrors(t *testing.T) {
 		t.Fatalf("refused input stored segments: %d", n)
 	}
 }
+
+// TestChangesWaitInAccountPending: every write of the account store that
+// changes an account leaves it in account_pending, where EvaluateDirty finds
+// it without a signal, and its evaluation takes it off.
+func TestChangesWaitInAccountPending(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	pending := func() []string {
+		t.Helper()
+		var ids []string
+		if err := f.db.Select(&ids, `SELECT a.external_id FROM account_pending p JOIN account a ON a.id = p.account_id ORDER BY 1`); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	evaluated := func(what string) {
+		t.Helper()
+		f.dirty()
+		if p := pending(); len(p) != 0 {
+			t.Fatalf("after evaluation (%s), still pending: %v", what, p)
+		}
+	}
+	writes := []struct {
+		what  string
+		write func()
+	}{
+		{"a new account", func() { f.account("a", account.AccountInput{Seats: ptr(5)}) }},
+		{"an account update", func() { f.account("a", account.AccountInput{Seats: ptr(6)}) }},
+		{"events", func() { f.logins("a", 2, t0.Add(-time.Hour)) }},
+		{"metrics", func() {
+			if _, err := f.accounts.RecordMetrics(ctx, []account.MetricInput{{AccountID: "a", Values: map[string]float64{"nps": 9}}}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, w := range writes {
+		w.write()
+		if p := pending(); fmt.Sprint(p) != "[a]" {
+			t.Fatalf("after %s: pending %v, want [a]", w.what, p)
+		}
+		evaluated(w.what)
+	}
+	// An update that changes nothing leaves nothing to evaluate.
+	f.account("a", account.AccountInput{Seats: ptr(6)})
+	if p := pending(); len(p) != 0 {
+		t.Fatalf("an update that changed nothing made %v pending", p)
+	}
+}
+
+// TestPendingSurvivesAConcurrentChange: an evaluation of version v that
+// records itself while a writer holds the account, bumping it to v+1, must
+// leave the account pending — the writer's own insert found the account
+// already listed and added nothing.
+func TestPendingSurvivesAConcurrentChange(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.account("a", account.AccountInput{Seats: ptr(5)}) // pending at version v
+	var v versionRow
+	if err := f.db.Get(&v, `SELECT id, change_version, evaluated_version FROM account WHERE external_id = 'a'`); err != nil {
+		t.Fatal(err)
+	}
+	w, err := f.db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Rollback()
+	if _, err := w.Exec(`UPDATE account SET change_version = change_version + 1 WHERE id = $1`, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := account.MarkPending(ctx, w, []int64{v.ID}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := f.engine.write(ctx, f.clock.Now(), nil, nil, nil, []versionRow{v})
+		done <- err
+	}()
+	// The evaluation waits for the writer's row lock.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting bool
+		if err := f.db.Get(&waiting, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock')`); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the evaluation never waited for the writer's lock")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if dirty, _ := f.engine.HasDirty(ctx); !dirty {
+		t.Fatal("the account lost its place in account_pending: version v+1 would never be evaluated without a signal")
+	}
+	f.dirty()
+	if dirty, _ := f.engine.HasDirty(ctx); dirty {
+		t.Fatal("still dirty after evaluating v+1")
+	}
+}
