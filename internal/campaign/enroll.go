@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,6 +36,9 @@ type Enroller struct {
 	log   *slog.Logger
 	// DefaultTimezone applies to contacts and accounts that name none.
 	DefaultTimezone *time.Location
+	// EnrollBatch is how many segment members EnrollExisting enrolls at a
+	// time.
+	EnrollBatch int
 
 	progs sync.Map // expression source → *vm.Program
 }
@@ -44,7 +48,7 @@ func NewEnroller(db *sqlx.DB, clk clock.Clock, log *slog.Logger, defaultTZ *time
 	if defaultTZ == nil {
 		defaultTZ = time.UTC
 	}
-	return &Enroller{db: db, clock: clk, log: log, DefaultTimezone: defaultTZ}
+	return &Enroller{db: db, clock: clk, log: log, DefaultTimezone: defaultTZ, EnrollBatch: 1000}
 }
 
 type segEvent struct {
@@ -100,23 +104,38 @@ func (e *Enroller) ProcessSegmentEvents(ctx context.Context, limit int) (int, er
 			ORDER BY c.id`, pq.Array(segIDs)); err != nil {
 			return fmt.Errorf("campaign: running drips: %w", err)
 		}
-		bySegment := map[int64][]*runningDrip{}
 		for i := range drips {
 			if err := json.Unmarshal(drips[i].Raw, &drips[i].Def); err != nil {
 				return fmt.Errorf("campaign: drip %d: %w", drips[i].ID, err)
 			}
-			bySegment[drips[i].SegmentID] = append(bySegment[drips[i].SegmentID], &drips[i])
 		}
-		for _, ev := range events {
-			switch ev.Kind {
+		// Consecutive entries are applied together, drip by drip, and so
+		// are consecutive exits. An account's entry and its next exit are
+		// never in one run, so this does what one event at a time would,
+		// in a few statements a run.
+		for start := 0; start < len(events); {
+			end := start + 1
+			for end < len(events) && events[end].Kind == events[start].Kind {
+				end++
+			}
+			run := events[start:end]
+			start = end
+			switch run[0].Kind {
 			case "enter":
-				for _, d := range bySegment[ev.SegmentID] {
-					if err := e.enter(ctx, tx, d, ev); err != nil {
+				for i := range drips {
+					d := &drips[i]
+					var mine []segEvent
+					for _, ev := range run {
+						if ev.SegmentID == d.SegmentID {
+							mine = append(mine, ev)
+						}
+					}
+					if _, err := e.enterAll(ctx, tx, d, mine); err != nil {
 						return err
 					}
 				}
 			case "exit":
-				if err := e.exit(ctx, tx, ev); err != nil {
+				if err := e.exitAll(ctx, tx, run); err != nil {
 					return err
 				}
 			}
@@ -129,55 +148,121 @@ func (e *Enroller) ProcessSegmentEvents(ctx context.Context, limit int) (int, er
 	return n, err
 }
 
-// enter enrolls the account of an entry event in a drip, when the drip's
-// rules allow it.
-func (e *Enroller) enter(ctx context.Context, tx *sqlx.Tx, d *runningDrip, ev segEvent) error {
-	switch {
-	case (ev.Reason == "initial" || ev.Reason == "definition") && !d.Def.EnrollExisting:
-		return nil // created or edited segment: only with enroll_existing
-	case d.ActivatedAt == nil || ev.At.Before(*d.ActivatedAt):
-		return nil // the account entered before the drip was running
+// enterAll enrolls the accounts of entry events into drip d, where the
+// drip's rules allow it, and schedules their first step: a few statements
+// for any number of events. Each account appears at most once in evs. It
+// returns how many enrollments it made.
+func (e *Enroller) enterAll(ctx context.Context, tx *sqlx.Tx, d *runningDrip, evs []segEvent) (int, error) {
+	var cand []segEvent
+	for _, ev := range evs {
+		switch {
+		case (ev.Reason == "initial" || ev.Reason == "definition") && !d.Def.EnrollExisting:
+			// created or edited segment: only with enroll_existing
+		case d.ActivatedAt == nil || ev.At.Before(*d.ActivatedAt):
+			// the account entered before the drip was running
+		default:
+			cand = append(cand, ev)
+		}
 	}
-	var last struct {
+	if len(cand) == 0 {
+		return 0, nil
+	}
+	accIDs := make([]int64, len(cand))
+	for i, ev := range cand {
+		accIDs[i] = ev.AccountID
+	}
+	var lasts []struct {
+		AccountID int64     `db:"account_id"`
 		Entry     int       `db:"entry_number"`
 		EnteredAt time.Time `db:"entered_at"`
 		Status    string    `db:"status"`
 	}
-	err := tx.GetContext(ctx, &last, `
-		SELECT entry_number, entered_at, status FROM enrollment
-		WHERE campaign_id = $1 AND account_id = $2 ORDER BY entry_number DESC LIMIT 1`, d.ID, ev.AccountID)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-	case err != nil:
-		return fmt.Errorf("campaign: last enrollment: %w", err)
-	case last.Status == EnrollmentActive:
-		return nil
-	case d.Def.ReenrollAfter == "":
-		return nil // entered before, and re-entry is not allowed
-	default:
-		w, _ := ParseWait(d.Def.ReenrollAfter)
-		if ev.At.Before(w.After(last.EnteredAt, time.UTC)) {
-			return nil // too soon to re-enter
+	if err := tx.SelectContext(ctx, &lasts, `
+		SELECT DISTINCT ON (account_id) account_id, entry_number, entered_at, status FROM enrollment
+		WHERE campaign_id = $1 AND account_id = ANY($2)
+		ORDER BY account_id, entry_number DESC`, d.ID, pq.Array(accIDs)); err != nil {
+		return 0, fmt.Errorf("campaign: last enrollments: %w", err)
+	}
+	type last struct {
+		entry     int
+		enteredAt time.Time
+		status    string
+	}
+	lastOf := make(map[int64]last, len(lasts))
+	for _, l := range lasts {
+		lastOf[l.AccountID] = last{l.Entry, l.EnteredAt, l.Status}
+	}
+	reenroll, _ := ParseWait(d.Def.ReenrollAfter) // validated with the definition
+	type row struct {
+		AccountID int64     `json:"account_id"`
+		Entry     int       `json:"entry"`
+		Event     int64     `json:"event"`
+		Contacts  string    `json:"contacts"` // a bigint[] literal
+		At        time.Time `json:"at"`
+	}
+	var enter []segEvent
+	for _, ev := range cand {
+		if l, ok := lastOf[ev.AccountID]; ok {
+			switch {
+			case l.status == EnrollmentActive:
+				continue
+			case d.Def.ReenrollAfter == "":
+				continue // entered before, and re-entry is not allowed
+			case ev.At.Before(reenroll.After(l.enteredAt, time.UTC)):
+				continue // too soon to re-enter
+			}
 		}
+		enter = append(enter, ev)
 	}
-	contacts, err := e.audience(ctx, tx, d.Def, ev.AccountID)
+	if len(enter) == 0 {
+		return 0, nil
+	}
+	ids := make([]int64, len(enter))
+	for i, ev := range enter {
+		ids[i] = ev.AccountID
+	}
+	audience, err := e.audienceOf(ctx, tx, d.Def, ids)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	var id int64
-	err = tx.GetContext(ctx, &id, `
+	rows := make([]row, len(enter))
+	contactsOf := make(map[int64][]int64, len(enter))
+	for i, ev := range enter {
+		cs := make([]int64, len(audience[ev.AccountID]))
+		for j, c := range audience[ev.AccountID] {
+			cs[j] = c.ID
+		}
+		contactsOf[ev.AccountID] = cs
+		lit, _ := pq.Array(cs).Value()
+		rows[i] = row{AccountID: ev.AccountID, Entry: lastOf[ev.AccountID].entry + 1, Event: ev.ID, Contacts: lit.(string), At: ev.At}
+	}
+	payload, err := json.Marshal(rows)
+	if err != nil {
+		return 0, fmt.Errorf("campaign: enroll: %w", err)
+	}
+	var made []struct {
+		ID        int64     `db:"id"`
+		AccountID int64     `db:"account_id"`
+		Anchor    time.Time `db:"anchor_at"`
+	}
+	// A conflict is a concurrent enrollment that won: nothing to do.
+	if err := tx.SelectContext(ctx, &made, `
 		INSERT INTO enrollment (campaign_id, version, account_id, entry_number, segment_event_id, contacts,
 			status, step, anchor_at, entered_at)
-		VALUES ($1, $2, $3, $4, nullif($5, 0), $6, 'active', 0, $7, $7)
+		SELECT $1, $2, x.account_id, x.entry, nullif(x.event, 0), x.contacts::bigint[], 'active', 0, x.at, x.at
+		FROM ROWS FROM (jsonb_to_recordset($3::jsonb) AS (account_id bigint, entry integer, event bigint,
+		     contacts text, at timestamptz)) WITH ORDINALITY AS x(account_id, entry, event, contacts, at, i)
+		ORDER BY x.i
 		ON CONFLICT DO NOTHING
-		RETURNING id`, d.ID, d.Version, ev.AccountID, last.Entry+1, ev.ID, pq.Array(contacts), ev.At)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil // a concurrent enrollment won
+		RETURNING id, account_id, anchor_at`, d.ID, d.Version, payload); err != nil {
+		return 0, fmt.Errorf("campaign: enroll: %w", err)
 	}
-	if err != nil {
-		return fmt.Errorf("campaign: enroll: %w", err)
+	plans := make([]stepPlan, len(made))
+	for i, m := range made {
+		plans[i] = stepPlan{enrollment: m.ID, campaign: d.ID, version: d.Version, def: &d.Def,
+			contacts: contactsOf[m.AccountID], step: 0, anchor: m.Anchor}
 	}
-	return e.scheduleStep(ctx, tx, id, d.ID, d.Version, d.Def, ev.AccountID, contacts, 0, ev.At)
+	return len(made), e.scheduleSteps(ctx, tx, plans)
 }
 
 // audienceContact is a contact as audience expressions see it.
@@ -234,19 +319,6 @@ func (e *Enroller) audienceOf(ctx context.Context, q postgres.Queryer, def Defin
 	return out, nil
 }
 
-// audience returns the ids of one account's contacts in the audience.
-func (e *Enroller) audience(ctx context.Context, q postgres.Queryer, def Definition, accountID int64) ([]int64, error) {
-	by, err := e.audienceOf(ctx, q, def, []int64{accountID})
-	if err != nil {
-		return nil, err
-	}
-	ids := make([]int64, 0, len(by[accountID]))
-	for _, c := range by[accountID] {
-		ids = append(ids, c.ID)
-	}
-	return ids, nil
-}
-
 func (e *Enroller) compiled(src string, compile func(string, clock.Clock) (*vm.Program, error)) (*vm.Program, error) {
 	if p, ok := e.progs.Load(src); ok {
 		return p.(*vm.Program), nil
@@ -259,52 +331,120 @@ func (e *Enroller) compiled(src string, compile func(string, clock.Clock) (*vm.P
 	return p, nil
 }
 
-// scheduleStep writes the outbox rows of one step: one per audience contact,
-// due at anchor plus the step's wait in the contact's time zone (else the
-// account's, else the default), moved into the campaign's send window in
-// that zone. An enrollment with nobody to write to completes at once.
-func (e *Enroller) scheduleStep(ctx context.Context, tx *sqlx.Tx, enrollmentID, campaignID int64, version int, def Definition,
-	accountID int64, contacts []int64, step int, anchor time.Time) error {
-	if len(contacts) == 0 {
-		_, err := tx.ExecContext(ctx, `
-			UPDATE enrollment SET status = 'completed', finished_at = $2, finish_reason = 'no contact in the audience'
-			WHERE id = $1`, enrollmentID, e.clock.Now())
-		return err
+// stepPlan is one enrollment's step to schedule.
+type stepPlan struct {
+	enrollment, campaign int64
+	version              int
+	def                  *Definition
+	contacts             []int64
+	step                 int
+	anchor               time.Time
+}
+
+// scheduleSteps writes the outbox rows of enrollments' steps: one per
+// audience contact that still exists, due at anchor plus the step's wait in
+// the contact's time zone (else the account's, else the default), moved into
+// the campaign's send window in that zone. An enrollment with nobody to write
+// to completes at once. Three statements for any number of enrollments.
+func (e *Enroller) scheduleSteps(ctx context.Context, tx *sqlx.Tx, plans []stepPlan) error {
+	if len(plans) == 0 {
+		return nil
 	}
-	st := def.Steps[step]
-	wait, err := ParseWait(st.Wait)
-	if err != nil {
-		return fmt.Errorf("campaign: step %s: %w", st.ID, err)
+	var all []int64
+	for _, p := range plans {
+		all = append(all, p.contacts...)
 	}
 	var zones []struct {
 		ID      int64  `db:"id"`
 		Contact string `db:"contact_tz"`
 		Account string `db:"account_tz"`
 	}
-	if err := tx.SelectContext(ctx, &zones, `
-		SELECT c.id, c.timezone AS contact_tz, a.timezone AS account_tz
-		FROM contact c JOIN account a ON a.id = c.account_id
-		WHERE c.id = ANY($1) ORDER BY c.id`, pq.Array(contacts)); err != nil {
-		return fmt.Errorf("campaign: schedule: %w", err)
+	if len(all) > 0 {
+		if err := tx.SelectContext(ctx, &zones, `
+			SELECT c.id, c.timezone AS contact_tz, a.timezone AS account_tz
+			FROM contact c JOIN account a ON a.id = c.account_id
+			WHERE c.id = ANY($1)`, pq.Array(all)); err != nil {
+			return fmt.Errorf("campaign: schedule: %w", err)
+		}
 	}
-	ids := make([]int64, len(zones))
-	due := make([]time.Time, len(zones))
-	for i, z := range zones {
-		ids[i] = z.ID
-		loc := e.Location(z.Contact, z.Account)
-		due[i] = def.Window.Next(wait.After(anchor, loc), loc)
+	locs := map[[2]string]*time.Location{}
+	locOf := make(map[int64]*time.Location, len(zones))
+	for _, z := range zones {
+		k := [2]string{z.Contact, z.Account}
+		loc, ok := locs[k]
+		if !ok {
+			loc = e.Location(z.Contact, z.Account)
+			locs[k] = loc
+		}
+		locOf[z.ID] = loc
+	}
+	var (
+		msgEnrollment, msgCampaign, msgContact []int64
+		msgVersion                             []int64
+		msgStep, msgChannel                    []string
+		msgDue                                 []time.Time
+		stepIDs                                []int64
+		stepNums                               []int64
+		stepAnchors                            []time.Time
+		empty                                  []int64
+	)
+	for _, p := range plans {
+		st := p.def.Steps[p.step]
+		wait, err := ParseWait(st.Wait)
+		if err != nil {
+			return fmt.Errorf("campaign: step %s: %w", st.ID, err)
+		}
+		contacts := slices.Clone(p.contacts)
+		slices.Sort(contacts)
+		n := 0
+		for _, c := range slices.Compact(contacts) {
+			loc, ok := locOf[c]
+			if !ok {
+				continue // the contact is gone
+			}
+			n++
+			msgEnrollment = append(msgEnrollment, p.enrollment)
+			msgCampaign = append(msgCampaign, p.campaign)
+			msgVersion = append(msgVersion, int64(p.version))
+			msgStep = append(msgStep, st.ID)
+			msgContact = append(msgContact, c)
+			msgChannel = append(msgChannel, st.Channel)
+			msgDue = append(msgDue, p.def.Window.Next(wait.After(p.anchor, loc), loc))
+		}
+		if n == 0 {
+			empty = append(empty, p.enrollment)
+			continue
+		}
+		stepIDs = append(stepIDs, p.enrollment)
+		stepNums = append(stepNums, int64(p.step))
+		stepAnchors = append(stepAnchors, p.anchor)
 	}
 	now := e.clock.Now()
+	if len(empty) > 0 {
+		if _, err := tx.ExecContext(ctx, `
+			UPDATE enrollment SET status = 'completed', finished_at = $2, finish_reason = 'no contact in the audience'
+			WHERE id = ANY($1)`, pq.Array(empty), now); err != nil {
+			return fmt.Errorf("campaign: schedule: %w", err)
+		}
+	}
+	if len(msgContact) == 0 {
+		return nil
+	}
 	if _, err := tx.ExecContext(ctx, `
 		INSERT INTO message (enrollment_id, campaign_id, version, step_id, contact_id, channel, status, due_at, created_at, updated_at)
-		SELECT $1, $2, $3, $4, x.contact_id, $5, 'scheduled', x.due_at, $6, $6
-		FROM unnest($7::bigint[], $8::timestamptz[]) AS x(contact_id, due_at)
+		SELECT x.enrollment_id, x.campaign_id, x.version, x.step_id, x.contact_id, x.channel, 'scheduled', x.due_at, $8, $8
+		FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::text[], $5::bigint[], $6::text[], $7::timestamptz[])
+		     AS x(enrollment_id, campaign_id, version, step_id, contact_id, channel, due_at)
 		ON CONFLICT (enrollment_id, step_id, contact_id) DO NOTHING`,
-		enrollmentID, campaignID, version, st.ID, st.Channel, now, pq.Array(ids), pq.Array(due)); err != nil {
-		return fmt.Errorf("campaign: schedule step %s: %w", st.ID, err)
+		pq.Array(msgEnrollment), pq.Array(msgCampaign), pq.Array(msgVersion), pq.Array(msgStep),
+		pq.Array(msgContact), pq.Array(msgChannel), pq.Array(msgDue), now); err != nil {
+		return fmt.Errorf("campaign: schedule: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE enrollment SET step = $2, anchor_at = $3 WHERE id = $1`, enrollmentID, step, anchor); err != nil {
-		return fmt.Errorf("campaign: schedule step %s: %w", st.ID, err)
+	if _, err := tx.ExecContext(ctx, `
+		UPDATE enrollment en SET step = x.step, anchor_at = x.anchor
+		FROM unnest($1::bigint[], $2::integer[], $3::timestamptz[]) AS x(id, step, anchor)
+		WHERE en.id = x.id`, pq.Array(stepIDs), pq.Array(stepNums), pq.Array(stepAnchors)); err != nil {
+		return fmt.Errorf("campaign: schedule: %w", err)
 	}
 	return nil
 }
@@ -323,18 +463,24 @@ func (e *Enroller) Location(zones ...string) *time.Location {
 	return e.DefaultTimezone
 }
 
-// exit stops the account's running enrollments in drips that exit when the
-// account leaves this segment; their scheduled messages are skipped.
-func (e *Enroller) exit(ctx context.Context, tx *sqlx.Tx, ev segEvent) error {
+// exitAll stops the running enrollments of the accounts of exit events in
+// drips that exit when the account leaves that segment; their scheduled
+// messages are skipped.
+func (e *Enroller) exitAll(ctx context.Context, tx *sqlx.Tx, evs []segEvent) error {
+	accounts := make([]int64, len(evs))
+	segments := make([]int64, len(evs))
+	for i, ev := range evs {
+		accounts[i], segments[i] = ev.AccountID, ev.SegmentID
+	}
 	var exited []int64
 	err := tx.SelectContext(ctx, &exited, `
 		UPDATE enrollment en SET status = 'exited', finished_at = $3, finish_reason = 'left segment ' || s.name
-		FROM campaign_version v, segment s
-		WHERE en.account_id = $1 AND en.status = 'active'
+		FROM unnest($1::bigint[], $2::bigint[]) AS x(account_id, segment_id), campaign_version v, segment s
+		WHERE en.account_id = x.account_id AND en.status = 'active'
 		  AND v.campaign_id = en.campaign_id AND v.version = en.version
 		  AND v.definition->>'exit' = 'leaves_segment'
-		  AND s.id = $2 AND s.name = v.definition->>'segment'
-		RETURNING en.id`, ev.AccountID, ev.SegmentID, e.clock.Now())
+		  AND s.id = x.segment_id AND s.name = v.definition->>'segment'
+		RETURNING en.id`, pq.Array(accounts), pq.Array(segments), e.clock.Now())
 	if err != nil {
 		return fmt.Errorf("campaign: exit: %w", err)
 	}
@@ -403,31 +549,60 @@ func (e *Enroller) Advance(ctx context.Context, tx *sqlx.Tx, enrollmentIDs []int
 	if err != nil {
 		return fmt.Errorf("campaign: advance: %w", err)
 	}
+	if len(rows) == 0 {
+		return nil
+	}
+	// Lock them at the step read, in id order: an enrollment advanced or
+	// finished by someone else meanwhile drops out.
+	ids := make([]int64, len(rows))
+	steps := make([]int64, len(rows))
+	for i, r := range rows {
+		ids[i], steps[i] = r.ID, int64(r.Step)
+	}
+	var locked []int64
+	if err := tx.SelectContext(ctx, &locked, `
+		SELECT en.id FROM enrollment en JOIN unnest($1::bigint[], $2::integer[]) AS x(id, step)
+		     ON en.id = x.id AND en.step = x.step
+		WHERE en.status = 'active'
+		ORDER BY en.id
+		FOR UPDATE OF en`, pq.Array(ids), pq.Array(steps)); err != nil {
+		return fmt.Errorf("campaign: advance: %w", err)
+	}
+	mine := make(map[int64]bool, len(locked))
+	for _, id := range locked {
+		mine[id] = true
+	}
+	defs := map[[2]int64]*Definition{} // (campaign, version) → definition
+	var done []int64
+	var plans []stepPlan
 	for _, r := range rows {
-		var locked int64
-		if err := tx.GetContext(ctx, &locked, `SELECT id FROM enrollment WHERE id = $1 AND status = 'active' AND step = $2 FOR UPDATE`, r.ID, r.Step); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				continue // advanced or finished by someone else
-			}
-			return fmt.Errorf("campaign: advance: %w", err)
-		}
-		var def Definition
-		if err := json.Unmarshal(r.Raw, &def); err != nil {
-			return fmt.Errorf("campaign: advance: %w", err)
-		}
-		if r.Step+1 >= len(def.Steps) {
-			if _, err := tx.ExecContext(ctx, `
-				UPDATE enrollment SET status = 'completed', finished_at = $2, finish_reason = 'every step done' WHERE id = $1`,
-				r.ID, e.clock.Now()); err != nil {
-				return fmt.Errorf("campaign: complete: %w", err)
-			}
+		if !mine[r.ID] {
 			continue
 		}
-		if err := e.scheduleStep(ctx, tx, r.ID, r.CampaignID, r.Version, def, r.AccountID, r.Contacts, r.Step+1, r.Anchor); err != nil {
-			return err
+		k := [2]int64{r.CampaignID, int64(r.Version)}
+		def, ok := defs[k]
+		if !ok {
+			def = new(Definition)
+			if err := json.Unmarshal(r.Raw, def); err != nil {
+				return fmt.Errorf("campaign: advance: %w", err)
+			}
+			defs[k] = def
+		}
+		if r.Step+1 >= len(def.Steps) {
+			done = append(done, r.ID)
+			continue
+		}
+		plans = append(plans, stepPlan{enrollment: r.ID, campaign: r.CampaignID, version: r.Version, def: def,
+			contacts: r.Contacts, step: r.Step + 1, anchor: r.Anchor})
+	}
+	if len(done) > 0 {
+		if _, err := tx.ExecContext(ctx, `
+			UPDATE enrollment SET status = 'completed', finished_at = $2, finish_reason = 'every step done'
+			WHERE id = ANY($1)`, pq.Array(done), e.clock.Now()); err != nil {
+			return fmt.Errorf("campaign: complete: %w", err)
 		}
 	}
-	return nil
+	return e.scheduleSteps(ctx, tx, plans)
 }
 
 // PendingSegmentEvents reports whether segment entries or exits wait to be
@@ -464,24 +639,31 @@ func (e *Enroller) EnrollExisting(ctx context.Context, campaignName string) (int
 		if err := json.Unmarshal(d.Raw, &d.Def); err != nil || !d.Def.EnrollExisting {
 			return err
 		}
-		var members []int64
-		if err := tx.SelectContext(ctx, &members, `
-			SELECT account_id FROM segment_membership WHERE segment_id = $1 AND exited_at IS NULL ORDER BY account_id`,
-			d.SegmentID); err != nil {
-			return fmt.Errorf("campaign: enroll existing: %w", err)
-		}
+		// The members in pages of EnrollBatch, by account id: a segment of
+		// any size in a few statements a page, never all in memory.
 		now := e.clock.Now()
-		for _, acc := range members {
-			var before int
-			tx.GetContext(ctx, &before, `SELECT count(*) FROM enrollment WHERE campaign_id = $1 AND account_id = $2`, d.ID, acc)
-			if err := e.enter(ctx, tx, &d, segEvent{SegmentID: d.SegmentID, AccountID: acc, Kind: "enter", Reason: "initial", At: now}); err != nil {
+		for after := int64(0); ; {
+			var members []int64
+			if err := tx.SelectContext(ctx, &members, `
+				SELECT account_id FROM segment_membership
+				WHERE segment_id = $1 AND exited_at IS NULL AND account_id > $2
+				ORDER BY account_id LIMIT $3`, d.SegmentID, after, e.EnrollBatch); err != nil {
+				return fmt.Errorf("campaign: enroll existing: %w", err)
+			}
+			if len(members) == 0 {
+				return nil
+			}
+			evs := make([]segEvent, len(members))
+			for i, acc := range members {
+				evs[i] = segEvent{SegmentID: d.SegmentID, AccountID: acc, Kind: "enter", Reason: "initial", At: now}
+			}
+			n, err := e.enterAll(ctx, tx, &d, evs)
+			if err != nil {
 				return err
 			}
-			var after int
-			tx.GetContext(ctx, &after, `SELECT count(*) FROM enrollment WHERE campaign_id = $1 AND account_id = $2`, d.ID, acc)
-			made += after - before
+			made += n
+			after = members[len(members)-1]
 		}
-		return nil
 	})
 	return made, err
 }

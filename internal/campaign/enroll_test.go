@@ -2,6 +2,7 @@ package campaign_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -318,5 +319,120 @@ func TestArchiveEndsRunningEnrollments(t *testing.T) {
 		if m.Status != "skipped" || m.Reason != "exited: the campaign was archived" {
 			t.Fatalf("message = %+v", m)
 		}
+	}
+}
+
+// TestEntriesAndExitsInBatches: one ProcessSegmentEvents call consumes the
+// entries of several accounts and then exits of some of them, as a run of
+// entries and a run of exits, and ends where one event at a time would: the
+// exited accounts' first messages skipped, an account without contacts
+// completed, the others waiting. One Advance then moves the enrollments
+// whose step is done, and only those.
+func TestEntriesAndExitsInBatches(t *testing.T) {
+	l := newLoop(t)
+	ctx := context.Background()
+	l.riskySegment()
+	d := riskDrip()
+	d.Audience = ""
+	l.applyDrip(d)
+	ids := []string{"a1", "a2", "a3", "a4", "a5"}
+	for _, id := range ids {
+		l.account(id, "UTC", account.ContactInput{ID: id + "-ann", Email: ptr(id + "-ann@example.com")})
+	}
+	l.account("a6", "UTC") // nobody to write to
+	set := func(level string, ids ...string) {
+		t.Helper()
+		in := make([]account.AccountInput, len(ids))
+		for i, id := range ids {
+			in[i] = account.AccountInput{ID: id, Traits: []byte(`{"risk": "` + level + `"}`)}
+		}
+		if _, err := l.accounts.UpsertAccounts(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := l.engine.EvaluateDirty(ctx, 0, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("high", append(ids, "a6")...)
+	set("low", "a1", "a2")
+	if n, err := l.enroller.ProcessSegmentEvents(ctx, 100); err != nil || n != 8 {
+		t.Fatalf("consumed %d events (%v), want 6 entries and 2 exits", n, err)
+	}
+	type row struct {
+		Account, Status, Reason string
+		Messages                string
+	}
+	state := func() map[string]row {
+		t.Helper()
+		var rows []row
+		if err := l.db.Select(&rows, `
+			SELECT a.external_id AS account, en.status, coalesce(en.finish_reason, '') AS reason,
+			       coalesce(string_agg(m.step_id || ':' || m.status, ',' ORDER BY m.id), '') AS messages
+			FROM enrollment en JOIN account a ON a.id = en.account_id LEFT JOIN message m ON m.enrollment_id = en.id
+			GROUP BY a.external_id, en.id`); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]row{}
+		for _, r := range rows {
+			out[r.Account] = r
+		}
+		return out
+	}
+	want := map[string]row{
+		"a1": {"a1", "exited", "left segment risky", "one:skipped"},
+		"a2": {"a2", "exited", "left segment risky", "one:skipped"},
+		"a3": {"a3", "active", "", "one:scheduled"},
+		"a4": {"a4", "active", "", "one:scheduled"},
+		"a5": {"a5", "active", "", "one:scheduled"},
+		"a6": {"a6", "completed", "no contact in the audience", ""},
+	}
+	if got := state(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after one batch:\n got %v\nwant %v", got, want)
+	}
+	// a3 and a4 had their first message sent; a5's is still scheduled.
+	if _, err := l.db.Exec(`
+		UPDATE message m SET status = 'sent', sent_at = $1 FROM enrollment en JOIN account a ON a.id = en.account_id
+		WHERE m.enrollment_id = en.id AND a.external_id IN ('a3', 'a4')`, l.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	var all []int64
+	if err := l.db.Select(&all, `SELECT id FROM enrollment ORDER BY id`); err != nil {
+		t.Fatal(err)
+	}
+	if err := postgres.InTx(ctx, l.db.DB, func(tx *sqlx.Tx) error { return l.enroller.Advance(ctx, tx, all) }); err != nil {
+		t.Fatal(err)
+	}
+	want["a3"] = row{"a3", "active", "", "one:sent,two:scheduled"}
+	want["a4"] = row{"a4", "active", "", "one:sent,two:scheduled"}
+	if got := state(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after one advance:\n got %v\nwant %v", got, want)
+	}
+}
+
+// TestEnrollExistingPagesThroughTheSegment: members are enrolled a page at a
+// time, every one of them once, however the pages fall.
+func TestEnrollExistingPagesThroughTheSegment(t *testing.T) {
+	l := newLoop(t)
+	ctx := context.Background()
+	l.enroller.EnrollBatch = 2
+	l.riskySegment()
+	for _, id := range []string{"a1", "a2", "a3", "a4", "a5"} {
+		l.account(id, "UTC", account.ContactInput{ID: id + "-ann", Email: ptr(id + "-ann@example.com")})
+		l.risk(id, "high")
+	}
+	d := riskDrip()
+	d.Audience, d.EnrollExisting = "", true
+	l.applyDrip(d)
+	n, err := l.enroller.EnrollExisting(ctx, "risk")
+	if err != nil || n != 5 {
+		t.Fatalf("enrolled %d (%v), want all 5 members", n, err)
+	}
+	var per []int
+	if err := l.db.Select(&per, `
+		SELECT count(m.id) FROM enrollment en LEFT JOIN message m ON m.enrollment_id = en.id GROUP BY en.id ORDER BY en.id`); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(per) != "[1 1 1 1 1]" {
+		t.Fatalf("messages per enrollment %v, want one first-step message each", per)
 	}
 }
