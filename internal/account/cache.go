@@ -168,19 +168,25 @@ func CachedProfiles(ctx context.Context, q postgres.Queryer, ids []int64, now ti
 	// (ten times slower than the index), and planning took longer too. A
 	// stale profile is not read at all (the join's condition): on a day's
 	// first pass that is every one, and reading them cost as much as the
-	// current ones.
+	// current ones. Health is read from account_health, where the health
+	// package keeps it, not copied into the cached profile: a rescore then
+	// writes one row, not two.
 	rows, err := scanCached(ctx, q, `
 		SELECT a.id, a.change_version, a.evaluated_version, p.day, p.version,
 		       p.plan, p.stage, p.tier, p.region, p.csm, p.mrr, p.seats, p.active_users, p.logins_7d, p.logins_30d,
 		       CASE WHEN $2 THEN p.features END AS features,
 		       CASE WHEN $3 THEN p.events END AS events,
-		       p.health_score, p.health_change_30d, p.nps, p.open_tickets,
+		       coalesce(h.score, m.starting_score, $6) AS health_score, coalesce(h.change_30d, 0) AS health_change_30d,
+		       p.nps, p.open_tickets,
 		       p.emails_30d, p.opens_30d, p.clicks_30d, p.replies_30d, p.nudges_dismissed_30d,
 		       CASE WHEN $4 THEN p.traits END AS traits,
-		       p.signup_at, p.last_login_at, p.health_band
+		       p.signup_at, p.last_login_at, coalesce(h.band, m.starting_band, $7) AS health_band
 		FROM account a
 		LEFT JOIN account_profile p ON p.account_id = a.id AND p.version = a.change_version AND p.day = $5::date
-		WHERE a.id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids), maps.Features, maps.Events, maps.Traits, today.Format(time.DateOnly))
+		LEFT JOIN account_health h ON h.account_id = a.id
+		LEFT JOIN health_model m ON true
+		WHERE a.id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids), maps.Features, maps.Events, maps.Traits, today.Format(time.DateOnly),
+		StartingHealthScore, StartingHealthBand)
 	if err != nil {
 		return nil, fmt.Errorf("account: cached profiles: %w", err)
 	}
@@ -271,28 +277,26 @@ func storeProfiles(ctx context.Context, q postgres.Queryer, profiles map[int64]*
 	}
 	_, err = q.ExecContext(ctx, `
 		INSERT INTO account_profile AS p (account_id, day, version, plan, stage, tier, region, csm, mrr, seats,
-			active_users, logins_7d, logins_30d, features, events, health_score, health_change_30d, nps, open_tickets,
-			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at, health_band)
+			active_users, logins_7d, logins_30d, features, events, nps, open_tickets,
+			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at)
 		SELECT account_id, $2, version, plan, stage, tier, region, csm, mrr, seats,
-			active_users, logins_7d, logins_30d, features, events, health_score, health_change_30d, nps, open_tickets,
-			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at, health_band
-		FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, version bigint, plan text, stage text, tier text,
+			active_users, logins_7d, logins_30d, features, events, nps, open_tickets,
+			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at
+		FROM json_to_recordset($1::json) AS x(account_id bigint, version bigint, plan text, stage text, tier text,
 			region text, csm text, mrr double precision, seats integer, active_users integer, logins_7d integer,
-			logins_30d integer, features jsonb, events jsonb, health_score integer, health_change_30d integer,
+			logins_30d integer, features json, events json,
 			nps integer, open_tickets integer, emails_30d integer, opens_30d integer, clicks_30d integer,
-			replies_30d integer, nudges_dismissed_30d integer, traits jsonb, signup_at timestamptz, last_login_at timestamptz,
-			health_band text)
+			replies_30d integer, nudges_dismissed_30d integer, traits json, signup_at timestamptz, last_login_at timestamptz)
 		ORDER BY account_id
 		ON CONFLICT (account_id) DO UPDATE SET
 			day = EXCLUDED.day, version = EXCLUDED.version, plan = EXCLUDED.plan, stage = EXCLUDED.stage,
 			tier = EXCLUDED.tier, region = EXCLUDED.region, csm = EXCLUDED.csm, mrr = EXCLUDED.mrr,
 			seats = EXCLUDED.seats, active_users = EXCLUDED.active_users, logins_7d = EXCLUDED.logins_7d,
 			logins_30d = EXCLUDED.logins_30d, features = EXCLUDED.features, events = EXCLUDED.events,
-			health_score = EXCLUDED.health_score, health_change_30d = EXCLUDED.health_change_30d,
 			nps = EXCLUDED.nps, open_tickets = EXCLUDED.open_tickets, emails_30d = EXCLUDED.emails_30d,
 			opens_30d = EXCLUDED.opens_30d, clicks_30d = EXCLUDED.clicks_30d, replies_30d = EXCLUDED.replies_30d,
 			nudges_dismissed_30d = EXCLUDED.nudges_dismissed_30d, traits = EXCLUDED.traits,
-			signup_at = EXCLUDED.signup_at, last_login_at = EXCLUDED.last_login_at, health_band = EXCLUDED.health_band
+			signup_at = EXCLUDED.signup_at, last_login_at = EXCLUDED.last_login_at
 		WHERE p.version <= EXCLUDED.version`, payload, day)
 	if err != nil {
 		return fmt.Errorf("account: store profiles: %w", err)

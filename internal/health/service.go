@@ -296,8 +296,8 @@ func scoresAt(ctx context.Context, q postgres.Queryer, ids []int64, t time.Time)
 }
 
 // write stores new scores: the current score row (unless a score computed
-// from newer data is already there), a history row where the score or band
-// changed, and the health fields of the cached profile.
+// from newer data is already there) and a history row where the score or
+// band changed. Cached profiles read the score row (account.CachedProfiles).
 func (s *Service) write(ctx context.Context, now, day time.Time, modelVersion int64, out []scored) error {
 	sort.Slice(out, func(i, j int) bool { return out[i].AccountID < out[j].AccountID })
 	payload, err := json.Marshal(out)
@@ -312,8 +312,8 @@ func (s *Service) write(ctx context.Context, now, day time.Time, modelVersion in
 		if _, err := tx.ExecContext(ctx, `
 			INSERT INTO account_health AS h (account_id, score, band, change_30d, components, version, day, model_version, computed_at)
 			SELECT account_id, score, band, change_30d, components, version, $2, $3, $4
-			FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, score integer, band text,
-				change_30d integer, components jsonb, version bigint)
+			FROM json_to_recordset($1::json) AS x(account_id bigint, score integer, band text,
+				change_30d integer, components json, version bigint)
 			ORDER BY account_id
 			ON CONFLICT (account_id) DO UPDATE SET score = EXCLUDED.score, band = EXCLUDED.band,
 				change_30d = EXCLUDED.change_30d, components = EXCLUDED.components, version = EXCLUDED.version,
@@ -336,18 +336,6 @@ func (s *Service) write(ctx context.Context, now, day time.Time, modelVersion in
 				WHERE last.score = h.score AND last.band = h.band)`,
 			pq.Array(idsOf(out)), now); err != nil {
 			return fmt.Errorf("health: write history: %w", err)
-		}
-		// The cached profiles take the score as stored (a newer one may have
-		// won above); rows locked in id order, like every writer of them.
-		if _, err := tx.ExecContext(ctx, `
-			WITH lk AS (
-				SELECT p.account_id FROM account_profile p
-				WHERE p.account_id IN (SELECT unnest($1::bigint[])) ORDER BY p.account_id FOR UPDATE
-			)
-			UPDATE account_profile p SET health_score = h.score, health_change_30d = h.change_30d, health_band = h.band
-			FROM lk JOIN account_health h ON h.account_id = lk.account_id
-			WHERE p.account_id = lk.account_id`, pq.Array(idsOf(out))); err != nil {
-			return fmt.Errorf("health: write profiles: %w", err)
 		}
 		return nil
 	})
@@ -429,7 +417,7 @@ func (s *Service) Backfill(ctx context.Context, at time.Time) (int, error) {
 		if _, err := s.db.ExecContext(ctx, `
 			INSERT INTO health_history (account_id, at, score, band, components, model_version)
 			SELECT account_id, $2, score, band, components, $3
-			FROM jsonb_to_recordset($1::jsonb) AS x(account_id bigint, score integer, band text, components jsonb)`,
+			FROM json_to_recordset($1::json) AS x(account_id bigint, score integer, band text, components json)`,
 			payload, at, mv.Version); err != nil {
 			return n, fmt.Errorf("health: backfill: %w", err)
 		}
