@@ -187,7 +187,11 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 	}
 
 	var metrics []metricRow
-	err = q.SelectContext(ctx, &metrics, `SELECT account_id, name, value, at FROM account_metric WHERE account_id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids))
+	// Index probes per account (see AccountMessages on why the ORDER BY).
+	err = q.SelectContext(ctx, &metrics, `
+		SELECT x.id AS account_id, m.name, m.value, m.at
+		FROM unnest($1::bigint[]) AS x(id)
+		CROSS JOIN LATERAL (SELECT name, value, at FROM account_metric WHERE account_id = x.id ORDER BY name) m`, pq.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("account: profiles: metrics: %w", err)
 	}
@@ -215,6 +219,19 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 	return out, nil
 }
 
+// AccountMessages is a LATERAL subquery over unnest(...) AS x(id): the sent,
+// non-test messages of account x.id, found through its contacts
+// (contact_account, then message_contact), id order. Queries over a batch of
+// accounts drive their reads from the ids this way: joined as a set
+// (IN (SELECT unnest(...))), the planner guessed 200 accounts and scanned
+// contact and message whole for every batch. The ORDER BY keeps PostgreSQL
+// from merging the subquery into the outer join, where it could choose so
+// again.
+const AccountMessages = `
+	SELECT m.id, m.sent_at, m.channel FROM contact ct JOIN message m ON m.contact_id = ct.id
+	WHERE ct.account_id = x.id AND NOT m.test AND m.status = 'sent'
+	ORDER BY m.id`
+
 // engagementCounts fills the 30-day engagement with Tend's own messages:
 // emails sent, and the messages a person (not a proxy or scanner) opened,
 // clicked or replied to, and nudges dismissed. Test sends do not count.
@@ -231,14 +248,14 @@ func engagementCounts(ctx context.Context, q postgres.Queryer, ids []int64, sinc
 	// message): EXISTS subqueries here were planned as hashed subplans that
 	// read every engagement event for every batch.
 	err := q.SelectContext(ctx, &rows, `
-		SELECT ct.account_id,
+		SELECT x.id AS account_id,
 		       count(*) FILTER (WHERE m.channel = 'email' AND m.sent_at >= $2) AS emails,
 		       count(*) FILTER (WHERE ev.opened) AS opens,
 		       count(*) FILTER (WHERE ev.clicked) AS clicks,
 		       count(*) FILTER (WHERE ev.replied) AS replies,
 		       count(*) FILTER (WHERE ev.dismissed) AS dismissed
-		FROM message m
-		JOIN contact ct ON ct.id = m.contact_id
+		FROM unnest($1::bigint[]) AS x(id)
+		CROSS JOIN LATERAL (`+AccountMessages+`) m
 		CROSS JOIN LATERAL (
 			SELECT coalesce(bool_or(e.kind = 'open' AND e.human), false) AS opened,
 			       coalesce(bool_or(e.kind = 'click' AND e.human), false) AS clicked,
@@ -246,8 +263,8 @@ func engagementCounts(ctx context.Context, q postgres.Queryer, ids []int64, sinc
 			       coalesce(bool_or(e.kind = 'nudge_dismiss'), false) AS dismissed
 			FROM engagement_event e WHERE e.message_id = m.id AND e.at >= $2
 		) ev
-		WHERE ct.account_id IN (SELECT unnest($1::bigint[])) AND NOT m.test AND m.status = 'sent' AND m.sent_at >= $2 - interval '30 days'
-		GROUP BY ct.account_id`, pq.Array(ids), since)
+		WHERE m.sent_at >= $2 - interval '30 days'
+		GROUP BY x.id`, pq.Array(ids), since)
 	if err != nil {
 		return fmt.Errorf("account: profiles: engagement: %w", err)
 	}

@@ -240,14 +240,14 @@ func messagesOf(ctx context.Context, q postgres.Queryer, ids []int64, now time.T
 		AtRisk    bool      `db:"at_risk"`
 	}
 	err := q.SelectContext(ctx, &rows, `
-		SELECT ct.account_id, m.sent_at, m.channel = 'in_app' AS in_app,
+		SELECT x.id AS account_id, m.sent_at, m.channel = 'in_app' AS in_app,
 		       CASE WHEN ev.reply THEN 'reply' WHEN ev.click THEN 'click' WHEN ev.open THEN 'open'
 		            WHEN ev.dismiss THEN 'dismiss' ELSE '' END AS response,
 		       coalesce((SELECT h.band = 'at_risk' FROM health_history h
-		                 WHERE h.account_id = ct.account_id AND h.at <= m.sent_at
+		                 WHERE h.account_id = x.id AND h.at <= m.sent_at
 		                 ORDER BY h.at DESC LIMIT 1), false) AS at_risk
-		FROM message m
-		JOIN contact ct ON ct.id = m.contact_id
+		FROM unnest($1::bigint[]) AS x(id)
+		CROSS JOIN LATERAL (`+account.AccountMessages+`) m
 		CROSS JOIN LATERAL (
 			SELECT coalesce(bool_or(e.kind = 'reply'), false) AS reply,
 			       coalesce(bool_or(e.kind IN ('click', 'nudge_click') AND e.human), false) AS click,
@@ -255,8 +255,7 @@ func messagesOf(ctx context.Context, q postgres.Queryer, ids []int64, now time.T
 			       coalesce(bool_or(e.kind = 'nudge_dismiss'), false) AS dismiss
 			FROM engagement_event e WHERE e.message_id = m.id AND e.at <= $3
 		) ev
-		WHERE ct.account_id IN (SELECT unnest($1::bigint[])) AND NOT m.test AND m.status = 'sent'
-		  AND m.sent_at > $2 AND m.sent_at <= $3`, pq.Array(ids), now.AddDate(0, 0, -30), now)
+		WHERE m.sent_at > $2 AND m.sent_at <= $3`, pq.Array(ids), now.AddDate(0, 0, -30), now)
 	if err != nil {
 		return nil, fmt.Errorf("health: messages: %w", err)
 	}
