@@ -31,8 +31,9 @@ fi
 
 # The example campaigns target the demo's segments (new-accounts, at-risk, low-adoption,
 # advocates, smb, enterprise), which the seed creates; a build that cannot seed cannot
-# apply them. --activate activates the campaigns that are drafts (or paused) and enrolls
-# the current members of drips with enroll_existing; active campaigns are left alone.
+# apply them. --activate activates the campaigns that are drafts and enrolls the current
+# members of drips with enroll_existing; active and paused campaigns are left alone (resume
+# a paused one with POST /v1/campaigns/{name}/activate).
 shopt -s nullglob
 campaign_files=(campaigns/*.yaml campaigns/*.yml)
 shopt -u nullglob

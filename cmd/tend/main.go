@@ -214,7 +214,7 @@ func campaignsCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args
 	}
 	fs := flag.NewFlagSet("campaigns "+args[0], flag.ContinueOnError)
 	templates := fs.String("templates", "", "the templates folder (default: templates/ beside DIR)")
-	activate := fs.Bool("activate", false, "activate every applied campaign that is a draft or paused")
+	activate := fs.Bool("activate", false, "activate every applied campaign that is a draft (a paused one stays paused)")
 	// Flags may come before or after DIR.
 	var dir string
 	rest := args[1:]
@@ -261,7 +261,9 @@ func campaignsCmd(ctx context.Context, cfg config.Config, log *slog.Logger, args
 			if err != nil {
 				return err
 			}
-			if c.Status != "draft" && c.Status != "paused" {
+			// Only drafts: a campaign an operator paused stays paused when
+			// the files are applied again (make run does at every start).
+			if c.Status != "draft" {
 				continue
 			}
 			if _, err := a.Campaigns.SetStatus(ctx, d.Name, "activate"); err != nil {

@@ -137,6 +137,18 @@ steps:
 	if out, _ = tend(t, "campaigns", "diff", dir); strings.Contains(out, "create") || !strings.Contains(out, "unchanged") {
 		t.Fatalf("diff after apply = %q", out)
 	}
+	// A campaign an operator paused stays paused when the files are applied
+	// again with --activate (make run does so at every start).
+	if _, err := db.Exec(`UPDATE campaign SET status = 'paused' WHERE name = 'at-risk-checkin'`); err != nil {
+		t.Fatal(err)
+	}
+	if out, err = tend(t, "campaigns", "apply", dir, "--activate"); err != nil || strings.Contains(out, "activated") {
+		t.Fatalf("re-apply = %q, %v", out, err)
+	}
+	db.Get(&status, `SELECT status FROM campaign WHERE name = 'at-risk-checkin'`)
+	if status != "paused" {
+		t.Fatalf("re-applying --activate made a paused campaign %s", status)
+	}
 	// A broken template is refused by name, and nothing changes.
 	write("templates/at-risk/checkin.html", `{{define "subject"}}Hi {{.Contact.Nmae}}{{end}}{{define "body"}}x{{end}}`)
 	_, err = tend(t, "campaigns", "apply", dir)
