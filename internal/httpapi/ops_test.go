@@ -61,6 +61,25 @@ func TestRoutingErrors(t *testing.T) {
 	wantError(t, h.do("GET", "/v1/nowhere", admin, nil), http.StatusNotFound, "route_not_found")
 	wantError(t, h.do("POST", "/segment/v1/page", admin, `{}`), http.StatusNotFound, "route_not_found")
 	wantError(t, h.do("POST", "/healthz", "", `{}`), http.StatusMethodNotAllowed, "method_not_allowed")
+	// A known path asked with another method: 405, saying which it has.
+	for _, c := range []struct{ method, path, allow string }{
+		{"DELETE", "/v1/events", "OPTIONS, POST"},
+		{"PATCH", "/v1/accounts/acme", "OPTIONS, GET"},
+		{"POST", "/v1/segments/risky", "OPTIONS, GET, PUT, DELETE"},
+		{"DELETE", "/v1/templates/at-risk/checkin", "OPTIONS, GET, PUT"},
+		{"GET", "/segment/v1/batch", "OPTIONS, POST"},
+	} {
+		r := h.do(c.method, c.path, admin, nil)
+		wantError(t, r, http.StatusMethodNotAllowed, "method_not_allowed")
+		if got := r.Header.Get("Allow"); got != c.allow {
+			t.Errorf("%s %s: Allow %q, want %q", c.method, c.path, got, c.allow)
+		}
+	}
+	// Without a key, the key is what is missing.
+	wantError(t, h.do("DELETE", "/v1/events", "", nil), http.StatusUnauthorized, "missing_key")
+	if r := h.do("OPTIONS", "/v1/events", admin, nil); r.Status != http.StatusNoContent || r.Header.Get("Allow") != "OPTIONS, POST" {
+		t.Errorf("OPTIONS /v1/events: %d, Allow %q", r.Status, r.Header.Get("Allow"))
+	}
 
 	// Every answer carries a request id, errors included.
 	for _, r := range []response{h.do("GET", "/nowhere", "", nil), h.do("GET", "/v1/keys", "", nil), h.do("GET", "/v1/keys", admin, nil)} {

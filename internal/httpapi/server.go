@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -191,6 +192,41 @@ func (s *Server) routes() {
 	for _, typ := range []string{"identify", "group", "track"} {
 		s.handle(seg, http.MethodPost, "/"+typ, s.segmentOne(typ), ingest)
 	}
+
+	// A group's middleware (the key check) runs for paths it does not route
+	// too, through a catch-all; that catch-all would also answer a known
+	// path asked with the wrong method, as not found.
+	for _, g := range []*echo.Group{v1, seg} {
+		g.RouteNotFound("", s.notRouted)
+		g.RouteNotFound("/*", s.notRouted)
+	}
+}
+
+// notRouted answers a request no route of its method matched: 405 with the
+// methods that path has (Allow; OPTIONS answers them), or 404 when it has
+// none.
+func (s *Server) notRouted(c echo.Context) error {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		if m == c.Request().Method {
+			continue
+		}
+		probe := s.echo.NewContext(c.Request(), nil)
+		s.echo.Router().Find(m, echo.GetPath(c.Request()), probe)
+		// Another method finds a route of its own, not this catch-all.
+		if p := probe.Path(); p != "" && p != c.Path() {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) == 0 {
+		return echo.ErrNotFound
+	}
+	// As echo answers for the paths it routes itself.
+	c.Response().Header().Set(echo.HeaderAllow, "OPTIONS, "+strings.Join(allow, ", "))
+	if c.Request().Method == http.MethodOptions {
+		return c.NoContent(http.StatusNoContent)
+	}
+	return echo.ErrMethodNotAllowed
 }
 
 // handle registers a route that the given roles (and admin, always) may use.
