@@ -309,6 +309,19 @@ func TestArchiveEndsRunningEnrollments(t *testing.T) {
 	l.applyDrip(d)
 	l.account("acme", "UTC", account.ContactInput{ID: "ann", Email: ptr("ann@acme.example")})
 	l.risk("acme", "high")
+	// An archive that fails half way changes nothing: the status and the
+	// end of the enrollments commit together.
+	l.db.MustExec(`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'refused'; END $$`)
+	l.db.MustExec(`CREATE TRIGGER refuse BEFORE UPDATE ON message FOR EACH ROW EXECUTE FUNCTION refuse()`)
+	if _, err := l.store.SetStatus(context.Background(), "risk", "archive"); err == nil {
+		t.Fatal("the archive succeeded although its messages could not be skipped")
+	}
+	var status string
+	l.db.Get(&status, `SELECT status FROM campaign WHERE name = 'risk'`)
+	if e := l.enrollments(); status != "active" || len(e) != 1 || e[0] != "active:1" {
+		t.Fatalf("after a failed archive: campaign %s, enrollments %v; want it active and running", status, e)
+	}
+	l.db.MustExec(`DROP TRIGGER refuse ON message`)
 	if _, err := l.store.SetStatus(context.Background(), "risk", "archive"); err != nil {
 		t.Fatal(err)
 	}

@@ -439,33 +439,43 @@ func (s *Store) SetStatus(ctx context.Context, name, action string) (Campaign, e
 	if !allowed {
 		return Campaign{}, errs.E(errs.Conflict, "invalid_transition", "campaign %q is %s; it cannot %s", name, c.Status, action)
 	}
-	res, err := s.db.ExecContext(ctx, `
-		UPDATE campaign SET status = $2, updated_at = $3,
-			activated_at = CASE WHEN $2 = 'active' THEN coalesce(activated_at, $3) ELSE activated_at END
-		WHERE id = $1 AND status = $4`, c.ID, t.to, s.clock.Now(), c.Status)
-	if err != nil {
-		return Campaign{}, fmt.Errorf("campaign: %s: %w", action, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return Campaign{}, errs.E(errs.Conflict, "concurrent_change", "campaign %q changed meanwhile; try again", name)
-	}
-	if t.to == StatusArchived && c.Status != StatusArchived {
+	// The status and, for an archive, the end of its enrollments and sends
+	// commit together: an archived campaign never keeps running ones.
+	err = postgres.InTx(ctx, s.db, func(tx *sqlx.Tx) error {
+		now := s.clock.Now()
+		res, err := tx.ExecContext(ctx, `
+			UPDATE campaign SET status = $2, updated_at = $3,
+				activated_at = CASE WHEN $2 = 'active' THEN coalesce(activated_at, $3) ELSE activated_at END
+			WHERE id = $1 AND status = $4`, c.ID, t.to, now, c.Status)
+		if err != nil {
+			return fmt.Errorf("campaign: %s: %w", action, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return errs.E(errs.Conflict, "concurrent_change", "campaign %q changed meanwhile; try again", name)
+		}
+		if t.to != StatusArchived || c.Status == StatusArchived {
+			return nil
+		}
 		// Archiving ends running enrollments; their scheduled sends are skipped.
 		var ended []int64
-		if err := s.db.SelectContext(ctx, &ended, `
+		if err := tx.SelectContext(ctx, &ended, `
 			UPDATE enrollment SET status = 'exited', finished_at = $2, finish_reason = 'campaign archived'
-			WHERE campaign_id = $1 AND status = 'active' RETURNING id`, c.ID, s.clock.Now()); err != nil {
-			return Campaign{}, fmt.Errorf("campaign: archive: %w", err)
+			WHERE campaign_id = $1 AND status = 'active' RETURNING id`, c.ID, now); err != nil {
+			return fmt.Errorf("campaign: archive: %w", err)
 		}
-		if err := skipScheduled(ctx, s.db, ended, "exited: the campaign was archived", s.clock.Now()); err != nil {
-			return Campaign{}, err
+		if err := skipScheduled(ctx, tx, ended, "exited: the campaign was archived", now); err != nil {
+			return err
 		}
 		// A broadcast's messages belong to completed fan-out enrollments.
-		if _, err := s.db.ExecContext(ctx, `
+		if _, err := tx.ExecContext(ctx, `
 			UPDATE message SET status = 'skipped', reason = 'the campaign was archived', updated_at = $2
-			WHERE campaign_id = $1 AND status = 'scheduled' AND NOT test`, c.ID, s.clock.Now()); err != nil {
-			return Campaign{}, fmt.Errorf("campaign: archive: %w", err)
+			WHERE campaign_id = $1 AND status = 'scheduled' AND NOT test`, c.ID, now); err != nil {
+			return fmt.Errorf("campaign: archive: %w", err)
 		}
+		return nil
+	})
+	if err != nil {
+		return Campaign{}, err
 	}
 	return s.Get(ctx, name)
 }
