@@ -167,10 +167,7 @@ func (e *Enroller) enterAll(ctx context.Context, tx *sqlx.Tx, d *runningDrip, ev
 	if len(cand) == 0 {
 		return 0, nil
 	}
-	accIDs := make([]int64, len(cand))
-	for i, ev := range cand {
-		accIDs[i] = ev.AccountID
-	}
+	accIDs := accountsOf(cand)
 	var lasts []struct {
 		AccountID int64     `db:"account_id"`
 		Entry     int       `db:"entry_number"`
@@ -217,11 +214,7 @@ func (e *Enroller) enterAll(ctx context.Context, tx *sqlx.Tx, d *runningDrip, ev
 	if len(enter) == 0 {
 		return 0, nil
 	}
-	ids := make([]int64, len(enter))
-	for i, ev := range enter {
-		ids[i] = ev.AccountID
-	}
-	audience, err := e.audienceOf(ctx, tx, d.Def, ids)
+	audience, err := e.audienceOf(ctx, tx, d.Def, accountsOf(enter))
 	if err != nil {
 		return 0, err
 	}
@@ -263,6 +256,15 @@ func (e *Enroller) enterAll(ctx context.Context, tx *sqlx.Tx, d *runningDrip, ev
 			contacts: contactsOf[m.AccountID], step: 0, anchor: m.Anchor}
 	}
 	return len(made), e.scheduleSteps(ctx, tx, plans)
+}
+
+// accountsOf returns the accounts of events, in their order.
+func accountsOf(evs []segEvent) []int64 {
+	ids := make([]int64, len(evs))
+	for i, ev := range evs {
+		ids[i] = ev.AccountID
+	}
+	return ids
 }
 
 // audienceContact is a contact as audience expressions see it.
