@@ -160,8 +160,8 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 // insertEvents writes events and everything derived from them in one
 // statement (one round trip per batch): the raw rows (skipping message ids
 // already seen), the daily rollups, user activity, and the accounts'
-// last_login_at and change_version (and their place in account_pending). It returns how many events were new and
-// which accounts changed.
+// last_login_at and change_version (and their place in account_pending). It
+// returns how many events were new and which accounts changed.
 //
 // Concurrent batches meet on message ids, rollup, activity and account rows,
 // so the statement takes its row locks in one order, and concurrent ingests
