@@ -622,6 +622,15 @@ func TestNudges(t *testing.T) {
 			t.Fatal("in-app steps send no email")
 		}
 	}
+	// A nudge exists exactly when its message is sent.
+	var sent, mismatched int
+	tn.db.Get(&sent, `SELECT count(*) FROM message WHERE channel = 'in_app' AND status = 'sent'`)
+	tn.db.Get(&mismatched, `
+		SELECT count(*) FROM message m LEFT JOIN nudge n ON n.message_id = m.id
+		WHERE m.channel = 'in_app' AND (m.status = 'sent') <> (n.id IS NOT NULL)`)
+	if sent != 4 || mismatched != 0 { // two steps to Hank and to Vic
+		t.Fatalf("%d in-app messages sent (want 4), %d without their nudge or with a nudge unsent", sent, mismatched)
+	}
 }
 
 // TestBroadcastVariants: at send_at each account gets the first variant

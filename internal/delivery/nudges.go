@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -9,7 +10,6 @@ import (
 
 	"github.com/tendhq/tend/internal/errs"
 	"github.com/tendhq/tend/internal/postgres"
-	"github.com/tendhq/tend/internal/render"
 )
 
 // DefaultNudgeExpiry is how long a nudge stays in the inbox when its step
@@ -31,30 +31,50 @@ type Nudge struct {
 	ViewedAt  *time.Time `db:"viewed_at" json:"viewed_at,omitempty"`
 }
 
-// deliverNudge puts a nudge in the contact's inbox and records its message
-// sent, in one transaction: a nudge exists exactly when its message is sent.
-func (o *Outbox) deliverNudge(ctx context.Context, token string, done []Outcome, messageID, contactID int64, n render.Nudge, expires time.Time) (bool, error) {
-	delivered := false
-	err := postgres.InTx(ctx, o.db, func(tx *sqlx.Tx) error {
-		var got int
-		if err := tx.GetContext(ctx, &got, settleSQL, token, outcomes(done), messageID, o.clock.Now(), o.wall()); err != nil {
-			return fmt.Errorf("delivery: nudge: %w", err)
-		}
-		if got != 1 {
-			return nil // the claim was lost
-		}
-		if _, err := tx.ExecContext(ctx, `
+// pendingNudge is a rendered nudge waiting to be delivered with its batch.
+type pendingNudge struct {
+	MessageID int64     `json:"message_id"`
+	ContactID int64     `json:"contact_id"`
+	Title     string    `json:"title"`
+	Body      string    `json:"body"`
+	CTALabel  string    `json:"cta_label"`
+	CTAURL    string    `json:"cta_url"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// deliverNudges puts a batch's nudges in their contacts' inboxes and records
+// their messages sent, in one statement: a nudge exists exactly when its
+// message is sent, and only for messages still claimed under token. It
+// returns how many it delivered.
+func (o *Outbox) deliverNudges(ctx context.Context, token string, nudges []pendingNudge) (int, error) {
+	if len(nudges) == 0 {
+		return 0, nil
+	}
+	payload, err := json.Marshal(nudges)
+	if err != nil {
+		return 0, fmt.Errorf("delivery: nudges: %w", err)
+	}
+	var n int
+	err = o.db.GetContext(ctx, &n, `
+		WITH x AS (
+			SELECT * FROM json_to_recordset($1::json) AS x(message_id bigint, contact_id bigint, title text,
+			       body text, cta_label text, cta_url text, expires_at timestamptz)
+		), sent AS (
+			UPDATE message m SET status = 'sent', sent_at = $3, reason = '', attempts = m.attempts + 1, updated_at = $3
+			FROM x WHERE m.id = x.message_id AND m.claim_token = $2 AND m.status = 'claimed'
+			RETURNING m.id
+		), inbox AS (
 			INSERT INTO nudge (message_id, contact_id, title, body, cta_label, cta_url, status, created_at, expires_at)
-			VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8) ON CONFLICT (message_id) DO NOTHING`,
-			messageID, contactID, n.Title, n.Body, n.CTALabel, n.CTAURL, o.clock.Now(), expires); err != nil {
-			return fmt.Errorf("delivery: nudge: %w", err)
-		}
-		_, err := tx.ExecContext(ctx, `
-			UPDATE message SET status = 'sent', sent_at = $2, reason = '', updated_at = $2 WHERE id = $1`, messageID, o.clock.Now())
-		delivered = err == nil
-		return err
-	})
-	return delivered, err
+			SELECT x.message_id, x.contact_id, x.title, x.body, x.cta_label, x.cta_url, 'pending', $3, x.expires_at
+			FROM x JOIN sent ON sent.id = x.message_id
+			ORDER BY x.message_id
+			ON CONFLICT (message_id) DO NOTHING
+		)
+		SELECT count(*) FROM sent`, payload, token, o.clock.Now())
+	if err != nil {
+		return 0, fmt.Errorf("delivery: nudges: %w", err)
+	}
+	return n, nil
 }
 
 // Inbox lists a contact's pending, unexpired nudges, newest first.

@@ -16,7 +16,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -303,32 +302,6 @@ func (o *Outbox) Settle(ctx context.Context, token string, done []Outcome) error
 		return fmt.Errorf("delivery: settle: %w", err)
 	}
 	return nil
-}
-
-// settleSQL records outcomes given as JSON ($2) and (when $3 is not 0) marks
-// message $3 as being handed over, in one statement: deliverNudge's, which
-// puts the nudge in the inbox in the same transaction.
-const settleSQL = `
-	WITH done AS (
-		UPDATE message m SET status = x.status, reason = x.reason, updated_at = $4,
-			sent_at = CASE WHEN x.status = 'sent' THEN $4 ELSE m.sent_at END,
-			last_error = CASE WHEN x.status IN ('failed', 'uncertain') THEN x.reason ELSE m.last_error END
-		FROM jsonb_to_recordset($2::jsonb) AS x(id bigint, status text, reason text)
-		WHERE m.id = x.id AND m.claim_token = $1 AND m.status IN ('claimed', 'sending')
-		RETURNING m.id
-	), next AS (
-		UPDATE message SET status = 'sending', claimed_at = $5, attempts = attempts + 1, updated_at = $4
-		WHERE id = $3 AND claim_token = $1 AND status = 'claimed'
-		RETURNING id
-	)
-	SELECT (SELECT count(*) FROM next) + 0 * (SELECT count(*) FROM done)`
-
-func outcomes(done []Outcome) []byte {
-	if len(done) == 0 {
-		return []byte("[]")
-	}
-	b, _ := json.Marshal(done)
-	return b
 }
 
 // outcomeArrays returns the columns of outcomes as arrays. A reason, which

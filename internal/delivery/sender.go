@@ -231,6 +231,12 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 			ready = append(ready, e)
 		}
 	}
+	nudged, err := s.outbox.deliverNudges(ctx, token, b.nudges)
+	if err != nil {
+		// Still claimed: the reaper gives them back when the lease ends.
+		s.log.Error("delivery: nudges failed to deliver", "nudges", len(b.nudges), "err", err)
+	}
+	sent += nudged
 	handed, handErr := s.handOver(ctx, b, ready)
 	sent += handed
 	if handErr != nil {
@@ -441,6 +447,7 @@ func (s *Sender) loadEngagement(ctx context.Context, msgs []claimed) (map[engage
 type batch struct {
 	token      string
 	done       []Outcome
+	nudges     []pendingNudge // rendered in-app steps, delivered together
 	caps       *capLedger
 	engagement map[engagementKey]*campaign.StepState // see loadEngagement
 }
@@ -679,7 +686,7 @@ func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch)
 	return nil
 }
 
-// nudge renders an in-app step and puts it in the contact's inbox.
+// nudge renders an in-app step for the contact's inbox.
 func (s *Sender) nudge(ctx context.Context, m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, b *batch) (bool, error) {
 	if m.ContactID == nil {
 		b.record(m.ID, StatusFailed, "the contact is gone")
@@ -693,12 +700,10 @@ func (s *Sender) nudge(ctx context.Context, m *claimed, def campaign.Definition,
 	if !m.Test {
 		b.caps.count(*m.ContactID, s.clock.Now())
 	}
-	ok, err := s.outbox.deliverNudge(ctx, b.token, b.done, m.ID, *m.ContactID, n, s.clock.Now().Add(expiry))
-	if err != nil {
-		return false, err
-	}
-	b.done = nil
-	return ok, nil
+	// Delivered with the batch's other nudges, after the loop (SendBatch).
+	b.nudges = append(b.nudges, pendingNudge{MessageID: m.ID, ContactID: *m.ContactID, Title: n.Title, Body: n.Body,
+		CTALabel: n.CTALabel, CTAURL: n.CTAURL, ExpiresAt: s.clock.Now().Add(expiry)})
+	return false, nil
 }
 
 // renderNudge renders an in-app step, and says how long it stays.
