@@ -371,13 +371,30 @@ func (o *Outbox) Retry(ctx context.Context, id int64, token string, retryAt time
 	return nil
 }
 
-// Defer puts a claimed message back to scheduled, due at a later time, with
-// the reason it waits (a frequency cap, say).
-func (o *Outbox) Defer(ctx context.Context, id int64, token string, at time.Time, reason string) error {
+// Deferral is a claimed message put back to scheduled, due later.
+type Deferral struct {
+	ID     int64
+	At     time.Time
+	Reason string // why it waits (a frequency cap, say)
+}
+
+// Defer puts claimed messages back to scheduled, each due at a later time
+// with the reason it waits, in one statement.
+func (o *Outbox) Defer(ctx context.Context, token string, ds []Deferral) error {
+	if len(ds) == 0 {
+		return nil
+	}
+	ids := make(pq.Int64Array, len(ds))
+	ats := make([]time.Time, len(ds))
+	reasons := make(pq.StringArray, len(ds))
+	for i, d := range ds {
+		ids[i], ats[i], reasons[i] = d.ID, d.At, d.Reason
+	}
 	_, err := o.db.ExecContext(ctx, `
-		UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
-			due_at = $3, reason = $4, updated_at = $5
-		WHERE id = $1 AND claim_token = $2 AND status = 'claimed'`, id, token, at, reason, o.clock.Now())
+		UPDATE message m SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
+			due_at = x.at, reason = x.reason, updated_at = $5
+		FROM unnest($1::bigint[], $3::timestamptz[], $4::text[]) AS x(id, at, reason)
+		WHERE m.id = x.id AND m.claim_token = $2 AND m.status = 'claimed'`, ids, token, pq.Array(ats), reasons, o.clock.Now())
 	if err != nil {
 		return fmt.Errorf("delivery: defer: %w", err)
 	}

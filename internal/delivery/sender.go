@@ -231,6 +231,10 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 			ready = append(ready, e)
 		}
 	}
+	if err := s.outbox.Defer(ctx, token, b.deferred); err != nil {
+		// Still claimed: the reaper gives them back when the lease ends.
+		s.log.Error("delivery: capped messages failed to go back to scheduled", "messages", len(b.deferred), "err", err)
+	}
 	nudged, err := s.outbox.deliverNudges(ctx, token, b.nudges)
 	if err != nil {
 		// Still claimed: the reaper gives them back when the lease ends.
@@ -448,6 +452,7 @@ type batch struct {
 	token      string
 	done       []Outcome
 	nudges     []pendingNudge // rendered in-app steps, delivered together
+	deferred   []Deferral     // capped messages, put back together
 	caps       *capLedger
 	engagement map[engagementKey]*campaign.StepState // see loadEngagement
 }
@@ -536,7 +541,9 @@ func (s *Sender) prepare(ctx context.Context, m *claimed, accounts map[int64]*ac
 			if at.After(m.DueAt.Add(s.opts.Caps.MaxDelay)) {
 				return skip("capped: the " + why + " allows no slot within the maximum delay")
 			}
-			return nil, false, s.outbox.Defer(ctx, m.ID, b.token, at, "capped: "+why+"; moved to the next allowed slot")
+			// Put back with the batch's others, after the loop (SendBatch).
+			b.deferred = append(b.deferred, Deferral{ID: m.ID, At: at, Reason: "capped: " + why + "; moved to the next allowed slot"})
+			return nil, false, nil
 		}
 	}
 
