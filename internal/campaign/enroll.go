@@ -503,20 +503,21 @@ func skipScheduled(ctx context.Context, q postgres.Queryer, enrollments []int64,
 	return nil
 }
 
-// Convert ends an enrollment whose goal holds: converted, its scheduled
-// messages skipped.
-func (e *Enroller) Convert(ctx context.Context, q postgres.Queryer, enrollmentID int64) error {
-	now := e.clock.Now()
-	res, err := q.ExecContext(ctx, `
-		UPDATE enrollment SET status = 'converted', finished_at = $2, finish_reason = 'goal reached'
-		WHERE id = $1 AND status = 'active'`, enrollmentID, now)
-	if err != nil {
-		return fmt.Errorf("campaign: convert: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
+// Convert ends enrollments whose goal holds: converted, their scheduled
+// messages skipped. Enrollments no longer active are left as they are.
+func (e *Enroller) Convert(ctx context.Context, q postgres.Queryer, enrollmentIDs []int64) error {
+	if len(enrollmentIDs) == 0 {
 		return nil
 	}
-	return skipScheduled(ctx, q, []int64{enrollmentID}, "converted: the goal holds", now)
+	now := e.clock.Now()
+	var converted []int64
+	if err := q.SelectContext(ctx, &converted, `
+		UPDATE enrollment SET status = 'converted', finished_at = $2, finish_reason = 'goal reached'
+		WHERE id = ANY($1) AND status = 'active'
+		RETURNING id`, pq.Array(enrollmentIDs), now); err != nil {
+		return fmt.Errorf("campaign: convert: %w", err)
+	}
+	return skipScheduled(ctx, q, converted, "converted: the goal holds", now)
 }
 
 // Advance moves enrollments whose current step is finished (every message

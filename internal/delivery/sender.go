@@ -231,6 +231,9 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 			ready = append(ready, e)
 		}
 	}
+	if err := s.enroller.Convert(ctx, s.db, b.converted); err != nil {
+		s.log.Error("delivery: converted enrollments failed to end; their next messages will convert them", "err", err)
+	}
 	if err := s.outbox.Defer(ctx, token, b.deferred); err != nil {
 		// Still claimed: the reaper gives them back when the lease ends.
 		s.log.Error("delivery: capped messages failed to go back to scheduled", "messages", len(b.deferred), "err", err)
@@ -453,6 +456,7 @@ type batch struct {
 	done       []Outcome
 	nudges     []pendingNudge // rendered in-app steps, delivered together
 	deferred   []Deferral     // capped messages, put back together
+	converted  []int64        // enrollments whose goal holds
 	caps       *capLedger
 	engagement map[engagementKey]*campaign.StepState // see loadEngagement
 }
@@ -507,8 +511,9 @@ func (s *Sender) prepare(ctx context.Context, m *claimed, accounts map[int64]*ac
 		if def.Goal != "" {
 			ok, err := s.eval(def.Goal, campaign.CompileGoal, info.profile)
 			if err == nil && ok {
-				if err := s.enroller.Convert(ctx, s.db, *m.EnrollmentID); err != nil {
-					return nil, false, err
+				// Converted with the batch's others, after the loop.
+				if m.EnrollmentID != nil {
+					b.converted = append(b.converted, *m.EnrollmentID)
 				}
 				return skip("converted: the goal holds")
 			}
