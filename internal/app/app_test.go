@@ -822,11 +822,21 @@ func TestRepliesAndBounces(t *testing.T) {
 	tn.signed(200, "/v1/webhooks/bounce", map[string]any{"bounces": []any{
 		map[string]any{"type": "soft", "email": "hank@globex.example", "message_id": msgID, "reason": "mailbox full"},
 		map[string]any{"type": "hard", "email": "viewer@globex.example", "reason": "no such user"},
+		map[string]any{"type": "complaint", "email": "hank@globex.example", "message_id": msgID, "id": "fbl-1"},
+		map[string]any{"type": "complaint", "email": "hank@globex.example", "message_id": msgID, "id": "fbl-1"}, // delivered twice
+		map[string]any{"type": "hard", "email": "ghost@globex.example", "message_id": "<tend.999999999@tend.test>"},
 	}}, secret)
 	var suppressed []string
 	tn.db.Select(&suppressed, `SELECT email FROM suppression ORDER BY email`)
-	if strings.Join(suppressed, ",") != "viewer@globex.example" {
-		t.Fatalf("suppressed = %v (a soft bounce must not suppress)", suppressed)
+	if strings.Join(suppressed, ",") != "ghost@globex.example,hank@globex.example,viewer@globex.example" {
+		t.Fatalf("suppressed = %v (hard bounces and complaints suppress, a soft bounce does not)", suppressed)
+	}
+	// Recorded against the message they name when it is ours, once per
+	// provider event id.
+	var recorded []string
+	tn.db.Select(&recorded, `SELECT kind || ':' || (metadata->>'type') FROM engagement_event WHERE kind IN ('bounce', 'complaint') ORDER BY id`)
+	if strings.Join(recorded, ",") != "bounce:soft,complaint:complaint" {
+		t.Fatalf("bounce engagement = %v, want the soft bounce and one complaint", recorded)
 	}
 }
 

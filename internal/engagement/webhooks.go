@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 
 	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/errs"
@@ -76,30 +77,42 @@ func (t *Tracker) Bounces(ctx context.Context, in []Bounce) error {
 	if err := items.Err("bounces"); err != nil {
 		return err
 	}
+	// Suppressions, and engagement for the bounces that name one of our
+	// messages: two statements for the whole batch, in its order.
+	var emails, why pq.StringArray
+	var msgs pq.Int64Array
+	var kinds, exts, types, reasons pq.StringArray
+	for _, b := range in {
+		if b.Type != "soft" {
+			emails = append(emails, strings.ToLower(b.Email))
+			why = append(why, b.Type+" bounce: "+b.Reason)
+		}
+		if id := outboxID(b.MessageID); id > 0 {
+			msgs = append(msgs, id)
+			kinds = append(kinds, kindOfBounce(b.Type))
+			exts = append(exts, b.ID)
+			types = append(types, b.Type)
+			reasons = append(reasons, b.Reason)
+		}
+	}
 	now := t.clock.Now()
 	return postgres.InTx(ctx, t.db, func(tx *sqlx.Tx) error {
-		for _, b := range in {
-			email := strings.ToLower(b.Email)
-			if b.Type != "soft" {
-				if _, err := tx.ExecContext(ctx, `
-					INSERT INTO suppression (email, reason, at) VALUES ($1, $2, $3) ON CONFLICT (email) DO NOTHING`,
-					email, b.Type+" bounce: "+b.Reason, now); err != nil {
-					return fmt.Errorf("engagement: bounce: %w", err)
-				}
-			}
-			// Recorded against the message it answers, when it names one of ours.
-			if id := outboxID(b.MessageID); id > 0 {
-				var ext any
-				if b.ID != "" {
-					ext = b.ID
-				}
-				if _, err := tx.ExecContext(ctx, `
-					INSERT INTO engagement_event (message_id, kind, at, external_id, metadata)
-					SELECT id, $2, $3, $4, jsonb_build_object('type', $5::text, 'reason', $6::text) FROM message WHERE id = $1
-					ON CONFLICT DO NOTHING`, id, kindOfBounce(b.Type), now, ext, b.Type, b.Reason); err != nil {
-					return fmt.Errorf("engagement: bounce: %w", err)
-				}
-			}
+		if _, err := tx.ExecContext(ctx, `
+			INSERT INTO suppression (email, reason, at)
+			SELECT x.email, x.reason, $3 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(email, reason, i)
+			ORDER BY x.i
+			ON CONFLICT (email) DO NOTHING`, emails, why, now); err != nil {
+			return fmt.Errorf("engagement: bounce: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `
+			INSERT INTO engagement_event (message_id, kind, at, external_id, metadata)
+			SELECT m.id, x.kind, $6, nullif(x.ext, ''), jsonb_build_object('type', x.type, 'reason', x.reason)
+			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+			     WITH ORDINALITY AS x(id, kind, ext, type, reason, i)
+			JOIN message m ON m.id = x.id
+			ORDER BY x.i
+			ON CONFLICT DO NOTHING`, msgs, kinds, exts, types, reasons, now); err != nil {
+			return fmt.Errorf("engagement: bounce: %w", err)
 		}
 		return nil
 	})
