@@ -347,7 +347,7 @@ type stepPlan struct {
 // audience contact that still exists, due at anchor plus the step's wait in
 // the contact's time zone (else the account's, else the default), moved into
 // the campaign's send window in that zone. An enrollment with nobody to write
-// to completes at once. Three statements for any number of enrollments.
+// to completes at once. A few statements for any number of enrollments.
 func (e *Enroller) scheduleSteps(ctx context.Context, tx *sqlx.Tx, plans []stepPlan) error {
 	if len(plans) == 0 {
 		return nil

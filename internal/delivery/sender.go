@@ -231,14 +231,17 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 			ready = append(ready, e)
 		}
 	}
-	if err := s.enroller.Convert(ctx, s.db, b.converted); err != nil {
+	// What the loop decided is recorded even when shutting down, like the
+	// outcomes (Settle below): short statements about messages prepared.
+	fin := context.WithoutCancel(ctx)
+	if err := s.enroller.Convert(fin, s.db, b.converted); err != nil {
 		s.log.Error("delivery: converted enrollments failed to end; their next messages will convert them", "err", err)
 	}
-	if err := s.outbox.Defer(ctx, token, b.deferred); err != nil {
+	if err := s.outbox.Defer(fin, token, b.deferred); err != nil {
 		// Still claimed: the reaper gives them back when the lease ends.
 		s.log.Error("delivery: capped messages failed to go back to scheduled", "messages", len(b.deferred), "err", err)
 	}
-	nudged, err := s.outbox.deliverNudges(ctx, token, b.nudges)
+	nudged, err := s.outbox.deliverNudges(fin, token, b.nudges)
 	if err != nil {
 		// Still claimed: the reaper gives them back when the lease ends.
 		s.log.Error("delivery: nudges failed to deliver", "nudges", len(b.nudges), "err", err)
