@@ -13,11 +13,13 @@ import (
 )
 
 // Maps names the profile's map fields, for callers that only need some of
-// them decoded.
-type Maps struct{ Features, Events, Traits bool }
+// them decoded. NoHealth leaves the health fields unread (starting values),
+// for a caller that brings every score up to date itself: the segment
+// engine with a health scorer.
+type Maps struct{ Features, Events, Traits, NoHealth bool }
 
 // AllMaps decodes every map field.
-var AllMaps = Maps{true, true, true}
+var AllMaps = Maps{Features: true, Events: true, Traits: true}
 
 // Cached is a profile read through the cache, with the account's
 // change_version at the time it was read.
@@ -183,10 +185,10 @@ func CachedProfiles(ctx context.Context, q postgres.Queryer, ids []int64, now ti
 		       p.signup_at, p.last_login_at, coalesce(h.band, m.starting_band, $7) AS health_band
 		FROM account a
 		LEFT JOIN account_profile p ON p.account_id = a.id AND p.version = a.change_version AND p.day = $5::date
-		LEFT JOIN account_health h ON h.account_id = a.id
-		LEFT JOIN health_model m ON true
+		LEFT JOIN account_health h ON h.account_id = a.id AND NOT $8
+		LEFT JOIN health_model m ON NOT $8
 		WHERE a.id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids), maps.Features, maps.Events, maps.Traits, today.Format(time.DateOnly),
-		StartingHealthScore, StartingHealthBand)
+		StartingHealthScore, StartingHealthBand, maps.NoHealth)
 	if err != nil {
 		return nil, fmt.Errorf("account: cached profiles: %w", err)
 	}

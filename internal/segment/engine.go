@@ -220,7 +220,9 @@ func (e *Engine) evaluate(ctx context.Context, p *plan, targets []target) (Stats
 		}
 	}
 	if e.Health != nil {
-		maps.Features = true
+		// Refresh below scores health from the features, and sets every
+		// profile's health fields itself.
+		maps.Features, maps.NoHealth = true, true
 	}
 	profiles, err := account.CachedProfiles(ctx, e.db, ids, now, maps)
 	if err != nil {
