@@ -294,33 +294,49 @@ func TestInterleavedEvaluationsVoidTheStamp(t *testing.T) {
 
 	// One evaluation at 13:00 (not a member any more), one at 15:00 (a
 	// member again: three days), each paused between reading and writing.
-	run := func(e *Engine) (read, release, done chan struct{}) {
-		read, release, done = make(chan struct{}), make(chan struct{}), make(chan struct{})
-		e.beforeWrite = func() { close(read); <-release }
-		go func() {
-			defer close(done)
-			if _, err := e.EvaluateAccounts(ctx, []int64{id}); err != nil {
-				t.Error(err)
-			}
-		}()
-		<-read
-		return read, release, done
+	run := func(e *Engine) (release, done chan struct{}) {
+		return pausedBeforeWrite(t, e, func() error { _, err := e.EvaluateAccounts(ctx, []int64{id}); return err })
 	}
 	newEngine := func() *Engine { return NewEngine(f.db.DB, f.clock, f.engine.log) }
 	f.clock.Set(t0.Add(time.Hour))
-	_, release1, done1 := run(newEngine())
+	release1, done1 := run(newEngine())
 	f.clock.Set(t0.Add(3 * time.Hour))
-	_, release2, done2 := run(newEngine())
+	release2, done2 := run(newEngine())
 	close(release1)
 	<-done1
 	close(release2)
 	<-done2
-	if f.open()["old-or-pro/a"] {
-		t.Fatal("the 13:00 evaluation's exit was written last, so a is out for now")
+	f.exitWrittenLast("old-or-pro/a", "the 13:00 evaluation")
+}
+
+// exitWrittenLast checks that membership (segment/account) is closed, the
+// exit of the earlier evaluation (what) having been written last, and that
+// the next full pass, at 16:00, brings every membership in line all the same.
+func (f *fixture) exitWrittenLast(membership, what string) {
+	f.t.Helper()
+	if f.open()[membership] {
+		f.t.Fatalf("%s's exit was written last, so %s is closed for now", what, membership)
 	}
 	f.clock.Set(t0.Add(4 * time.Hour))
 	f.pass("fullpass:1", 0)
-	f.agree("the pass after the interleaved evaluations", nil)
+	f.agree("the pass after "+what+" wrote last", nil)
+}
+
+// pausedBeforeWrite starts run (an evaluation by e) in the background and
+// returns once it has read everything and waits to write: closing release
+// lets it write, done closes when it has.
+func pausedBeforeWrite(t *testing.T, e *Engine, run func() error) (release, done chan struct{}) {
+	read := make(chan struct{})
+	release, done = make(chan struct{}), make(chan struct{})
+	e.beforeWrite = func() { close(read); <-release }
+	go func() {
+		defer close(done)
+		if err := run(); err != nil {
+			t.Error(err)
+		}
+	}()
+	<-read
+	return release, done
 }
 
 // TestInterleavedBuildVoidsTheStamp is the same for a build pass: its exit,
@@ -342,19 +358,11 @@ func TestInterleavedBuildVoidsTheStamp(t *testing.T) {
 	// The build at 13:00 (a leaves), paused before writing.
 	f.clock.Set(t0.Add(time.Hour))
 	b := NewEngine(f.db.DB, f.clock, f.engine.log)
-	read, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	b.beforeWrite = func() { close(read); <-release }
 	shards, err := b.StartPass(ctx, BuildKey(seg.ID, seg.Generation), seg.ID)
 	if err != nil || len(shards) != 1 {
 		t.Fatalf("build shards %v, %v", shards, err)
 	}
-	go func() {
-		defer close(done)
-		if _, err := b.RunShard(ctx, shards[0]); err != nil {
-			t.Error(err)
-		}
-	}()
-	<-read
+	release, done := pausedBeforeWrite(t, b, func() error { _, err := b.RunShard(ctx, shards[0]); return err })
 	// A full evaluation at 15:00 (a stays) stamps a first.
 	f.clock.Set(t0.Add(3 * time.Hour))
 	if _, err := f.engine.EvaluateAccounts(ctx, []int64{id}); err != nil {
@@ -362,12 +370,7 @@ func TestInterleavedBuildVoidsTheStamp(t *testing.T) {
 	}
 	close(release)
 	<-done
-	if f.open()["s/a"] {
-		t.Fatal("the build's exit was written last, so a is out for now")
-	}
-	f.clock.Set(t0.Add(4 * time.Hour))
-	f.pass("fullpass:1", 0)
-	f.agree("the pass after the interleaved build", nil)
+	f.exitWrittenLast("s/a", "the build")
 }
 
 // TestCandidatesSettleAtTheEvaluationsClock chooses a shard's candidates at
