@@ -96,13 +96,6 @@ type response struct {
 	Header http.Header
 }
 
-// code returns error.code of an error answer.
-func (r response) code() string {
-	e, _ := r.Body["error"].(map[string]any)
-	c, _ := e["code"].(string)
-	return c
-}
-
 // do sends body (a string is sent as is, anything else as JSON) with the key.
 func (h *harness) do(method, path, key string, body any) response {
 	h.t.Helper()
