@@ -182,6 +182,29 @@ func MarkPending(ctx context.Context, q postgres.Queryer, ids []int64) error {
 	return nil
 }
 
+// MarkChanged records that the accounts' data changed outside the account
+// store (a message sent to them, a reply): it locks them in id order, bumps
+// their change_version and lists them in account_pending, in one statement,
+// so the segment engine recomputes their profiles (emails_30d, replies_30d)
+// and health. Callers signal the worker pool once it has committed.
+func MarkChanged(ctx context.Context, q postgres.Queryer, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := q.ExecContext(ctx, `
+		WITH locked AS MATERIALIZED (
+			SELECT id FROM account WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE
+		), bump AS (
+			UPDATE account a SET change_version = a.change_version + 1 FROM locked WHERE a.id = locked.id
+		)
+		INSERT INTO account_pending (account_id) SELECT id FROM locked ORDER BY id
+		ON CONFLICT DO NOTHING`, pq.Array(ids))
+	if err != nil {
+		return fmt.Errorf("account: mark changed: %w", err)
+	}
+	return nil
+}
+
 // UpsertAccounts creates or updates accounts by their external id and returns
 // the internal ids of those whose data actually changed.
 func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64, error) {

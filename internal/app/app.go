@@ -207,7 +207,7 @@ func (a *App) API() *httpapi.Server {
 // Worker builds the asynq worker with every handler.
 func (a *App) Worker() *jobs.Worker {
 	seg := &jobs.SegmentHandlers{Engine: a.Engine, Client: a.Jobs, Log: a.Log}
-	camp := &jobs.CampaignHandlers{Enroller: a.Enroller, Sender: a.Sender, Log: a.Log}
+	camp := &jobs.CampaignHandlers{Enroller: a.Enroller, Sender: a.Sender, Client: a.Jobs, Log: a.Log}
 	return jobs.NewWorker(a.Redis, a.Log, jobs.WorkerOptions{
 		Concurrency: a.Cfg.WorkerConcurrency, ShutdownTimeout: a.Cfg.ShutdownTimeout,
 	}, func(mux *asynq.ServeMux) {

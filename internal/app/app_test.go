@@ -13,6 +13,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -222,6 +223,10 @@ func (tn *tend) risk(level string) {
 func TestAWholeDrip(t *testing.T) {
 	tn := start(t)
 	tn.setup()
+	tn.call(201, "POST", "/v1/segments", map[string]any{"name": "mailed", "predicate": `emails_30d >= 1`})
+	tn.eventually("segment built", 30*time.Second, func() bool {
+		return tn.call(200, "GET", "/v1/segments/mailed", nil)["status"] == "ready"
+	})
 	tn.risk("high")
 
 	// Step one arrives, signed by the CSM, to the audience only.
@@ -257,6 +262,13 @@ func TestAWholeDrip(t *testing.T) {
 	if tn.status("viewer", "checkin") != "" {
 		t.Error("a contact outside the audience got a message")
 	}
+	// The email counts in the account's profile at once: it joins the
+	// segment of accounts emailed, with no other change to its data.
+	tn.eventually("the account is in the segment of accounts emailed", 30*time.Second, func() bool {
+		acc := tn.call(200, "GET", "/v1/accounts/globex", nil)
+		segs, _ := acc["segments"].([]any)
+		return slices.Contains(segs, any("mailed")) && acc["profile"].(map[string]any)["emails_30d"] == 1.0
+	})
 
 	// Hank opens step one (a human open: the tracking endpoints come with the
 	// engagement work; here the open is recorded directly).

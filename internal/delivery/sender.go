@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/mail"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -180,31 +182,43 @@ func (r *accountRow) info() *accountInfo {
 	return info
 }
 
+// Sent is what SendBatch did.
+type Sent struct {
+	// Delivered counts the emails handed to SMTP and the nudges delivered.
+	Delivered int
+	// Changed lists the accounts sent an email, whose profiles (emails_30d)
+	// and health changed: recorded (see account.MarkChanged), to be signalled
+	// to the segment engine.
+	Changed []int64
+}
+
 // SendBatch sends the given messages (those still scheduled and due; others
-// are left alone). It returns how many were handed to SMTP.
+// are left alone).
 //
 // It claims and loads the batch in one statement, decides about and renders
 // every message, then hands the emails to SMTP in rounds (see handOver).
-func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
+// Finally it advances the batch's enrollments and marks the accounts it
+// emailed changed.
+func (s *Sender) SendBatch(ctx context.Context, ids []int64) (Sent, error) {
 	token := NewToken()
 	msgs, err := s.outbox.claim(ctx, ids, token)
 	if err != nil || len(msgs) == 0 {
-		return 0, err
+		return Sent{}, err
 	}
 	accounts, err := s.prepareBatch(ctx, msgs)
 	if err != nil {
 		s.release(ctx, token, msgs)
-		return 0, err
+		return Sent{}, err
 	}
 	ledger, err := s.loadCaps(ctx, msgs, s.clock.Now())
 	if err != nil {
 		s.release(ctx, token, msgs)
-		return 0, err
+		return Sent{}, err
 	}
 	engagement, err := s.loadEngagement(ctx, msgs)
 	if err != nil {
 		s.release(ctx, token, msgs)
-		return 0, err
+		return Sent{}, err
 	}
 	touched := map[int64]bool{}
 	sent := 0
@@ -252,21 +266,33 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (int, error) {
 	if handErr != nil {
 		s.log.Error("delivery: hand-over failed; the rest of the batch goes back to scheduled", "err", handErr)
 	}
-	if err := s.outbox.Settle(context.WithoutCancel(ctx), token, b.done); err != nil {
-		return sent, err
+	res := Sent{Delivered: sent}
+	if err := s.outbox.Settle(fin, token, b.done); err != nil {
+		return res, err
 	}
 	if len(touched) > 0 {
 		ids := make([]int64, 0, len(touched))
 		for id := range touched {
 			ids = append(ids, id)
 		}
-		if err := postgres.InTx(context.WithoutCancel(ctx), s.db, func(tx *sqlx.Tx) error {
-			return s.enroller.Advance(ctx, tx, ids)
+		if err := postgres.InTx(fin, s.db, func(tx *sqlx.Tx) error {
+			return s.enroller.Advance(fin, tx, ids)
 		}); err != nil {
-			return sent, err
+			return res, err
 		}
 	}
-	return sent, handErr
+	if len(b.mailed) > 0 {
+		// After Settle committed: an evaluation starting now counts the
+		// emails. Should this fail, emails_30d catches up at the
+		// account's next change, or the next UTC day.
+		changed := slices.Collect(maps.Keys(b.mailed))
+		slices.Sort(changed)
+		if err := account.MarkChanged(fin, s.db, changed); err != nil {
+			return res, fmt.Errorf("delivery: %w", err)
+		}
+		res.Changed = changed
+	}
+	return res, handErr
 }
 
 // release puts claimed messages that were not handed over back to scheduled.
@@ -460,6 +486,7 @@ type batch struct {
 	nudges     []pendingNudge // rendered in-app steps, delivered together
 	deferred   []Deferral     // capped messages, put back together
 	converted  []int64        // enrollments whose goal holds
+	mailed     map[int64]bool // accounts sent an email
 	caps       *capLedger
 	engagement map[engagementKey]*campaign.StepState // see loadEngagement
 }
@@ -677,6 +704,12 @@ func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch)
 	m := e.m
 	if sendErr == nil {
 		b.record(m.ID, StatusSent, "")
+		if !m.Test && m.AccountID != nil {
+			if b.mailed == nil {
+				b.mailed = map[int64]bool{}
+			}
+			b.mailed[*m.AccountID] = true
+		}
 		return nil
 	}
 	var se *SendError

@@ -141,12 +141,25 @@ func TestARoundWithOneConnectionLostMidData(t *testing.T) {
 	o := newOutbox(t, 3)
 	ids := o.due(8)
 	o.smtp.SetFault(smtptest.Fault{Kind: smtptest.DropAfterData, Match: "c5@"})
-	handed, err := o.sender.SendBatch(t.Context(), ids)
+	var version0 int64
+	o.db.Get(&version0, `SELECT change_version FROM account`)
+	sent, err := o.sender.SendBatch(t.Context(), ids)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if handed != 8 {
-		t.Fatalf("handed over %d, want 8", handed)
+	if sent.Delivered != 8 {
+		t.Fatalf("handed over %d, want 8", sent.Delivered)
+	}
+	// The account was emailed: changed once for the batch, and waiting for
+	// the segment engine.
+	var acc struct {
+		ID      int64 `db:"id"`
+		Version int64 `db:"change_version"`
+		Pending bool  `db:"pending"`
+	}
+	o.db.Get(&acc, `SELECT id, change_version, EXISTS (SELECT 1 FROM account_pending WHERE account_id = id) AS pending FROM account`)
+	if !slices.Equal(sent.Changed, []int64{acc.ID}) || acc.Version != version0+1 || !acc.Pending {
+		t.Errorf("changed %v, account %+v (version %d before): want it changed once and pending", sent.Changed, acc, version0)
 	}
 	o.allSentBut(map[string]string{"c5@globex.example": "uncertain"})
 	copies := map[string]int{}

@@ -213,10 +213,7 @@ func (t *Tracker) RecordReply(ctx context.Context, r Reply, fwd Forwarder) (Repl
 			return nil
 		}
 		if csm.Account != nil {
-			if _, err := tx.ExecContext(ctx, `UPDATE account SET change_version = change_version + 1 WHERE id = $1`, *csm.Account); err != nil {
-				return fmt.Errorf("engagement: reply: %w", err)
-			}
-			if err := account.MarkPending(ctx, tx, []int64{*csm.Account}); err != nil {
+			if err := account.MarkChanged(ctx, tx, []int64{*csm.Account}); err != nil {
 				return fmt.Errorf("engagement: reply: %w", err)
 			}
 		}

@@ -59,6 +59,7 @@ func (c *Client) SendMessages(ctx context.Context, ids []int64) error {
 type CampaignHandlers struct {
 	Enroller *campaign.Enroller
 	Sender   *delivery.Sender
+	Client   *Client // signals the accounts a batch emailed
 	Log      *slog.Logger
 }
 
@@ -83,9 +84,12 @@ func (h *CampaignHandlers) send(ctx context.Context, t *asynq.Task) error {
 	if err := json.Unmarshal(t.Payload(), &p); err != nil || len(p.IDs) == 0 {
 		return fmt.Errorf("bad payload %q: %w", t.Payload(), asynq.SkipRetry)
 	}
-	n, err := h.Sender.SendBatch(ctx, p.IDs)
-	if n > 0 {
-		h.Log.Debug("sent batch", "messages", n, "of", len(p.IDs))
+	sent, err := h.Sender.SendBatch(ctx, p.IDs)
+	if sent.Delivered > 0 {
+		h.Log.Debug("sent batch", "messages", sent.Delivered, "of", len(p.IDs))
+	}
+	if len(sent.Changed) > 0 {
+		h.Client.AccountsChanged(context.WithoutCancel(ctx), sent.Changed)
 	}
 	return err
 }
