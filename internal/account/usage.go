@@ -43,9 +43,10 @@ type IngestResult struct {
 	Changed []int64 `json:"-"`
 }
 
-// storedEvent is an event ready to insert.
+// storedEvent is an event ready to insert, still naming its account by
+// external id (the statement resolves it).
 type storedEvent struct {
-	AccountID  int64           `json:"account_id"`
+	Account    string          `json:"account"`
 	UserKey    string          `json:"user_key"`
 	Name       string          `json:"name"`
 	Properties json.RawMessage `json:"properties"`
@@ -54,7 +55,7 @@ type storedEvent struct {
 }
 
 // IngestEvents stores usage events, their daily rollups and user activity, and
-// marks their accounts changed, in one transaction.
+// marks their accounts changed, in one statement.
 //
 // An event naming an unknown account is a bad item: accounts are created by
 // POST /v1/accounts (or a Segment "group" call), never implied by an event, so
@@ -68,8 +69,6 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 	}
 	now := s.clock.Now()
 	var items errs.Items
-	accIDs := make([]string, 0, len(in))
-	seen := make(map[string]bool, len(in))
 	for i, e := range in {
 		checkID(&items, i, "account_id", e.AccountID)
 		if len(e.ContactID) > maxIDLen {
@@ -81,14 +80,8 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 		} else {
 			checkObject(&items, i, "properties", e.Properties)
 		}
-		if e.Name == EventFeatureUsed {
-			// A map, not a struct: JSON struct decoding matches keys without
-			// regard to case, and SQL reads exactly "feature".
-			var p map[string]any
-			json.Unmarshal(e.Properties, &p)
-			if f, ok := p["feature"].(string); !ok || f == "" || len(f) > maxIDLen {
-				items.Add(i, "properties.feature", "a feature_used event needs properties.feature, a non-empty string")
-			}
+		if e.Name == EventFeatureUsed && !hasFeature(e.Properties) {
+			items.Add(i, "properties.feature", "a feature_used event needs properties.feature, a non-empty string")
 		}
 		if e.Timestamp != nil && e.Timestamp.After(now.Add(maxFutureSkew)) {
 			items.Add(i, "timestamp", "is more than %s in the future", maxFutureSkew)
@@ -96,72 +89,106 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 		if len(e.MessageID) > maxIDLen {
 			items.Add(i, "message_id", "is longer than %d characters", maxIDLen)
 		}
-		if !seen[e.AccountID] {
-			seen[e.AccountID] = true
-			accIDs = append(accIDs, e.AccountID)
-		}
 	}
-	var res IngestResult
-	err := postgres.InTx(ctx, s.db, func(tx *sqlx.Tx) error {
-		known, err := s.ResolveIDs(ctx, tx, accIDs)
-		if err != nil {
-			return err
+	if len(items) > 0 && !partial {
+		// Refused whole; the answer lists every bad item, unknown
+		// accounts too.
+		if err := s.addUnknownAccounts(ctx, &items, in); err != nil {
+			return IngestResult{}, err
 		}
-		for i, e := range in {
-			if _, ok := known[e.AccountID]; !ok && e.AccountID != "" {
-				items.Add(i, "account_id", "no account %q; create it with POST /v1/accounts first", e.AccountID)
-			}
+		return IngestResult{}, items.Err("events")
+	}
+	bad := make(map[int]bool, len(items))
+	for _, it := range items {
+		bad[it.Index] = true
+	}
+	rows := make([]storedEvent, 0, len(in))
+	pos := make([]int, 0, len(in)) // rows[k] is in[pos[k]]
+	for i, e := range in {
+		if bad[i] {
+			continue
 		}
-		if !partial {
-			if err := items.Err("events"); err != nil {
-				return err
-			}
+		at := now
+		if e.Timestamp != nil {
+			at = e.Timestamp.UTC()
 		}
-		bad := make(map[int]bool, len(items))
-		for _, it := range items {
-			bad[it.Index] = true
+		props := e.Properties
+		if isAbsent(props) {
+			props = json.RawMessage(`{}`)
 		}
-		rows := make([]storedEvent, 0, len(in))
-		for i, e := range in {
-			if bad[i] {
-				continue
-			}
-			at := now
-			if e.Timestamp != nil {
-				at = e.Timestamp.UTC()
-			}
-			props := e.Properties
-			if isAbsent(props) {
-				props = json.RawMessage(`{}`)
-			}
-			var mid *string
-			if e.MessageID != "" {
-				mid = ptr(e.MessageID)
-			}
-			rows = append(rows, storedEvent{AccountID: known[e.AccountID], UserKey: e.ContactID, Name: e.Name, Properties: props, OccurredAt: at, MessageID: mid})
+		var mid *string
+		if e.MessageID != "" {
+			mid = ptr(e.MessageID)
 		}
-		res.Rejected = items
-		if len(rows) == 0 {
-			return nil
-		}
-		inserted, changed, err := insertEvents(ctx, tx, rows, now)
-		if err != nil {
-			return err
-		}
-		res.Accepted, res.Duplicates, res.Changed = inserted, len(rows)-inserted, changed
-		return nil
-	})
+		rows = append(rows, storedEvent{Account: e.AccountID, UserKey: e.ContactID, Name: e.Name, Properties: props, OccurredAt: at, MessageID: mid})
+		pos = append(pos, i)
+	}
+	res := IngestResult{Rejected: items}
+	if len(rows) == 0 {
+		return res, nil
+	}
+	out, err := insertEvents(ctx, s.db, rows, now, partial)
 	if err != nil {
 		return IngestResult{}, err
 	}
+	for _, k := range out.unknown {
+		i := pos[k]
+		items.Add(i, "account_id", "no account %q; create it with POST /v1/accounts first", in[i].AccountID)
+	}
+	if len(out.unknown) > 0 && !partial {
+		return IngestResult{}, items.Err("events") // nothing was stored
+	}
+	res.Rejected, res.Changed = items, out.changed
+	res.Accepted = out.inserted
+	res.Duplicates = len(rows) - len(out.unknown) - out.inserted
 	return res, nil
 }
 
+// addUnknownAccounts adds to items the events naming an account that does
+// not exist.
+func (s *Store) addUnknownAccounts(ctx context.Context, items *errs.Items, in []EventInput) error {
+	ids := make([]string, 0, len(in))
+	for _, e := range in {
+		ids = append(ids, e.AccountID)
+	}
+	known, err := s.ResolveIDs(ctx, s.db, ids)
+	if err != nil {
+		return err
+	}
+	for i, e := range in {
+		if _, ok := known[e.AccountID]; !ok && e.AccountID != "" {
+			items.Add(i, "account_id", "no account %q; create it with POST /v1/accounts first", e.AccountID)
+		}
+	}
+	return nil
+}
+
+// hasFeature tells whether the properties of a feature_used event name the
+// feature: a non-empty string under exactly "feature" (SQL reads exactly
+// that key; JSON struct decoding would match it without regard to case).
+func hasFeature(props json.RawMessage) bool {
+	var p map[string]json.RawMessage
+	if json.Unmarshal(props, &p) != nil {
+		return false
+	}
+	var f string
+	return json.Unmarshal(p["feature"], &f) == nil && f != "" && len(f) <= maxIDLen
+}
+
+// inserted is what insertEvents did.
+type inserted struct {
+	inserted int     // events stored (not already seen by message id)
+	changed  []int64 // the accounts whose data changed
+	unknown  []int   // positions of rows naming no account
+}
+
 // insertEvents writes events and everything derived from them in one
-// statement (one round trip per batch): the raw rows (skipping message ids
+// statement (one round trip a batch, no transaction around it): it resolves
+// the events' accounts, and — unless some account is unknown and partial is
+// false, when it writes nothing — writes the raw rows (skipping message ids
 // already seen), the daily rollups, user activity, and the accounts'
 // last_login_at and change_version (and their place in account_pending). It
-// returns how many events were new and which accounts changed.
+// answers the rows naming no account, and what it wrote.
 //
 // Concurrent batches meet on message ids, rollup, activity and account rows,
 // so the statement takes its row locks in one order, and concurrent ingests
@@ -178,22 +205,28 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 // batches one after the other from start to commit, where locked last they
 // overlap until the account UPDATE. Only ingest writes rollups and activity,
 // so the two orders agree.
-func insertEvents(ctx context.Context, tx *sqlx.Tx, rows []storedEvent, now time.Time) (int, []int64, error) {
+func insertEvents(ctx context.Context, q postgres.Queryer, rows []storedEvent, now time.Time, partial bool) (inserted, error) {
 	payload, err := json.Marshal(rows)
 	if err != nil {
-		return 0, nil, fmt.Errorf("account: ingest: %w", err)
+		return inserted{}, fmt.Errorf("account: ingest: %w", err)
 	}
 	var out []struct {
-		ID int64 `db:"id"`
-		N  int   `db:"n"`
+		ID      *int64 `db:"id"`
+		N       int    `db:"n"`
+		Unknown *int   `db:"unknown"`
 	}
-	err = tx.SelectContext(ctx, &out, `
-		WITH ins AS (
+	err = q.SelectContext(ctx, &out, `
+		WITH x AS MATERIALIZED (
+			SELECT x.*, a.id AS account_id
+			FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (account text, user_key text, name text,
+			     properties jsonb, occurred_at timestamptz, message_id text))
+			     WITH ORDINALITY AS x(account, user_key, name, properties, occurred_at, message_id, i)
+			LEFT JOIN account a ON a.external_id = x.account
+		), ins AS (
 			INSERT INTO usage_event (account_id, user_key, name, properties, occurred_at, received_at, message_id)
 			SELECT account_id, user_key, name, properties, occurred_at, $2, message_id
-			FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (account_id bigint, user_key text, name text,
-			     properties jsonb, occurred_at timestamptz, message_id text))
-			     WITH ORDINALITY AS x(account_id, user_key, name, properties, occurred_at, message_id, i)
+			FROM x
+			WHERE account_id IS NOT NULL AND ($3 OR NOT EXISTS (SELECT 1 FROM x WHERE account_id IS NULL))
 			ORDER BY message_id, i -- of repeats within the batch, the first is kept
 			ON CONFLICT (message_id) WHERE message_id IS NOT NULL DO NOTHING
 			RETURNING account_id, user_key, name, properties, occurred_at
@@ -227,26 +260,33 @@ func insertEvents(ctx context.Context, tx *sqlx.Tx, rows []storedEvent, now time
 		), pending AS (
 			INSERT INTO account_pending (account_id) SELECT id FROM locked ORDER BY id
 			ON CONFLICT DO NOTHING
+		), changed AS (
+			UPDATE account a
+			SET change_version = a.change_version + 1,
+			    last_login_at = GREATEST(a.last_login_at, s.last_login)
+			FROM (
+				SELECT account_id, count(*) AS n, max(occurred_at) FILTER (WHERE name = 'login') AS last_login
+				FROM ins GROUP BY 1
+			) s
+			WHERE a.id = s.account_id AND a.id IN (SELECT id FROM locked)
+			RETURNING a.id, s.n
 		)
-		UPDATE account a
-		SET change_version = a.change_version + 1,
-		    last_login_at = GREATEST(a.last_login_at, s.last_login)
-		FROM (
-			SELECT account_id, count(*) AS n, max(occurred_at) FILTER (WHERE name = 'login') AS last_login
-			FROM ins GROUP BY 1
-		) s
-		WHERE a.id = s.account_id AND a.id IN (SELECT id FROM locked)
-		RETURNING a.id, s.n`, payload, now)
+		SELECT id, n, NULL::int AS unknown FROM changed
+		UNION ALL
+		SELECT NULL, 0, i - 1 FROM x WHERE account_id IS NULL`, payload, now, partial)
 	if err != nil {
-		return 0, nil, fmt.Errorf("account: ingest: %w", err)
+		return inserted{}, fmt.Errorf("account: ingest: %w", err)
 	}
-	n := 0
-	ids := make([]int64, len(out))
-	for i, r := range out {
-		n += r.N
-		ids[i] = r.ID
+	var res inserted
+	for _, r := range out {
+		if r.Unknown != nil {
+			res.unknown = append(res.unknown, *r.Unknown)
+			continue
+		}
+		res.inserted += r.N
+		res.changed = append(res.changed, *r.ID)
 	}
-	return n, ids, nil
+	return res, nil
 }
 
 // Metric names a customer's pipeline may set directly.
