@@ -12,9 +12,10 @@ import (
 	"github.com/tendhq/tend/internal/errs"
 )
 
-// LoadDir reads every campaign in dir (*.yaml, *.yml) and the templates they
-// use from templatesDir: NAME.html for an email template, NAME.nudge.yaml
-// for a nudge. A template the campaigns use that is not there is left for
+// LoadDir reads every campaign in dir (*.yaml, *.yml), the templates they
+// use from templatesDir (NAME.html for an email template, NAME.nudge.yaml
+// for a nudge) and every layout in templatesDir/layouts (NAME.html, stored as
+// layouts/NAME). A template the campaigns use that is not there is left for
 // validation to report (it may already be stored).
 func LoadDir(dir, templatesDir string) (Bundle, error) {
 	var b Bundle
@@ -61,6 +62,20 @@ func LoadDir(dir, templatesDir string) (Bundle, error) {
 				}
 				b.Templates = append(b.Templates, TemplateInput{Name: name, Kind: kind, Source: string(src)})
 			}
+		}
+	}
+	layouts, err := filepath.Glob(filepath.Join(templatesDir, "layouts", "*.html"))
+	if err != nil {
+		return b, err
+	}
+	for _, path := range layouts {
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return b, fmt.Errorf("campaign: %w", err)
+		}
+		name := layoutPrefix + strings.TrimSuffix(filepath.Base(path), ".html")
+		if !seen[name] {
+			b.Templates = append(b.Templates, TemplateInput{Name: name, Kind: TemplateLayout, Source: string(src)})
 		}
 	}
 	sort.Slice(b.Templates, func(i, j int) bool { return b.Templates[i].Name < b.Templates[j].Name })

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -29,9 +30,13 @@ const (
 
 // Template kinds.
 const (
-	TemplateEmail = "email"
-	TemplateNudge = "nudge"
+	TemplateEmail  = "email"
+	TemplateNudge  = "nudge"
+	TemplateLayout = "layout" // named layouts/NAME; wraps every email (see render.DefaultLayoutName)
 )
+
+// layoutPrefix starts the name of every layout, and of nothing else.
+const layoutPrefix = "layouts/"
 
 // TemplateInput is a template to store.
 type TemplateInput struct {
@@ -161,8 +166,11 @@ func (s *Store) checkTemplate(t TemplateInput) error {
 	if !templRe.MatchString(t.Name) {
 		return errs.E(errs.Invalid, "invalid_template", "a template name is lower-case letters, digits and - _ . / (got %q)", t.Name).With("template", t.Name)
 	}
-	if t.Kind != TemplateEmail && t.Kind != TemplateNudge {
-		return errs.E(errs.Invalid, "invalid_template", "template %q: kind is email or nudge (got %q)", t.Name, t.Kind).With("template", t.Name)
+	if t.Kind != TemplateEmail && t.Kind != TemplateNudge && t.Kind != TemplateLayout {
+		return errs.E(errs.Invalid, "invalid_template", "template %q: kind is email, nudge or layout (got %q)", t.Name, t.Kind).With("template", t.Name)
+	}
+	if (t.Kind == TemplateLayout) != strings.HasPrefix(t.Name, layoutPrefix) {
+		return errs.E(errs.Invalid, "invalid_template", "template %q: a layout is named %sNAME, and only a layout is", t.Name, layoutPrefix).With("template", t.Name)
 	}
 	if s.checker == nil {
 		return nil

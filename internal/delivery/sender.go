@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/expr-lang/expr/vm"
@@ -74,6 +75,7 @@ type Sender struct {
 	progs     sync.Map // expression source → *vm.Program
 	templates sync.Map // version key + name → *render.Template
 	versions  sync.Map // versionKey → *version
+	layout    atomic.Pointer[storedLayout]
 }
 
 // NewSender wires a sender.
@@ -306,10 +308,13 @@ func (s *Sender) release(ctx context.Context, token string, msgs []claimed) {
 	}
 }
 
-// prepareBatch makes sure the batch's campaign versions are known, and
-// returns its accounts with their CSMs and profiles.
+// prepareBatch makes sure the batch's campaign versions and the stored
+// layout are known, and returns its accounts with their CSMs and profiles.
 func (s *Sender) prepareBatch(ctx context.Context, msgs []claimed) (map[int64]*accountInfo, error) {
 	if err := s.loadVersions(ctx, msgs); err != nil {
+		return nil, err
+	}
+	if err := s.refreshLayout(ctx); err != nil {
 		return nil, err
 	}
 	out := map[int64]*accountInfo{}
@@ -915,7 +920,7 @@ func (s *Sender) render(m *claimed, def campaign.Definition, info *accountInfo, 
 	}
 	d, csm := s.data(m, def, info, c)
 	signAsCSM := csm != nil
-	e, err := s.renderer.Email(t, d, m.ID, render.EmailOptions{SignAsCSM: signAsCSM, Test: m.Test})
+	e, err := s.renderer.Email(t, d, m.ID, render.EmailOptions{SignAsCSM: signAsCSM, Test: m.Test, Layout: s.currentLayout()})
 	if err != nil {
 		return Composed{}, err
 	}
@@ -1033,6 +1038,9 @@ func (s *Sender) Preview(ctx context.Context, campaignName, stepID, contactID st
 			return Composed{}, err
 		}
 		return Composed{To: c.ExternalID, Nudge: &n}, nil
+	}
+	if err := s.refreshLayout(ctx); err != nil {
+		return Composed{}, err
 	}
 	return s.render(m, def, info, c, c.Email)
 }

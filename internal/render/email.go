@@ -33,6 +33,8 @@ type EmailOptions struct {
 	// nothing is tracked (no pixel, links left as written, and an
 	// unsubscribe link that unsubscribes no one).
 	Test bool
+	// Layout wraps the body; nil: the renderer's.
+	Layout *Layout
 }
 
 // Email is a rendered email.
@@ -89,7 +91,10 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 	}
 	base := strings.TrimRight(r.PublicURL, "/")
 
-	layout := r.Layout
+	layout := opts.Layout
+	if layout == nil {
+		layout = r.Layout
+	}
 	if layout == nil {
 		layout = DefaultLayout()
 	}

@@ -1,13 +1,18 @@
 package render
 
 import (
-	_ "embed"
 	htmltemplate "html/template"
 	"strings"
 	"sync"
 
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/templates"
 )
+
+// DefaultLayoutName is the name of the stored layout that wraps every email
+// (templates/layouts/default.html, applied by `tend campaigns apply` or PUT
+// /v1/templates/layouts/default). Until one is stored, DefaultLayout does.
+const DefaultLayoutName = "layouts/default"
 
 // LayoutData is what a layout sees as dot: the message's Data (so a layout
 // may use .Contact, .CSM...) and the parts the renderer fills in.
@@ -41,12 +46,11 @@ type Layout struct {
 	source string
 }
 
-//go:embed layouts/default.html
-var defaultLayoutSource string
-
-// DefaultLayout is the built-in layout (layouts/default.html).
+// DefaultLayout is the built-in layout: templates/layouts/default.html as
+// this binary was built with it, used until a layout is stored under
+// DefaultLayoutName.
 var DefaultLayout = sync.OnceValue(func() *Layout {
-	l, err := ParseLayout("default", defaultLayoutSource)
+	l, err := ParseLayout(DefaultLayoutName, templates.DefaultLayout)
 	if err != nil {
 		panic("render: the default layout is broken: " + err.Error())
 	}

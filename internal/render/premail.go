@@ -69,8 +69,9 @@ type inlined struct {
 	err    error // why the CSS could not be inlined (set and layout are then as written)
 }
 
-// maxInlinedLayouts bounds the layouts a template keeps an inlined copy for;
-// past it, a layout's copy is made for each message (correct, but slow).
+// maxInlinedLayouts bounds the layouts a template keeps an inlined copy for
+// (each edit of the stored layout is a new one); past it, the copies are
+// dropped and made again as they are used.
 const maxInlinedLayouts = 8
 
 // inlinedFor returns t inlined in layout l, made on first use.
@@ -90,9 +91,11 @@ func (t *Template) inlinedFor(l *Layout) *inlined {
 	if t.inlined == nil {
 		t.inlined = map[*Layout]*inlined{}
 	}
-	if len(t.inlined) < maxInlinedLayouts {
-		t.inlined[l] = in
+	if len(t.inlined) >= maxInlinedLayouts {
+		// Layouts edited since: start over with the ones in use now.
+		clear(t.inlined)
 	}
+	t.inlined[l] = in
 	return in
 }
 

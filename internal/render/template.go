@@ -31,8 +31,9 @@ type Kind string
 
 // The kinds of template.
 const (
-	KindEmail Kind = "email"
-	KindNudge Kind = "nudge"
+	KindEmail  Kind = "email"
+	KindNudge  Kind = "nudge"
+	KindLayout Kind = "layout" // see ParseLayout; not a Template
 )
 
 // Template is a parsed, validated template. It is safe for concurrent use.
@@ -107,10 +108,48 @@ func Parse(name string, kind Kind, source string) (*Template, error) {
 // Checker validates templates for the campaign store (campaign.TemplateChecker).
 type Checker struct{}
 
-// CheckTemplate parses a template of the named kind, refusing it as Parse does.
+// CheckTemplate parses a template of the named kind, refusing it as Parse
+// does; a layout as CheckLayout does.
 func (Checker) CheckTemplate(name, kind, source string) error {
+	if Kind(kind) == KindLayout {
+		return CheckLayout(name, source)
+	}
 	_, err := Parse(name, Kind(kind), source)
 	return err
+}
+
+// sampleEmail is the email template CheckLayout renders in a layout.
+var sampleEmail = sync.OnceValue(func() *Template {
+	t, err := Parse("sample", KindEmail, `{{define "subject"}}Checking in, {{.Contact.FirstName}}{{end}}
+{{define "body"}}<p>Hi {{.Contact.FirstName}}, here is <a href="https://example.com/guide">a guide</a>.</p>{{end}}`)
+	if err != nil {
+		panic("render: the sample email is broken: " + err.Error())
+	}
+	return t
+})
+
+// CheckLayout parses a layout (see ParseLayout) and renders a sample email
+// in it, signed and not, refusing a layout that would fail at send time.
+func CheckLayout(name, source string) error {
+	l, err := ParseLayout(name, source)
+	if err != nil {
+		return err
+	}
+	for _, signed := range []bool{true, false} {
+		if _, err := sampleRenderer().email(sampleEmail(), SampleData(), 1, EmailOptions{SignAsCSM: signed, Layout: l}, true); err != nil {
+			return invalid(name, "a sample email does not render in this layout: %v", messageOf(err))
+		}
+	}
+	return nil
+}
+
+// messageOf is the message of err without its errs code.
+func messageOf(err error) string {
+	var e *errs.Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
 }
 
 // invalid is an invalid_template error about the template name.
