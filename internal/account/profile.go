@@ -187,7 +187,7 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 	}
 
 	var metrics []metricRow
-	// Index probes per account (see AccountMessages on why the ORDER BY).
+	// Index probes per account (see AccountMessagesSince on why the ORDER BY).
 	err = q.SelectContext(ctx, &metrics, `
 		SELECT x.id AS account_id, m.name, m.value, m.at
 		FROM unnest($1::bigint[]) AS x(id)
@@ -219,18 +219,22 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 	return out, nil
 }
 
-// AccountMessages is a LATERAL subquery over unnest(...) AS x(id): the sent,
-// non-test messages of account x.id, found through its contacts
-// (contact_account, then message_contact), id order. Queries over a batch of
-// accounts drive their reads from the ids this way: joined as a set
-// (IN (SELECT unnest(...))), the planner guessed 200 accounts and scanned
-// contact and message whole for every batch. The ORDER BY keeps PostgreSQL
-// from merging the subquery into the outer join, where it could choose so
-// again.
-const AccountMessages = `
+// AccountMessagesSince returns a LATERAL subquery over unnest(...) AS x(id):
+// the sent, non-test messages of account x.id sent at or after since (an SQL
+// expression, such as a parameter), found through its contacts
+// (contact_account, then a range of message_contact_sent), id order: an
+// account's reads stay in proportion to its recent mail, not to all it was
+// ever sent. Queries over a batch of accounts drive their reads from the ids
+// this way: joined as a set (IN (SELECT unnest(...))), the planner guessed
+// 200 accounts and scanned contact and message whole for every batch. The
+// ORDER BY keeps PostgreSQL from merging the subquery into the outer join,
+// where it could choose so again.
+func AccountMessagesSince(since string) string {
+	return `
 	SELECT m.id, m.sent_at, m.channel FROM contact ct JOIN message m ON m.contact_id = ct.id
-	WHERE ct.account_id = x.id AND NOT m.test AND m.status = 'sent'
+	WHERE ct.account_id = x.id AND m.sent_at >= ` + since + ` AND NOT m.test AND m.status = 'sent'
 	ORDER BY m.id`
+}
 
 // engagementCounts fills the 30-day engagement with Tend's own messages:
 // emails sent, and the messages a person (not a proxy or scanner) opened,
@@ -255,7 +259,7 @@ func engagementCounts(ctx context.Context, q postgres.Queryer, ids []int64, sinc
 		       count(*) FILTER (WHERE ev.replied) AS replies,
 		       count(*) FILTER (WHERE ev.dismissed) AS dismissed
 		FROM unnest($1::bigint[]) AS x(id)
-		CROSS JOIN LATERAL (`+AccountMessages+`) m
+		CROSS JOIN LATERAL (`+AccountMessagesSince(`$2::timestamptz - interval '30 days'`)+`) m
 		CROSS JOIN LATERAL (
 			SELECT coalesce(bool_or(e.kind = 'open' AND e.human), false) AS opened,
 			       coalesce(bool_or(e.kind = 'click' AND e.human), false) AS clicked,

@@ -247,7 +247,7 @@ func messagesOf(ctx context.Context, q postgres.Queryer, ids []int64, now time.T
 		                 WHERE h.account_id = x.id AND h.at <= m.sent_at
 		                 ORDER BY h.at DESC LIMIT 1), false) AS at_risk
 		FROM unnest($1::bigint[]) AS x(id)
-		CROSS JOIN LATERAL (`+account.AccountMessages+`) m
+		CROSS JOIN LATERAL (`+account.AccountMessagesSince("$2")+`) m
 		CROSS JOIN LATERAL (
 			SELECT coalesce(bool_or(e.kind = 'reply'), false) AS reply,
 			       coalesce(bool_or(e.kind IN ('click', 'nudge_click') AND e.human), false) AS click,
