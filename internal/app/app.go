@@ -64,8 +64,9 @@ type App struct {
 	Tracker      *engagement.Tracker
 	Health       *health.Service
 
-	redis  *redis.Client
-	shared *clock.Shared
+	redis   *redis.Client
+	shared  *clock.Shared
+	metrics *jobs.Metrics
 }
 
 // Option changes how New wires the app.
@@ -139,6 +140,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 		a.Close()
 		return nil, err
 	}
+	a.metrics = jobs.NewMetrics(a.Registry)
+	a.Registry.MustRegister(newPipeline(a.Outbox, a.Engine, log))
 	return a, nil
 }
 
@@ -207,7 +210,7 @@ func (a *App) API() *httpapi.Server {
 // Worker builds the asynq worker with every handler.
 func (a *App) Worker() *jobs.Worker {
 	seg := &jobs.SegmentHandlers{Engine: a.Engine, Client: a.Jobs, Log: a.Log}
-	camp := &jobs.CampaignHandlers{Enroller: a.Enroller, Sender: a.Sender, Client: a.Jobs, Log: a.Log}
+	camp := &jobs.CampaignHandlers{Enroller: a.Enroller, Sender: a.Sender, Client: a.Jobs, Metrics: a.metrics, Log: a.Log}
 	return jobs.NewWorker(a.Redis, a.Log, jobs.WorkerOptions{
 		Concurrency: a.Cfg.WorkerConcurrency, ShutdownTimeout: a.Cfg.ShutdownTimeout,
 	}, func(mux *asynq.ServeMux) {
@@ -248,6 +251,9 @@ func (a *App) Run(ctx context.Context, mode string) error {
 	if mode == ModeServe || mode == ModeAll {
 		api := a.API()
 		g.Go(func() error { return api.Serve(gctx, a.Cfg.HTTPAddr, a.Cfg.ShutdownTimeout) })
+	}
+	if mode == ModeWorker && a.Cfg.MetricsAddr != "" {
+		g.Go(func() error { return a.serveMetrics(gctx, a.Cfg.MetricsAddr) })
 	}
 	if mode == ModeWorker || mode == ModeAll {
 		w := a.Worker()

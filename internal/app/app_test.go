@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -130,6 +131,31 @@ func (tn *tend) send(want int, req *http.Request) map[string]any {
 	}
 	out := map[string]any{}
 	json.Unmarshal(raw, &out)
+	return out
+}
+
+// metrics scrapes /metrics: each sample's value by its name and labels as
+// written ("tend_messages_total{outcome=\"sent\"}").
+func (tn *tend) metrics() map[string]float64 {
+	tn.t.Helper()
+	res, err := http.Get(tn.url + "/metrics")
+	if err != nil {
+		tn.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			tn.t.Fatalf("/metrics: %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
 	return out
 }
 
@@ -461,9 +487,25 @@ func TestSMTPFaults(t *testing.T) {
 	if len(list) != 1 || list[0].(map[string]any)["email"] != "dropafter@globex.example" {
 		t.Fatalf("uncertain = %v", out)
 	}
+	// So do the metrics: what this worker settled, and what waits for the
+	// operator.
+	m := tn.metrics()
+	for name, want := range map[string]float64{
+		`tend_messages_total{outcome="sent"}`: 3, `tend_messages_total{outcome="retry"}`: 3,
+		`tend_messages_total{outcome="failed"}`: 1, `tend_messages_total{outcome="uncertain"}`: 1,
+		"tend_outbox_uncertain_messages": 1, "tend_outbox_in_flight_messages": 0, "tend_outbox_oldest_due_seconds": 0,
+		"tend_pipeline_up": 1,
+	} {
+		if got, ok := m[name]; !ok || got != want {
+			t.Errorf("%s = %v (reported: %t), want %v", name, got, ok, want)
+		}
+	}
 	id := list[0].(map[string]any)["id"].(float64)
 	tn.call(422, "POST", fmt.Sprintf("/v1/messages/%d/resolve", int64(id)), map[string]any{"action": "shrug"})
 	tn.call(200, "POST", fmt.Sprintf("/v1/messages/%d/resolve", int64(id)), map[string]any{"action": "drop"})
+	if got := tn.metrics()["tend_outbox_uncertain_messages"]; got != 0 {
+		t.Errorf("after the drop, tend_outbox_uncertain_messages = %v", got)
+	}
 	tn.call(409, "POST", fmt.Sprintf("/v1/messages/%d/resolve", int64(id)), map[string]any{"action": "resend"})
 	if st := tn.status("dropafter", "checkin"); st != "failed" {
 		t.Fatalf("dropped uncertain message is %s", st)
@@ -849,6 +891,51 @@ func TestRepliesAndBounces(t *testing.T) {
 	tn.db.Select(&recorded, `SELECT kind || ':' || (metadata->>'type') FROM engagement_event WHERE kind IN ('bounce', 'complaint') ORDER BY id`)
 	if strings.Join(recorded, ",") != "bounce:soft,complaint:complaint" {
 		t.Fatalf("bounce engagement = %v, want the soft bounce and one complaint", recorded)
+	}
+}
+
+// A worker alone has no API: with TEND_METRICS_ADDR it serves /metrics and
+// /healthz there, and stops serving them when it stops.
+func TestWorkerMetricsListener(t *testing.T) {
+	t.Parallel()
+	db, rd, sink := testsvc.NewDB(t), testsvc.NewRedis(t), smtptest.Start(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg, err := config.Load(map[string]string{"TEND_DATABASE_URL": db.URL, "TEND_REDIS_URL": rd.URL, "TEND_SMTP_URL": sink.URL(),
+		"TEND_METRICS_ADDR": addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), app.WithClock(clock.NewManual(t0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, app.ModeWorker) }()
+	tn := &tend{t: t, url: "http://" + addr}
+	tn.eventually("the worker serves /healthz", 30*time.Second, func() bool {
+		res, err := http.Get(tn.url + "/healthz")
+		if err == nil {
+			res.Body.Close()
+		}
+		return err == nil && res.StatusCode == 200
+	})
+	m := tn.metrics()
+	if m["tend_pipeline_up"] != 1 || m["go_goroutines"] == 0 {
+		t.Errorf("worker metrics: tend_pipeline_up %v, go_goroutines %v", m["tend_pipeline_up"], m["go_goroutines"])
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if _, err := http.Get(tn.url + "/healthz"); err == nil {
+		t.Error("the metrics listener still answers after the worker stopped")
 	}
 }
 

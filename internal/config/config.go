@@ -24,10 +24,13 @@ const DevSecret = "tend-development-secret-change-me"
 
 // Config is the whole configuration of a Tend process.
 type Config struct {
-	DatabaseURL   string `env:"TEND_DATABASE_URL" envDefault:"postgres://postgres@127.0.0.1:5432/tend?sslmode=disable"`
-	RedisURL      string `env:"TEND_REDIS_URL" envDefault:"redis://127.0.0.1:6379/0"`
-	SMTPURL       string `env:"TEND_SMTP_URL" envDefault:"smtp://127.0.0.1:1025"`
-	HTTPAddr      string `env:"TEND_HTTP_ADDR" envDefault:":8080"`
+	DatabaseURL string `env:"TEND_DATABASE_URL" envDefault:"postgres://postgres@127.0.0.1:5432/tend?sslmode=disable"`
+	RedisURL    string `env:"TEND_REDIS_URL" envDefault:"redis://127.0.0.1:6379/0"`
+	SMTPURL     string `env:"TEND_SMTP_URL" envDefault:"smtp://127.0.0.1:1025"`
+	HTTPAddr    string `env:"TEND_HTTP_ADDR" envDefault:":8080"`
+	// MetricsAddr, when set, is where `tend worker` serves /metrics and
+	// /healthz (the API serves them on HTTPAddr).
+	MetricsAddr   string `env:"TEND_METRICS_ADDR"`
 	PublicURL     string `env:"TEND_PUBLIC_URL" envDefault:"http://localhost:8080"`
 	Secret        string `env:"TEND_SECRET" envDefault:"tend-development-secret-change-me"`
 	WebhookSecret string `env:"TEND_WEBHOOK_SECRET" envDefault:"tend-development-webhook-secret"`
@@ -124,6 +127,9 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		bad("TEND_HTTP_ADDR", "want host:port or :port, got %q", c.HTTPAddr)
+	}
+	if _, _, err := net.SplitHostPort(c.MetricsAddr); c.MetricsAddr != "" && err != nil {
+		bad("TEND_METRICS_ADDR", "want host:port or :port (or nothing: no metrics listener for a worker), got %q", c.MetricsAddr)
 	}
 	if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("TEND_PUBLIC_URL", "want the absolute http(s) URL users reach the API at, got %q", c.PublicURL)

@@ -25,11 +25,12 @@ func TestLoadReportsEveryBadVariable(t *testing.T) {
 		"TEND_DATABASE_URL": "mysql://x",
 		"TEND_SECRET":       "short",
 		"TEND_LOG_LEVEL":    "loud",
+		"TEND_METRICS_ADDR": "metrics",
 	})
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL"} {
+	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL", "TEND_METRICS_ADDR"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}

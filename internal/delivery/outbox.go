@@ -589,3 +589,41 @@ func (o *Outbox) Stats(ctx context.Context, campaignID int64) ([]StepStats, map[
 	}
 	return steps, enr, nil
 }
+
+// Gauges is the state of the outbox as an operator watches it.
+type Gauges struct {
+	// OldestDue is how long the oldest message that may be sent now (due,
+	// its campaign active, no hold, sending not paused) has waited past its
+	// due time; zero when none waits. It grows when sending falls behind.
+	OldestDue time.Duration
+	// InFlight counts messages claimed or being handed to SMTP.
+	InFlight int64
+	// Uncertain counts messages an operator must resend or drop.
+	Uncertain int64
+}
+
+// Gauges reads the outbox's gauges: three index reads (message_due from its
+// oldest entry, and the small message_leased and message_uncertain).
+func (o *Outbox) Gauges(ctx context.Context) (Gauges, error) {
+	var row struct {
+		Due       *time.Time `db:"oldest_due"`
+		InFlight  int64      `db:"in_flight"`
+		Uncertain int64      `db:"uncertain"`
+	}
+	now := o.clock.Now()
+	err := o.db.GetContext(ctx, &row, `
+		SELECT (SELECT m.due_at FROM message m JOIN campaign c ON c.id = m.campaign_id
+		        WHERE m.status = 'scheduled' AND m.due_at <= $1
+		          AND (m.test OR c.status = 'active') AND NOT `+heldOrPaused+`
+		        ORDER BY m.due_at LIMIT 1) AS oldest_due,
+		       (SELECT count(*) FROM message WHERE status IN ('claimed', 'sending') AND claimed_at IS NOT NULL) AS in_flight,
+		       (SELECT count(*) FROM message WHERE status = 'uncertain') AS uncertain`, now)
+	if err != nil {
+		return Gauges{}, fmt.Errorf("delivery: gauges: %w", err)
+	}
+	g := Gauges{InFlight: row.InFlight, Uncertain: row.Uncertain}
+	if row.Due != nil {
+		g.OldestDue = now.Sub(*row.Due)
+	}
+	return g, nil
+}

@@ -192,6 +192,11 @@ type Sent struct {
 	// and health changed: recorded (see account.MarkChanged), to be signalled
 	// to the segment engine.
 	Changed []int64
+	// Outcomes counts the batch's messages by what became of them: a final
+	// status (sent, failed, skipped, uncertain; delivered for a nudge), or
+	// retry (a temporary SMTP failure) and deferred (capped) for those
+	// scheduled again.
+	Outcomes map[string]int
 }
 
 // SendBatch sends the given messages (those still scheduled and due; others
@@ -268,7 +273,11 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (Sent, error) {
 	if handErr != nil {
 		s.log.Error("delivery: hand-over failed; the rest of the batch goes back to scheduled", "err", handErr)
 	}
-	res := Sent{Delivered: sent}
+	if nudged > 0 {
+		b.tally("delivered", nudged)
+	}
+	b.tally("deferred", len(b.deferred))
+	res := Sent{Delivered: sent, Outcomes: b.outcomes}
 	if err := s.outbox.Settle(fin, token, b.done); err != nil {
 		return res, err
 	}
@@ -492,12 +501,25 @@ type batch struct {
 	deferred   []Deferral     // capped messages, put back together
 	converted  []int64        // enrollments whose goal holds
 	mailed     map[int64]bool // accounts sent an email
+	outcomes   map[string]int // see Sent.Outcomes
 	caps       *capLedger
 	engagement map[engagementKey]*campaign.StepState // see loadEngagement
 }
 
 func (b *batch) record(id int64, status, reason string) {
 	b.done = append(b.done, Outcome{ID: id, Status: status, Reason: reason})
+	b.tally(status, 1)
+}
+
+// tally counts n messages under outcome.
+func (b *batch) tally(outcome string, n int) {
+	if n == 0 {
+		return
+	}
+	if b.outcomes == nil {
+		b.outcomes = map[string]int{}
+	}
+	b.outcomes[outcome] += n
 }
 
 // email is a rendered message waiting for its hand-over to SMTP.
@@ -732,6 +754,7 @@ func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch)
 		}
 		b.record(m.ID, StatusFailed, "hard bounce: "+se.Error())
 	case se.Temporary && m.Attempts+1 < s.opts.MaxAttempts:
+		b.tally("retry", 1)
 		return s.outbox.Retry(ctx, m.ID, b.token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error())
 	default:
 		b.record(m.ID, StatusFailed, se.Error())

@@ -437,3 +437,35 @@ func TestTakeDue(t *testing.T) {
 		t.Fatalf("every task lost: took %v, want all 5", got)
 	}
 }
+
+// The outbox's gauges: how late the oldest sendable message is (messages
+// held back by a hold do not count), and what is in flight or uncertain.
+func TestOutboxGauges(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(3)
+	gauges := func() delivery.Gauges {
+		t.Helper()
+		g, err := o.outbox.Gauges(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	if g := gauges(); g != (delivery.Gauges{}) {
+		t.Errorf("due just now: %+v, want nothing late", g)
+	}
+	o.clock.Advance(10 * time.Minute)
+	if g := gauges(); g.OldestDue != 10*time.Minute {
+		t.Errorf("10 minutes later: oldest due %s, want 10m", g.OldestDue)
+	}
+	o.exec(`INSERT INTO account_hold (account_id, reason, created_by, created_at) SELECT id, 'renewal talks', 'dana', $1 FROM account`, t0)
+	if g := gauges(); g.OldestDue != 0 {
+		t.Errorf("on hold: oldest due %s, want 0 (held back on purpose)", g.OldestDue)
+	}
+	o.exec(`UPDATE account_hold SET released_at = $1`, t0)
+	o.exec(`UPDATE message SET status = 'sending', claim_token = 'x', claimed_at = now() WHERE id = $1`, ids[0])
+	o.exec(`UPDATE message SET status = 'uncertain' WHERE id = $1`, ids[1])
+	if g := gauges(); g != (delivery.Gauges{OldestDue: 10 * time.Minute, InFlight: 1, Uncertain: 1}) {
+		t.Errorf("one sending, one uncertain, one due: %+v", g)
+	}
+}

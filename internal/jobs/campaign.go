@@ -60,6 +60,7 @@ type CampaignHandlers struct {
 	Enroller *campaign.Enroller
 	Sender   *delivery.Sender
 	Client   *Client // signals the accounts a batch emailed
+	Metrics  *Metrics
 	Log      *slog.Logger
 }
 
@@ -85,6 +86,7 @@ func (h *CampaignHandlers) send(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("bad payload %q: %w", t.Payload(), asynq.SkipRetry)
 	}
 	sent, err := h.Sender.SendBatch(ctx, p.IDs)
+	h.Metrics.sent(sent)
 	if sent.Delivered > 0 {
 		h.Log.Debug("sent batch", "messages", sent.Delivered, "of", len(p.IDs))
 	}

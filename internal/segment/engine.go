@@ -531,6 +531,21 @@ func (e *Engine) HasDirty(ctx context.Context) (bool, error) {
 	return b, nil
 }
 
+// Pending counts the accounts waiting for an evaluation of a change, up to
+// limit (a bulk import can list every account; counting them all on every
+// scrape would cost more than the answer is worth).
+func (e *Engine) Pending(ctx context.Context, limit int) (int64, error) {
+	var n int64
+	err := e.db.GetContext(ctx, &n, `
+		SELECT count(*) FROM (
+			SELECT 1 FROM account_pending p JOIN account a ON a.id = p.account_id
+			WHERE a.change_version > a.evaluated_version LIMIT $1) s`, limit)
+	if err != nil {
+		return 0, fmt.Errorf("segment: pending: %w", err)
+	}
+	return n, nil
+}
+
 // Shard is a range of account ids of one pass: Lo <= id < Hi.
 type Shard struct {
 	PassID int64 `json:"pass_id" db:"pass_id"`
