@@ -15,9 +15,13 @@
 
 -- +goose NO TRANSACTION
 -- +goose Up
-CREATE INDEX CONCURRENTLY IF NOT EXISTS message_contact_sent ON message (contact_id, sent_at);
+-- A concurrent build cut short (a failure, a restart) leaves an invalid
+-- index of the name behind: build it again from scratch.
+DROP INDEX CONCURRENTLY IF EXISTS message_contact_sent;
+CREATE INDEX CONCURRENTLY message_contact_sent ON message (contact_id, sent_at);
 DROP INDEX CONCURRENTLY IF EXISTS message_contact;
 
 -- +goose Down
-CREATE INDEX CONCURRENTLY IF NOT EXISTS message_contact ON message (contact_id, id);
+DROP INDEX CONCURRENTLY IF EXISTS message_contact;
+CREATE INDEX CONCURRENTLY message_contact ON message (contact_id, id);
 DROP INDEX CONCURRENTLY IF EXISTS message_contact_sent;
