@@ -281,6 +281,20 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (Sent, error) {
 	if err := s.outbox.Settle(fin, token, b.done); err != nil {
 		return res, err
 	}
+	// After Settle committed, both: the accounts emailed are marked changed
+	// (an evaluation starting now counts the emails; should this fail,
+	// emails_30d catches up at the account's next change or the next UTC
+	// day), and the enrollments move on.
+	var failed []error
+	if len(b.mailed) > 0 {
+		changed := slices.Collect(maps.Keys(b.mailed))
+		slices.Sort(changed)
+		if err := account.MarkChanged(fin, s.db, changed); err != nil {
+			failed = append(failed, fmt.Errorf("delivery: %w", err))
+		} else {
+			res.Changed = changed
+		}
+	}
 	if len(touched) > 0 {
 		ids := make([]int64, 0, len(touched))
 		for id := range touched {
@@ -289,21 +303,10 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (Sent, error) {
 		if err := postgres.InTx(fin, s.db, func(tx *sqlx.Tx) error {
 			return s.enroller.Advance(fin, tx, ids)
 		}); err != nil {
-			return res, err
+			failed = append(failed, err)
 		}
 	}
-	if len(b.mailed) > 0 {
-		// After Settle committed: an evaluation starting now counts the
-		// emails. Should this fail, emails_30d catches up at the
-		// account's next change, or the next UTC day.
-		changed := slices.Collect(maps.Keys(b.mailed))
-		slices.Sort(changed)
-		if err := account.MarkChanged(fin, s.db, changed); err != nil {
-			return res, fmt.Errorf("delivery: %w", err)
-		}
-		res.Changed = changed
-	}
-	return res, handErr
+	return res, errors.Join(append(failed, handErr)...)
 }
 
 // release puts claimed messages that were not handed over back to scheduled.
