@@ -37,7 +37,7 @@ func TestSharedClockFollowsTheStoredOffset(t *testing.T) {
 	if a.Offset() != off || b.Offset() != off {
 		t.Fatalf("offsets %s and %s, want %s", a.Offset(), b.Offset(), off)
 	}
-	if d := a.Now().Sub(time.Now()); d < off-time.Second || d > off+time.Second {
+	if d := time.Until(a.Now()); d < off-time.Second || d > off+time.Second {
 		t.Fatalf("Now is %s ahead of real time, want about %s", d, off)
 	}
 	if _, err := clock.Advance(ctx, db.DB.DB, -time.Hour); err == nil {

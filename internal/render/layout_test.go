@@ -5,11 +5,16 @@ import (
 	"testing"
 
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/templates"
 )
 
 func TestDefaultLayout(t *testing.T) {
-	if DefaultLayout() == nil || DefaultLayout() != DefaultLayout() {
+	first := DefaultLayout()
+	if first == nil || DefaultLayout() != first {
 		t.Fatal("DefaultLayout must parse, once")
+	}
+	if first.Name != DefaultLayoutName || first.source != templates.DefaultLayout {
+		t.Errorf("the built-in layout is %q, not templates/layouts/default.html", first.Name)
 	}
 }
 
