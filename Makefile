@@ -37,10 +37,11 @@ bench: services ## run the benchmarks once each (BENCH=pattern to pick)
 	go test -run '^$$' -bench '$(BENCH)' $(BENCHFLAGS) $(PKGS)
 	@echo "note: benchmark results are figures to read, not assertions; nothing above fails on a slow number."
 
-lint: ## gofmt check and go vet
+lint: ## gofmt check, go vet and staticcheck
 	@out="$$($(GOFILES) | xargs -0 -r gofmt -l)"; \
 	if [[ -n "$$out" ]]; then echo "gofmt: these files need formatting (run make fmt):"; echo "$$out"; exit 1; fi
 	go vet $(PKGS)
+	go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
 fmt: ## format the Go code
 	$(GOFILES) | xargs -0 -r gofmt -w
