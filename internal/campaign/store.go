@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -60,9 +62,10 @@ type Template struct {
 }
 
 // TemplateChecker parses a template and renders it against sample data,
-// refusing one that would fail at send time. internal/render provides it.
+// refusing one that would fail at send time, and says which layout an email
+// template asks for ("" for other kinds). internal/render provides it.
 type TemplateChecker interface {
-	CheckTemplate(name, kind, source string) error
+	CheckTemplate(name, kind, source string) (layout string, err error)
 }
 
 // Campaign is a stored campaign with its current version's definition.
@@ -162,29 +165,70 @@ func (d Definition) templateNames() []string {
 	return out
 }
 
-func (s *Store) checkTemplate(t TemplateInput) error {
+// checkTemplate validates a template; it returns the layout an email
+// template asks for, when not the default one.
+func (s *Store) checkTemplate(t TemplateInput) (string, error) {
 	if !templRe.MatchString(t.Name) {
-		return errs.E(errs.Invalid, "invalid_template", "a template name is lower-case letters, digits and - _ . / (got %q)", t.Name).With("template", t.Name)
+		return "", errs.E(errs.Invalid, "invalid_template", "a template name is lower-case letters, digits and - _ . / (got %q)", t.Name).With("template", t.Name)
 	}
 	if t.Kind != TemplateEmail && t.Kind != TemplateNudge && t.Kind != TemplateLayout {
-		return errs.E(errs.Invalid, "invalid_template", "template %q: kind is email, nudge or layout (got %q)", t.Name, t.Kind).With("template", t.Name)
+		return "", errs.E(errs.Invalid, "invalid_template", "template %q: kind is email, nudge or layout (got %q)", t.Name, t.Kind).With("template", t.Name)
 	}
 	if (t.Kind == TemplateLayout) != strings.HasPrefix(t.Name, layoutPrefix) {
-		return errs.E(errs.Invalid, "invalid_template", "template %q: a layout is named %sNAME, and only a layout is", t.Name, layoutPrefix).With("template", t.Name)
+		return "", errs.E(errs.Invalid, "invalid_template", "template %q: a layout is named %sNAME, and only a layout is", t.Name, layoutPrefix).With("template", t.Name)
 	}
 	if s.checker == nil {
-		return nil
+		return "", nil
 	}
-	return s.checker.CheckTemplate(t.Name, t.Kind, t.Source)
+	layout, err := s.checker.CheckTemplate(t.Name, t.Kind, t.Source)
+	if layout == defaultLayout {
+		layout = "" // built in: always there
+	}
+	return layout, err
 }
 
-// PutTemplate stores one template after it parses and renders against a sample.
+// defaultLayout is the layout of email templates that name none (see
+// render.DefaultLayoutName); built in until one is stored.
+const defaultLayout = layoutPrefix + "default"
+
+// missingLayout is the problem of a template asking for a layout that is
+// neither stored nor given.
+func missingLayout(template, layout string) string {
+	return fmt.Sprintf("template %q asks for the layout %q, which is not stored: apply templates/%s.html with it, or PUT /v1/templates/%s",
+		template, layout, layout, layout)
+}
+
+// layoutsStored returns which of names are stored layouts.
+func layoutsStored(ctx context.Context, q postgres.Queryer, names []string) (map[string]bool, error) {
+	var have []string
+	if err := q.SelectContext(ctx, &have, `SELECT name FROM template WHERE kind = 'layout' AND name = ANY($1)`, pq.Array(names)); err != nil {
+		return nil, fmt.Errorf("campaign: layouts: %w", err)
+	}
+	out := make(map[string]bool, len(have))
+	for _, n := range have {
+		out[n] = true
+	}
+	return out, nil
+}
+
+// PutTemplate stores one template after it parses and renders against a
+// sample; an email template's layout must be stored already.
 func (s *Store) PutTemplate(ctx context.Context, t TemplateInput) (Template, error) {
-	if err := s.checkTemplate(t); err != nil {
+	layout, err := s.checkTemplate(t)
+	if err != nil {
 		return Template{}, err
 	}
+	if layout != "" {
+		have, err := layoutsStored(ctx, s.db, []string{layout})
+		if err != nil {
+			return Template{}, err
+		}
+		if !have[layout] {
+			return Template{}, errs.E(errs.Invalid, "invalid_template", "%s", missingLayout(t.Name, layout)).With("template", t.Name)
+		}
+	}
 	var out Template
-	err := s.db.GetContext(ctx, &out, `
+	err = s.db.GetContext(ctx, &out, `
 		INSERT INTO template AS t (name, kind, source, hash, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $5)
 		ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, source = EXCLUDED.source, hash = EXCLUDED.hash,
@@ -212,9 +256,18 @@ func (s *Store) GetTemplate(ctx context.Context, name string) (Template, error) 
 // they use changed. Nothing is stored when anything is invalid.
 func (s *Store) Apply(ctx context.Context, b Bundle, dryRun bool) ([]Change, error) {
 	var problems []Problem
+	layouts := map[string][]int{} // a layout asked for → the templates asking
+	given := map[string]bool{}
 	for i, t := range b.Templates {
-		if err := s.checkTemplate(t); err != nil {
+		layout, err := s.checkTemplate(t)
+		if err != nil {
 			problems = append(problems, Problem{Index: i, Field: "templates." + t.Name, Reason: messageOf(err)})
+		}
+		if layout != "" {
+			layouts[layout] = append(layouts[layout], i)
+		}
+		if t.Kind == TemplateLayout {
+			given[t.Name] = true
 		}
 	}
 	var changes []Change
@@ -226,6 +279,17 @@ func (s *Store) Apply(ctx context.Context, b Bundle, dryRun bool) ([]Change, err
 		lk, err := s.loadLookup(ctx, tx, b)
 		if err != nil {
 			return err
+		}
+		storedLayouts, err := layoutsStored(ctx, tx, slices.Collect(maps.Keys(layouts)))
+		if err != nil {
+			return err
+		}
+		for layout, asking := range layouts {
+			for _, i := range asking {
+				if !given[layout] && !storedLayouts[layout] {
+					problems = append(problems, Problem{Index: i, Field: "templates." + b.Templates[i].Name, Reason: missingLayout(b.Templates[i].Name, layout)})
+				}
+			}
 		}
 		seen := map[string]bool{}
 		for i := range b.Campaigns {

@@ -98,3 +98,45 @@ func TestLayoutsRefused(t *testing.T) {
 		t.Errorf("a step sending a layout: %v, want it refused", err)
 	}
 }
+
+// An email template asks for another stored layout with a "layout" block;
+// one asking for a layout that is not stored is refused.
+func TestATemplateChoosesItsLayout(t *testing.T) {
+	o := newOutbox(t, 1)
+	store := campaign.NewStore(o.db.DB, o.clock, render.Checker{})
+	def := campaign.Definition{Name: "checkin", Kind: "drip", Segment: "everyone", Sender: "csm",
+		Steps: []campaign.Step{{ID: "checkin", Wait: "0h", Channel: "email", Template: "checkin"}}}
+	minimal := checkin + `{{define "layout"}}minimal{{end}}`
+	_, err := store.Apply(t.Context(), campaign.Bundle{Campaigns: []campaign.Definition{def},
+		Templates: []campaign.TemplateInput{{Name: "checkin", Kind: campaign.TemplateEmail, Source: minimal}}}, false)
+	var e *errs.Error
+	if !errors.As(err, &e) || e.Code != "invalid_campaign" || !strings.Contains(err.Error(), `"layouts/minimal", which is not stored`) {
+		t.Fatalf("a template asking for a layout not stored: %v", err)
+	}
+	if _, err := store.PutTemplate(t.Context(), campaign.TemplateInput{Name: "checkin", Kind: campaign.TemplateEmail, Source: minimal}); err == nil {
+		t.Fatal("PUT of a template asking for a layout not stored: accepted")
+	}
+	// With the layout in the same bundle, the edit makes version 2 of the
+	// campaign, whose email is wrapped in it.
+	if _, err := store.Apply(t.Context(), campaign.Bundle{Campaigns: []campaign.Definition{def}, Templates: []campaign.TemplateInput{
+		{Name: "checkin", Kind: campaign.TemplateEmail, Source: minimal},
+		{Name: "layouts/minimal", Kind: campaign.TemplateLayout, Source: brandLayout("Acme Minimal")},
+		{Name: render.DefaultLayoutName, Kind: campaign.TemplateLayout, Source: brandLayout("Acme Default")},
+	}}, false); err != nil {
+		t.Fatal(err)
+	}
+	ids := o.due(1)
+	if _, err := o.sender.SendBatch(t.Context(), ids); err != nil {
+		t.Fatal(err)
+	}
+	if o.smtp.Count() != 1 {
+		t.Fatalf("the server holds %d messages, want 1", o.smtp.Count())
+	}
+	html, err := o.smtp.Messages()[0].Part("text/html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(html, "Acme Minimal") || strings.Contains(html, "Acme Default") || !strings.Contains(html, "how is Globex getting on") {
+		t.Errorf("the email asking for layouts/minimal: %s", html)
+	}
+}

@@ -72,10 +72,10 @@ type Sender struct {
 	transport Transport
 	opts      SenderOptions
 
-	progs     sync.Map // expression source → *vm.Program
-	templates sync.Map // version key + name → *render.Template
-	versions  sync.Map // versionKey → *version
-	layout    atomic.Pointer[storedLayout]
+	progs     sync.Map                                 // expression source → *vm.Program
+	templates sync.Map                                 // version key + name → *render.Template
+	versions  sync.Map                                 // versionKey → *version
+	layouts   atomic.Pointer[map[string]*storedLayout] // by name; replaced whole, never changed
 }
 
 // NewSender wires a sender.
@@ -321,12 +321,12 @@ func (s *Sender) release(ctx context.Context, token string, msgs []claimed) {
 }
 
 // prepareBatch makes sure the batch's campaign versions and the stored
-// layout are known, and returns its accounts with their CSMs and profiles.
+// layouts are known, and returns its accounts with their CSMs and profiles.
 func (s *Sender) prepareBatch(ctx context.Context, msgs []claimed) (map[int64]*accountInfo, error) {
 	if err := s.loadVersions(ctx, msgs); err != nil {
 		return nil, err
 	}
-	if err := s.refreshLayout(ctx); err != nil {
+	if err := s.refreshLayouts(ctx); err != nil {
 		return nil, err
 	}
 	out := map[int64]*accountInfo{}
@@ -946,7 +946,7 @@ func (s *Sender) render(m *claimed, def campaign.Definition, info *accountInfo, 
 	}
 	d, csm := s.data(m, def, info, c)
 	signAsCSM := csm != nil
-	e, err := s.renderer.Email(t, d, m.ID, render.EmailOptions{SignAsCSM: signAsCSM, Test: m.Test, Layout: s.currentLayout()})
+	e, err := s.renderer.Email(t, d, m.ID, render.EmailOptions{SignAsCSM: signAsCSM, Test: m.Test, Layout: s.layoutFor(t.Layout)})
 	if err != nil {
 		return Composed{}, err
 	}
@@ -1065,7 +1065,7 @@ func (s *Sender) Preview(ctx context.Context, campaignName, stepID, contactID st
 		}
 		return Composed{To: c.ExternalID, Nudge: &n}, nil
 	}
-	if err := s.refreshLayout(ctx); err != nil {
+	if err := s.refreshLayouts(ctx); err != nil {
 		return Composed{}, err
 	}
 	return s.render(m, def, info, c, c.Email)

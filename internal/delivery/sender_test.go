@@ -84,9 +84,9 @@ func (o *outbox) due(n int) []int64 {
 		SELECT 'c' || i, (SELECT id FROM account), 'c' || i || '@globex.example', 'Person ' || i, $1, $1
 		FROM generate_series(1, $2) i`, t0, n)
 	o.exec(`INSERT INTO enrollment (campaign_id, version, account_id, entry_number, contacts, status, step, anchor_at, entered_at)
-		SELECT (SELECT id FROM campaign), 1, id, 1, ARRAY(SELECT id FROM contact ORDER BY id), 'active', 0, $1, $1 FROM account`, t0)
+		SELECT id, current_version, (SELECT id FROM account), 1, ARRAY(SELECT id FROM contact ORDER BY id), 'active', 0, $1, $1 FROM campaign`, t0)
 	o.exec(`INSERT INTO message (enrollment_id, campaign_id, version, step_id, contact_id, channel, status, due_at, created_at, updated_at)
-		SELECT en.id, en.campaign_id, 1, 'checkin', c, 'email', 'scheduled', $1, $1, $1
+		SELECT en.id, en.campaign_id, en.version, 'checkin', c, 'email', 'scheduled', $1, $1, $1
 		FROM enrollment en, unnest(en.contacts) c`, t0)
 	var ids []int64
 	if err := o.db.Select(&ids, `SELECT id FROM message ORDER BY id`); err != nil {

@@ -41,6 +41,10 @@ type Template struct {
 	Name   string
 	Kind   Kind
 	Source string
+	// Layout is the layout an email template asks for with a "layout"
+	// block ({{define "layout"}}minimal{{end}}: layouts/minimal);
+	// DefaultLayoutName when it has none.
+	Layout string
 
 	html  *htmltemplate.Template // KindEmail: the set holding "subject" and "body", as written
 	nudge *nudgeTemplate         // KindNudge
@@ -86,6 +90,9 @@ func Parse(name string, kind Kind, source string) (*Template, error) {
 			}
 		}
 		t.html = ht
+		if t.Layout, err = layoutBlock(name, ht); err != nil {
+			return nil, err
+		}
 		if _, err := sampleRenderer().email(t, SampleData(), 1, EmailOptions{SignAsCSM: true}, true); err != nil {
 			return nil, err
 		}
@@ -105,17 +112,42 @@ func Parse(name string, kind Kind, source string) (*Template, error) {
 	return t, nil
 }
 
+// layoutNameRe is the NAME of a layout, stored as layouts/NAME.
+var layoutNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
+
+// layoutBlock returns the layout an email template's "layout" block names:
+// plain text, the NAME of templates/layouts/NAME.html.
+func layoutBlock(name string, ht *htmltemplate.Template) (string, error) {
+	block := ht.Lookup("layout")
+	if block == nil {
+		return DefaultLayoutName, nil
+	}
+	var b strings.Builder
+	if err := block.Execute(&b, nil); err != nil {
+		return "", invalid(name, "the \"layout\" block must be the plain name of a layout: %v", err)
+	}
+	layout := strings.TrimSpace(b.String())
+	if !layoutNameRe.MatchString(layout) {
+		return "", invalid(name, "the \"layout\" block names a layout as templates/layouts/NAME.html does: NAME alone (got %q)", layout)
+	}
+	return "layouts/" + layout, nil
+}
+
 // Checker validates templates for the campaign store (campaign.TemplateChecker).
 type Checker struct{}
 
 // CheckTemplate parses a template of the named kind, refusing it as Parse
-// does; a layout as CheckLayout does.
-func (Checker) CheckTemplate(name, kind, source string) error {
+// does, a layout as CheckLayout does. It returns the layout an email
+// template asks for.
+func (Checker) CheckTemplate(name, kind, source string) (string, error) {
 	if Kind(kind) == KindLayout {
-		return CheckLayout(name, source)
+		return "", CheckLayout(name, source)
 	}
-	_, err := Parse(name, Kind(kind), source)
-	return err
+	t, err := Parse(name, Kind(kind), source)
+	if err != nil {
+		return "", err
+	}
+	return t.Layout, nil
 }
 
 // sampleEmail is the email template CheckLayout renders in a layout.

@@ -152,14 +152,24 @@ func TestParseNeedsName(t *testing.T) {
 
 func TestChecker(t *testing.T) {
 	var c Checker
-	if err := c.CheckTemplate("a/b", "email", email("Hi {{.Contact.FirstName}}", "<p>Hi</p>")); err != nil {
-		t.Fatalf("valid email: %v", err)
+	if layout, err := c.CheckTemplate("a/b", "email", email("Hi {{.Contact.FirstName}}", "<p>Hi</p>")); err != nil || layout != DefaultLayoutName {
+		t.Fatalf("valid email: layout %q, %v", layout, err)
 	}
-	if err := c.CheckTemplate("a/b", "nudge", "title: Hi\nbody: There\n"); err != nil {
+	if _, err := c.CheckTemplate("a/b", "nudge", "title: Hi\nbody: There\n"); err != nil {
 		t.Fatalf("valid nudge: %v", err)
 	}
-	if err := c.CheckTemplate("a/b", "email", email("Hi", "{{.Contact.Nmae}}")); errs.KindOf(err) != errs.Invalid {
+	if _, err := c.CheckTemplate("a/b", "email", email("Hi", "{{.Contact.Nmae}}")); errs.KindOf(err) != errs.Invalid {
 		t.Fatalf("invalid email: %v", err)
+	}
+	// An email template asks for a layout with a "layout" block.
+	minimal := email("Hi", "<p>Hi</p>") + `{{define "layout"}} minimal {{end}}`
+	if layout, err := c.CheckTemplate("a/b", "email", minimal); err != nil || layout != "layouts/minimal" {
+		t.Fatalf("an email in layouts/minimal: layout %q, %v", layout, err)
+	}
+	for _, block := range []string{`{{.Contact.Name}}`, `layouts/minimal`, `Minimal Layout`} {
+		if _, err := c.CheckTemplate("a/b", "email", email("Hi", "<p>Hi</p>")+`{{define "layout"}}`+block+`{{end}}`); errs.KindOf(err) != errs.Invalid {
+			t.Errorf("layout block %q: %v, want it refused", block, err)
+		}
 	}
 }
 
