@@ -102,14 +102,7 @@ func killMidBatch(t *testing.T, connections, concurrency int) {
 
 	const n = 40
 	api.call(200, "POST", "/v1/csms", map[string]any{"email": "dana@acme-analytics.example", "name": "Dana Reyes"})
-	accounts, contacts := []any{}, []any{}
-	for i := 0; i < n; i++ {
-		id := fmt.Sprintf("acc-%02d", i)
-		accounts = append(accounts, map[string]any{"id": id, "csm_email": "dana@acme-analytics.example", "traits": map[string]any{"risk": "low"}})
-		contacts = append(contacts, map[string]any{"id": fmt.Sprintf("c-%02d", i), "account_id": id, "email": fmt.Sprintf("c%02d@globex.example", i), "role": "admin"})
-	}
-	api.call(200, "POST", "/v1/accounts", map[string]any{"accounts": accounts})
-	api.call(200, "POST", "/v1/contacts", map[string]any{"contacts": contacts})
+	raise := api.addAccounts(n)
 	api.call(201, "POST", "/v1/segments", map[string]any{"name": "at-risk", "predicate": `traits.risk == "high"`})
 	api.call(200, "PUT", "/v1/templates/at-risk/checkin", map[string]any{"kind": "email", "source": checkin})
 	api.call(201, "POST", "/v1/campaigns", map[string]any{"name": "checkin", "kind": "drip", "segment": "at-risk",
@@ -118,10 +111,7 @@ func killMidBatch(t *testing.T, connections, concurrency int) {
 	api.eventually("segment built", 20*time.Second, func() bool {
 		return api.call(200, "GET", "/v1/segments/at-risk", nil)["status"] == "ready"
 	})
-	for i := range accounts {
-		accounts[i].(map[string]any)["traits"] = map[string]any{"risk": "high"}
-	}
-	api.call(200, "POST", "/v1/accounts", map[string]any{"accounts": accounts})
+	raise()
 
 	// Kill the worker in the middle of sending.
 	if !sink.WaitFor(8, 30*time.Second) {
@@ -153,6 +143,28 @@ func killMidBatch(t *testing.T, connections, concurrency int) {
 	time.Sleep(time.Second) // a few sweeps: nothing more may go out
 	uncertain := sentExactlyOnce(t, db, sink, n, connections)
 	t.Logf("killed after %d of %d; %d in flight at the kill; %d uncertain; %d received in all", before, n, inFlight, uncertain, sink.Count())
+}
+
+// addAccounts creates n accounts of the CSM Dana, at low risk, each with
+// one admin contact, and returns a func that raises them all to high risk
+// (into the at-risk segment, for a reason of data).
+func (tn *tend) addAccounts(n int) (raise func()) {
+	tn.t.Helper()
+	accounts, contacts := []any{}, []any{}
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("acc-%03d", i)
+		accounts = append(accounts, map[string]any{"id": id, "csm_email": "dana@acme-analytics.example", "traits": map[string]any{"risk": "low"}})
+		contacts = append(contacts, map[string]any{"id": fmt.Sprintf("c-%03d", i), "account_id": id, "email": fmt.Sprintf("c%03d@globex.example", i), "role": "admin"})
+	}
+	tn.call(200, "POST", "/v1/accounts", map[string]any{"accounts": accounts})
+	tn.call(200, "POST", "/v1/contacts", map[string]any{"contacts": contacts})
+	return func() {
+		tn.t.Helper()
+		for i := range accounts {
+			accounts[i].(map[string]any)["traits"] = map[string]any{"risk": "high"}
+		}
+		tn.call(200, "POST", "/v1/accounts", map[string]any{"accounts": accounts})
+	}
 }
 
 // sentExactlyOnce fails the test unless each of the n messages of step
@@ -214,18 +226,7 @@ func TestRedisRestartsMidSend(t *testing.T) {
 		"TEND_WORKER_CONCURRENCY": "1"})
 	tn.setup()
 	tn.smtp.SetFault(smtptest.Fault{Kind: smtptest.NoFault, Delay: 40 * time.Millisecond})
-	accounts, contacts := []any{}, []any{}
-	for i := 0; i < n; i++ {
-		id := fmt.Sprintf("acc-%03d", i)
-		accounts = append(accounts, map[string]any{"id": id, "csm_email": "dana@acme-analytics.example", "traits": map[string]any{"risk": "low"}})
-		contacts = append(contacts, map[string]any{"id": fmt.Sprintf("c-%03d", i), "account_id": id, "email": fmt.Sprintf("c%03d@globex.example", i), "role": "admin"})
-	}
-	tn.call(200, "POST", "/v1/accounts", map[string]any{"accounts": accounts})
-	tn.call(200, "POST", "/v1/contacts", map[string]any{"contacts": contacts})
-	for i := range accounts {
-		accounts[i].(map[string]any)["traits"] = map[string]any{"risk": "high"}
-	}
-	tn.call(200, "POST", "/v1/accounts", map[string]any{"accounts": accounts})
+	tn.addAccounts(n)()
 
 	if !tn.smtp.WaitFor(5, 30*time.Second) {
 		t.Fatalf("sending did not start: %d sent", tn.smtp.Count())
