@@ -34,7 +34,7 @@ const (
 const (
 	TemplateEmail  = "email"
 	TemplateNudge  = "nudge"
-	TemplateLayout = "layout" // named layouts/NAME; wraps every email (see render.DefaultLayoutName)
+	TemplateLayout = "layout" // named layouts/NAME; wraps the email templates asking for it (layouts/default: the others)
 )
 
 // layoutPrefix starts the name of every layout, and of nothing else.
@@ -284,8 +284,8 @@ func (s *Store) Apply(ctx context.Context, b Bundle, dryRun bool) ([]Change, err
 		if err != nil {
 			return err
 		}
-		for layout, asking := range layouts {
-			for _, i := range asking {
+		for _, layout := range slices.Sorted(maps.Keys(layouts)) {
+			for _, i := range layouts[layout] {
 				if !given[layout] && !storedLayouts[layout] {
 					problems = append(problems, Problem{Index: i, Field: "templates." + b.Templates[i].Name, Reason: missingLayout(b.Templates[i].Name, layout)})
 				}

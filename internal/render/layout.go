@@ -10,8 +10,9 @@ import (
 )
 
 // DefaultLayoutName is the name of the stored layout that wraps every email
-// (templates/layouts/default.html, applied by `tend campaigns apply` or PUT
-// /v1/templates/layouts/default). Until one is stored, DefaultLayout does.
+// whose template names no other (templates/layouts/default.html, applied by
+// `tend campaigns apply` or PUT /v1/templates/layouts/default). Until one is
+// stored, DefaultLayout does.
 const DefaultLayoutName = "layouts/default"
 
 // LayoutData is what a layout sees as dot: the message's Data (so a layout
