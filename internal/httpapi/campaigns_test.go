@@ -48,13 +48,18 @@ func TestCampaignAPIValidation(t *testing.T) {
 	wantError(t, h.do("GET", "/v1/templates/hello/two", admin, nil), http.StatusNotFound, "template_not_found")
 	// Layouts: stored under layouts/NAME, refused unless they output the
 	// unsubscribe link (and the body and postal address).
-	layout := `<html><body>{{.Body}}<a href="{{.UnsubscribeURL}}">Unsubscribe</a> {{.PostalAddress}}</body></html>`
+	layout := `<html><body>{{.Body}}{{if .SignAsCSM}}<p>{{.CSM.Name}}</p>{{end}}<a href="{{.UnsubscribeURL}}">Unsubscribe</a> {{.PostalAddress}}</body></html>`
 	h.must(http.StatusOK, "PUT", "/v1/templates/layouts/default", map[string]any{"kind": "layout", "source": layout})
 	if got := h.must(http.StatusOK, "GET", "/v1/templates/layouts/default", nil); got.Body["kind"] != "layout" || got.Body["source"] != layout {
 		t.Errorf("GET the layout: %v", got)
 	}
-	wantError(t, h.do("PUT", "/v1/templates/layouts/default", admin, map[string]any{"kind": "layout", "source": `<html><body>{{.Body}} {{.PostalAddress}}</body></html>`}),
-		http.StatusUnprocessableEntity, "invalid_template")
+	for _, bad := range []string{
+		`<html><body>{{.Body}} {{.PostalAddress}}</body></html>`,                                              // no unsubscribe link
+		`<html><body>{{.Body}}<a href="{{.UnsubscribeURL}}">Unsubscribe</a> {{.PostalAddress}}</body></html>`, // unsigned CSM mail
+	} {
+		wantError(t, h.do("PUT", "/v1/templates/layouts/default", admin, map[string]any{"kind": "layout", "source": bad}),
+			http.StatusUnprocessableEntity, "invalid_template")
+	}
 	wantError(t, h.do("PUT", "/v1/templates/brand", admin, map[string]any{"kind": "layout", "source": layout}),
 		http.StatusUnprocessableEntity, "invalid_template")
 	if got := h.must(http.StatusOK, "GET", "/v1/templates/layouts/default", nil); got.Body["source"] != layout {

@@ -67,7 +67,8 @@ const (
 
 // ParseLayout parses a layout: an html/template that must output {{.Body}},
 // {{.UnsubscribeURL}} and {{.PostalAddress}}, whether or not the message is
-// signed by a CSM. It is refused (errs.Invalid, "invalid_template") otherwise.
+// signed by a CSM, and the CSM's signature or name when it is. It is refused
+// (errs.Invalid, "invalid_template") otherwise.
 func ParseLayout(name, source string) (*Layout, error) {
 	t, err := htmltemplate.New(name).Option("missingkey=error").Funcs(funcs).Parse(source)
 	if err != nil {
@@ -76,7 +77,7 @@ func ParseLayout(name, source string) (*Layout, error) {
 	l := &Layout{Name: name, t: t, source: source}
 	// Execute it rather than search its source, so that a reference inside a
 	// branch that is never taken does not count.
-	for _, signed := range []bool{true, false} {
+	for _, signed := range []bool{false, true} {
 		d := LayoutData{
 			Data: SampleData(), Subject: "Sample subject", Body: "<p>" + markBody + "</p>",
 			SignAsCSM: signed, UnsubscribeURL: markUnsub, PostalAddress: markAddr,
@@ -95,6 +96,13 @@ func ParseLayout(name, source string) (*Layout, error) {
 				return nil, errs.E(errs.Invalid, "invalid_template", "layout %q must output {{.%s}}", name, need.field).
 					With("template", name)
 			}
+		}
+		// Mail sent as the CSM carries the CSM's signature (or at least
+		// name): the sample's signature and name both say who it is.
+		if signed && !strings.Contains(out, htmltemplate.HTMLEscapeString(d.CSM.Name)) {
+			return nil, errs.E(errs.Invalid, "invalid_template",
+				"layout %q must sign the mail a CSM sends: output {{.CSM.SignatureHTML}} or {{.CSM.Name}} when {{.SignAsCSM}} is true", name).
+				With("template", name)
 		}
 	}
 	return l, nil

@@ -28,6 +28,8 @@ func TestParseLayoutRefused(t *testing.T) {
 		{"no postal address", `{{.Body}}<a href="{{.UnsubscribeURL}}">u</a>`, "{{.PostalAddress}}", 0},
 		{"body in a branch never taken", `{{if false}}{{.Body}}{{end}}<a href="{{.UnsubscribeURL}}">u</a>{{.PostalAddress}}`, "{{.Body}}", 0},
 		{"unsubscribe only when signed", `{{.Body}}{{if .SignAsCSM}}<a href="{{.UnsubscribeURL}}">u</a>{{end}}{{.PostalAddress}}`, "{{.UnsubscribeURL}}", 0},
+		{"no signature", `{{.Body}}<a href="{{.UnsubscribeURL}}">u</a>{{.PostalAddress}}`, "must sign the mail a CSM sends", 0},
+		{"signature in a branch never taken", `{{.Body}}{{if not .SignAsCSM}}{{.CSM.Name}}{{end}}<a href="{{.UnsubscribeURL}}">u</a>{{.PostalAddress}}`, "must sign the mail a CSM sends", 0},
 		{"parse error", "{{.Body}}\n{{.UnsubscribeURL", "unclosed action", 2},
 		{"unknown field", "{{.Body}}{{.UnsubscribeURL}}{{.PostalAddress}}\n{{.Footer}}", "can't evaluate field Footer", 2},
 	}
@@ -75,7 +77,7 @@ func TestCustomLayout(t *testing.T) {
 
 func TestLayoutExecutionErrorAtSend(t *testing.T) {
 	// A layout that only fails for some data fails the send with a domain error.
-	l, err := ParseLayout("fragile", `{{.Body}}{{.UnsubscribeURL}}{{.PostalAddress}}{{if eq .Contact.Role "x"}}{{.Contact.Traits.k}}{{end}}`)
+	l, err := ParseLayout("fragile", `{{.Body}}{{.CSM.Name}}{{.UnsubscribeURL}}{{.PostalAddress}}{{if eq .Contact.Role "x"}}{{.Contact.Traits.k}}{{end}}`)
 	if err != nil {
 		t.Fatal(err)
 	}
