@@ -2,9 +2,7 @@ package app
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"time"
 
@@ -12,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tendhq/tend/internal/delivery"
+	"github.com/tendhq/tend/internal/httpapi"
 	"github.com/tendhq/tend/internal/segment"
 )
 
@@ -75,24 +74,5 @@ func (a *App) serveMetrics(ctx context.Context, addr string) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	a.Log.Info("serving worker metrics", "addr", l.Addr().String())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(shut)
-		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	}
+	return httpapi.ListenAndServe(ctx, addr, mux, a.Cfg.ShutdownTimeout, a.Log)
 }

@@ -85,6 +85,13 @@ func (o *Outbox) TakeDue(ctx context.Context, limit int, requeueAfter time.Durat
 	return ids, nil
 }
 
+// sendableNow is true of a message m (of campaign c) that may be sent at $1:
+// scheduled and due, its campaign active (a paused campaign's messages wait;
+// test sends do not), no hold on its account, sending not paused.
+const sendableNow = `m.status = 'scheduled' AND m.due_at <= $1
+	AND (m.test OR c.status = 'active')
+	AND NOT ` + heldOrPaused
+
 // takeDueSQL marks as enqueued ($2) the due ($1) scheduled messages that
 // cond picks, up to $3. Each cond is the predicate of an index (see
 // migration 00013), so that a sweep reads the messages it takes, not every
@@ -94,9 +101,7 @@ func takeDueSQL(cond string) string {
 		UPDATE message SET enqueued_at = $2
 		WHERE id IN (
 			SELECT m.id FROM message m JOIN campaign c ON c.id = m.campaign_id
-			WHERE m.status = 'scheduled' AND ` + cond + ` AND m.due_at <= $1
-			  AND (m.test OR c.status = 'active') -- a paused campaign's messages wait
-			  AND NOT ` + heldOrPaused + `
+			WHERE ` + sendableNow + ` AND ` + cond + `
 			ORDER BY m.due_at, m.id LIMIT $3
 			FOR UPDATE OF m SKIP LOCKED)
 		RETURNING id`
@@ -613,8 +618,7 @@ func (o *Outbox) Gauges(ctx context.Context) (Gauges, error) {
 	now := o.clock.Now()
 	err := o.db.GetContext(ctx, &row, `
 		SELECT (SELECT m.due_at FROM message m JOIN campaign c ON c.id = m.campaign_id
-		        WHERE m.status = 'scheduled' AND m.due_at <= $1
-		          AND (m.test OR c.status = 'active') AND NOT `+heldOrPaused+`
+		        WHERE `+sendableNow+`
 		        ORDER BY m.due_at LIMIT 1) AS oldest_due,
 		       (SELECT count(*) FROM message WHERE status IN ('claimed', 'sending') AND claimed_at IS NOT NULL) AS in_flight,
 		       (SELECT count(*) FROM message WHERE status = 'uncertain') AS uncertain`, now)

@@ -260,10 +260,17 @@ func (s *Server) readyz(c echo.Context) error {
 
 // Serve listens on addr until ctx ends, then shuts down gracefully within timeout.
 func (s *Server) Serve(ctx context.Context, addr string, timeout time.Duration) error {
-	srv := &http.Server{Addr: addr, Handler: s.echo, ReadHeaderTimeout: 10 * time.Second}
+	return ListenAndServe(ctx, addr, s.echo, timeout, s.deps.Log)
+}
+
+// ListenAndServe serves h on addr until ctx ends, then shuts down
+// gracefully: it stops accepting and waits up to timeout for requests in
+// flight. The API and a worker's metrics listener both run this way.
+func ListenAndServe(ctx context.Context, addr string, h http.Handler, timeout time.Duration, log *slog.Logger) error {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	s.deps.Log.Info("http: listening", "addr", addr)
+	log.Info("http: listening", "addr", addr)
 	select {
 	case err := <-errc:
 		return err

@@ -521,14 +521,8 @@ func (e *Engine) EvaluateDirty(ctx context.Context, shard, shards int) (st Stats
 
 // HasDirty reports whether any account waits for re-evaluation.
 func (e *Engine) HasDirty(ctx context.Context) (bool, error) {
-	var b bool
-	err := e.db.GetContext(ctx, &b, `
-		SELECT EXISTS (SELECT 1 FROM account_pending p JOIN account a ON a.id = p.account_id
-		               WHERE a.change_version > a.evaluated_version)`)
-	if err != nil {
-		return false, fmt.Errorf("segment: has dirty: %w", err)
-	}
-	return b, nil
+	n, err := e.Pending(ctx, 1)
+	return n > 0, err
 }
 
 // Pending counts the accounts waiting for an evaluation of a change, up to
