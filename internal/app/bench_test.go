@@ -59,7 +59,7 @@ func BenchmarkSendPipeline(b *testing.B) {
 	perAccount := 10
 	db := testsvc.NewDB(b)
 	rd := testsvc.NewRedis(b)
-	sink := smtptest.Start(b, smtptest.Discard())
+	sink := smtptest.StartCounter(b)
 	env := map[string]string{
 		"TEND_DATABASE_URL": db.URL, "TEND_REDIS_URL": rd.URL, "TEND_SMTP_URL": sink.URL(),
 		"TEND_HTTP_ADDR": "127.0.0.1:0", "TEND_SWEEP_INTERVAL": "1s",

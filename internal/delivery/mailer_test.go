@@ -475,7 +475,7 @@ func BenchmarkMailerSend(b *testing.B) {
 		n = v
 	}
 	const conns, senders = 8, 16
-	srv := smtptest.Start(b, smtptest.Discard())
+	srv := smtptest.StartCounter(b)
 	m := newMailer(b, srv.URL(), delivery.MailerOptions{Connections: conns})
 	html := benchHTML()
 

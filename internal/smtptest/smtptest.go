@@ -111,16 +111,11 @@ func (k FaultKind) step() step {
 type Option func(*config)
 
 type config struct {
-	discard  bool
 	user     string
 	pass     string
 	startTLS bool
 	implicit bool
 }
-
-// Discard makes the server count messages without keeping them: Messages
-// returns nothing. For benchmarks.
-func Discard() Option { return func(c *config) { c.discard = true } }
 
 // Auth makes the server offer AUTH PLAIN and LOGIN (also without TLS) and
 // require it before MAIL FROM. URL then carries the credentials.
@@ -150,9 +145,9 @@ type Server struct {
 	mu        sync.Mutex
 	open      map[*trackedConn]struct{}
 	fault     Fault
-	faultLeft int           // hits left when fault.Times > 0
-	count     int           // messages accepted
-	msgs      []Message     // kept unless cfg.discard
+	faultLeft int // hits left when fault.Times > 0
+	count     int // messages accepted
+	msgs      []Message
 	changed   chan struct{} // closed and replaced each time count grows
 }
 
@@ -341,13 +336,11 @@ func (s *Server) store(from string, to []string, data []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count++
-	if !s.cfg.discard {
-		m := Message{From: from, To: to, Data: data}
-		if parsed, err := mail.ReadMessage(bytes.NewReader(data)); err == nil {
-			m.Header = parsed.Header
-		}
-		s.msgs = append(s.msgs, m)
+	m := Message{From: from, To: to, Data: data}
+	if parsed, err := mail.ReadMessage(bytes.NewReader(data)); err == nil {
+		m.Header = parsed.Header
 	}
+	s.msgs = append(s.msgs, m)
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
@@ -457,13 +450,7 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (ss *session) Data(r io.Reader) error {
-	var data []byte
-	var err error
-	if ss.s.cfg.discard {
-		_, err = io.Copy(io.Discard, r)
-	} else {
-		data, err = io.ReadAll(r)
-	}
+	data, err := io.ReadAll(r)
 	if err != nil {
 		return err
 	}

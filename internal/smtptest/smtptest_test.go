@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -85,15 +86,37 @@ func TestStoresMessages(t *testing.T) {
 	}
 }
 
-func TestDiscardCountsOnly(t *testing.T) {
+func TestCounterCounts(t *testing.T) {
 	t.Parallel()
-	srv := smtptest.Start(t, smtptest.Discard())
-	c := dial(t, srv)
-	if at, err := send(c, "a@example.com", "b@example.com", body("x")); err != nil {
-		t.Fatalf("send at %s: %v", at, err)
+	srv := smtptest.StartCounter(t)
+	if !strings.HasPrefix(srv.URL(), "smtp://127.0.0.1:") {
+		t.Fatalf("URL = %q", srv.URL())
 	}
-	if srv.Count() != 1 || len(srv.Messages()) != 0 {
-		t.Fatalf("Count = %d, Messages = %d", srv.Count(), len(srv.Messages()))
+	u, err := url.Parse(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := smtp.Dial(u.Host)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	// A body with a dot-stuffed line and a line longer than the server's
+	// buffer: neither ends the message.
+	long := strings.Repeat("x", 100<<10)
+	for i := range 3 {
+		if at, err := send(c, "a@example.com", "b@example.com", body(fmt.Sprint("n", i))+".\r\n"+long+"\r\n"); err != nil {
+			t.Fatalf("send %d at %s: %v", i, at, err)
+		}
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatalf("quit: %v", err)
+	}
+	if got := srv.Count(); got != 3 {
+		t.Fatalf("Count = %d, want 3", got)
+	}
+	if !srv.WaitFor(3, time.Second) || srv.WaitFor(4, 50*time.Millisecond) {
+		t.Fatal("WaitFor does not agree with Count")
 	}
 }
 
