@@ -8,10 +8,10 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/inbucket/html2text"
 	"golang.org/x/net/html"
 	"golang.org/x/net/html/atom"
 
+	"github.com/tendhq/tend/internal/html2text"
 	"github.com/tendhq/tend/internal/token"
 )
 
@@ -42,7 +42,7 @@ type Email struct {
 	Subject string
 	HTML    string
 	// Text is the plain-text part, derived from the HTML by
-	// inbucket/html2text ("link text ( URL )", headings underlined, list
+	// inbucket/html2text, as internal/html2text has it ("link text ( URL )", headings underlined, list
 	// items starred). Its links are the original URLs, not the tracked ones:
 	// readable, and the same in a test send; clicks in text-only clients
 	// are therefore not counted. The unsubscribe URL is in it too.
@@ -137,9 +137,7 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 	}
 	// The text part is taken before the links are rewritten: it keeps the
 	// original URLs.
-	if out.Text, err = textPart(doc); err != nil {
-		return Email{}, invalid(t.Name, "the text part could not be written: %v", err)
-	}
+	out.Text = textPart(doc)
 	out.Links = rewriteLinks(doc, func(u string) (string, bool) {
 		if u == out.UnsubscribeURL || strings.HasPrefix(u, base+"/t/") || strings.HasPrefix(u, base+"/u/") {
 			return "", false // Tend's own links are not tracked twice
@@ -162,14 +160,10 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 	return out, nil
 }
 
-// textPart returns the plain text of doc, with inbucket/html2text: what
-// is in the head (CSS, title) is left out.
-func textPart(doc *html.Node) (string, error) {
-	text, err := html2text.FromHTMLNode(doc)
-	if err != nil {
-		return "", err
-	}
-	return text + "\n", nil
+// textPart returns the plain text of doc, with inbucket/html2text (see
+// internal/html2text): what is in the head (CSS, title) is left out.
+func textPart(doc *html.Node) string {
+	return html2text.FromHTMLNode(doc) + "\n"
 }
 
 // subjectText turns a rendered subject block (HTML text) into the plain text
