@@ -37,10 +37,14 @@ const (
 type Store struct {
 	db    *sqlx.DB
 	clock clock.Clock
+	// prepared runs the ingest statement, the hot one.
+	prepared *postgres.Prepared
 }
 
 // NewStore returns an account store.
-func NewStore(db *sqlx.DB, clk clock.Clock) *Store { return &Store{db: db, clock: clk} }
+func NewStore(db *sqlx.DB, clk clock.Clock) *Store {
+	return &Store{db: db, clock: clk, prepared: postgres.NewPrepared(db)}
+}
 
 // Account is an account as stored.
 type Account struct {

@@ -48,13 +48,14 @@ type Outbox struct {
 	// a question about business time (which the demo clock may jump).
 	wall func() time.Time
 
-	stmts     sync.Map // query → *sqlx.Stmt (see prepared)
+	// prepared runs the statements a batch runs for its messages.
+	prepared  *postgres.Prepared
 	handOvers handOvers
 }
 
 // NewOutbox returns the outbox.
 func NewOutbox(db *sqlx.DB, clk clock.Clock) *Outbox {
-	return &Outbox{db: db, clock: clk, wall: func() time.Time { return time.Now().UTC() }}
+	return &Outbox{db: db, clock: clk, prepared: postgres.NewPrepared(db), wall: func() time.Time { return time.Now().UTC() }}
 }
 
 // NewToken returns a fresh claim token.
@@ -145,7 +146,7 @@ const claimSQL = `
 // claim runs claimSQL.
 func (o *Outbox) claim(ctx context.Context, ids []int64, token string) ([]claimed, error) {
 	var got []claimed
-	if err := o.selectPrepared(ctx, &got, claimSQL, o.clock.Now(), token, o.wall(), pq.Array(ids)); err != nil {
+	if err := o.prepared.Select(ctx, &got, claimSQL, o.clock.Now(), token, o.wall(), pq.Array(ids)); err != nil {
 		return nil, fmt.Errorf("delivery: claim: %w", err)
 	}
 	return got, nil
@@ -275,7 +276,7 @@ func (o *Outbox) commitHandOvers() {
 		ids, statuses, reasons := outcomeArrays(done)
 		var marked []int64
 		ctx, cancel := context.WithTimeout(context.Background(), handOverTimeout)
-		err := o.selectPrepared(ctx, &marked, handOverSQL,
+		err := o.prepared.Select(ctx, &marked, handOverSQL,
 			ids, pq.StringArray(tokens), statuses, reasons, o.clock.Now(), o.wall(), next, nextTokens)
 		cancel()
 		got := make(map[int64]bool, len(marked))
@@ -312,7 +313,7 @@ func (o *Outbox) Settle(ctx context.Context, token string, done []Outcome) error
 		tokens[i] = token
 	}
 	var sc string
-	if err := o.getPrepared(ctx, &sc, settleAsyncSQL, ids, tokens, statuses, reasons, o.clock.Now()); err != nil {
+	if err := o.prepared.Get(ctx, &sc, settleAsyncSQL, ids, tokens, statuses, reasons, o.clock.Now()); err != nil {
 		return fmt.Errorf("delivery: settle: %w", err)
 	}
 	return nil
@@ -329,41 +330,6 @@ func outcomeArrays(done []Outcome) (ids pq.Int64Array, statuses, reasons pq.Stri
 		ids[i], statuses[i], reasons[i] = d.ID, d.Status, pgText(d.Reason)
 	}
 	return ids, statuses, reasons
-}
-
-// prepared returns query prepared on the pool: database/sql prepares it on
-// each connection the first time it runs there. The statements a batch runs
-// for its messages are prepared, which saves a round trip (lib/pq otherwise
-// parses before it binds) and the parsing of each execution.
-func (o *Outbox) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
-	if st, ok := o.stmts.Load(query); ok {
-		return st.(*sqlx.Stmt), nil
-	}
-	st, err := o.db.PreparexContext(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	if prev, loaded := o.stmts.LoadOrStore(query, st); loaded {
-		st.Close()
-		return prev.(*sqlx.Stmt), nil
-	}
-	return st, nil
-}
-
-func (o *Outbox) selectPrepared(ctx context.Context, dest any, query string, args ...any) error {
-	st, err := o.prepared(ctx, query)
-	if err != nil {
-		return err
-	}
-	return st.SelectContext(ctx, dest, args...)
-}
-
-func (o *Outbox) getPrepared(ctx context.Context, dest any, query string, args ...any) error {
-	st, err := o.prepared(ctx, query)
-	if err != nil {
-		return err
-	}
-	return st.GetContext(ctx, dest, args...)
 }
 
 // pgText is s as text PostgreSQL stores: valid UTF-8, without NUL.

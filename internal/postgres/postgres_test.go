@@ -150,3 +150,43 @@ func TestDeletedMessagesTakeTheirEngagement(t *testing.T) {
 		t.Errorf("engagement left after deleting account a1: %v, want a2's click and open only", left)
 	}
 }
+
+// TestPrepared runs statements prepared once from many goroutines at once
+// (the first uses race to prepare), each on its own connection, and gets
+// every answer right; the statement is a server-side prepared statement.
+func TestPrepared(t *testing.T) {
+	t.Parallel()
+	db := testsvc.NewDB(t)
+	p := postgres.NewPrepared(db.DB)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Go(func() {
+			var got []int
+			if err := p.Select(ctx, &got, `SELECT generate_series(1, $1::int)`, i); err != nil || len(got) != i {
+				t.Errorf("Select(%d) = %v, %v", i, got, err)
+			}
+			var sum int
+			if err := p.Get(ctx, &sum, `SELECT $1::int + $2::int`, i, 1); err != nil || sum != i+1 {
+				t.Errorf("Get(%d) = %d, %v", i, sum, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := p.Get(ctx, new(int), `SELECT no_such_column`); err == nil {
+		t.Error("a statement that does not prepare gave no error")
+	}
+	// The connection that ran the last statement holds it prepared.
+	conn, err := db.DB.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var n int
+	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM pg_prepared_statements`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Error("no prepared statement on a connection of the pool")
+	}
+}
