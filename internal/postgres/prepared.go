@@ -16,8 +16,7 @@ import (
 // was a large share of its cost.
 //
 // Prepared statements need a session per connection: behind PgBouncer, use
-// session pooling (or a PgBouncer that tracks protocol-level prepared
-// statements, 1.21 and later).
+// session pooling (README, "Several workers on several machines").
 type Prepared struct {
 	db    *sqlx.DB
 	stmts sync.Map // query → *sqlx.Stmt
