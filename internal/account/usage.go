@@ -232,9 +232,11 @@ func (s *Store) insertEvents(ctx context.Context, rows []storedEvent, now time.T
 }
 
 // ingestSQL is insertEvents' statement: $1 the rows (JSON), $2 now, $3
-// partial. It is prepared (the same plan for every batch; PostgreSQL's
-// estimate of a JSON recordset does not depend on its contents anyway),
-// which saved planning it, ~2 ms, for each batch.
+// partial. It is prepared, and PostgreSQL keeps its generic plan (its
+// estimate of a JSON recordset does not depend on the contents anyway): a
+// batch is one round trip, neither parsed nor planned, ~1.4 ms less of the
+// database's time a batch in BenchmarkIngestEvents. (Reading the JSON
+// parameter itself takes 2–3 ms of a batch's bind.)
 const ingestSQL = `
 		WITH x AS MATERIALIZED (
 			SELECT x.*, a.id AS account_id
