@@ -25,7 +25,7 @@ import (
 func FromHTMLNode(doc *html.Node) string {
 	var ctx textifier
 	ctx.traverse(doc)
-	return strings.TrimSpace(collapseBlankLines(strings.ReplaceAll(ctx.buf.String(), "\n ", "\n")))
+	return strings.TrimSpace(tidyLines(ctx.buf.Bytes()))
 }
 
 // textifier is the state of a walk: what was written, and the context the
@@ -272,28 +272,29 @@ func collapseSpacing(s string) string {
 	return b.String()
 }
 
-// collapseBlankLines replaces each run of two or more line feeds with two
-// (upstream's `\n\n+` → "\n\n").
-func collapseBlankLines(s string) string {
-	if !strings.Contains(s, "\n\n\n") {
-		return s
-	}
-	var b strings.Builder
-	b.Grow(len(s))
-	for i := 0; i < len(s); {
-		if s[i] != '\n' {
-			b.WriteByte(s[i])
-			i++
+// tidyLines drops the space after each line feed and makes each run of two
+// or more line feeds two: upstream's ReplaceAll("\n ", "\n") and then
+// `\n\n+` → "\n\n", in one pass.
+func tidyLines(b []byte) string {
+	var out strings.Builder
+	out.Grow(len(b))
+	feeds := 0 // line feeds just written
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c != '\n' {
+			out.WriteByte(c)
+			feeds = 0
 			continue
 		}
-		j := i
-		for j < len(s) && s[j] == '\n' {
-			j++
+		if i+1 < len(b) && b[i+1] == ' ' {
+			i++ // "\n " is "\n"
 		}
-		b.WriteString(s[i:min(j, i+2)])
-		i = j
+		if feeds < 2 {
+			out.WriteByte('\n')
+		}
+		feeds++
 	}
-	return b.String()
+	return out.String()
 }
 
 // attrVal is the value of node's attribute name, or "".
