@@ -18,13 +18,13 @@ import (
 // message byte by byte and cost as much CPU per message as rendering one.
 // Counter reads lines straight from its buffer.
 type Counter struct {
-	ln      net.Listener
-	count   atomic.Int64
-	accepts atomic.Int64 // connections accepted
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced when count grows
-	conns   sync.WaitGroup
-	closing atomic.Bool
+	ln       net.Listener
+	count    atomic.Int64
+	accepts  atomic.Int64 // connections accepted
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced when count grows
+	conns    sync.WaitGroup
+	accepted chan struct{} // closed when the accept loop has returned
 
 	open   sync.Map // net.Conn → struct{}
 	closed sync.Once
@@ -38,7 +38,7 @@ func StartCounter(t testing.TB) *Counter {
 	if err != nil {
 		t.Fatalf("smtptest: listen: %v", err)
 	}
-	c := &Counter{ln: ln, changed: make(chan struct{})}
+	c := &Counter{ln: ln, changed: make(chan struct{}), accepted: make(chan struct{})}
 	go c.accept()
 	t.Cleanup(c.Close)
 	return c
@@ -79,8 +79,8 @@ func (c *Counter) WaitFor(n int, timeout time.Duration) bool {
 // handlers. Calling it again does nothing.
 func (c *Counter) Close() {
 	c.closed.Do(func() {
-		c.closing.Store(true)
 		_ = c.ln.Close()
+		<-c.accepted // no connection is added from here on
 		c.open.Range(func(k, _ any) bool {
 			_ = k.(net.Conn).Close()
 			return true
@@ -90,6 +90,7 @@ func (c *Counter) Close() {
 }
 
 func (c *Counter) accept() {
+	defer close(c.accepted)
 	for {
 		conn, err := c.ln.Accept()
 		if err != nil {
@@ -98,9 +99,6 @@ func (c *Counter) accept() {
 		c.accepts.Add(1)
 		c.conns.Add(1)
 		c.open.Store(conn, struct{}{})
-		if c.closing.Load() { // Close ran between Accept and Store
-			_ = conn.Close()
-		}
 		go func() {
 			defer c.conns.Done()
 			defer c.open.Delete(conn)

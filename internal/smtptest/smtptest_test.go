@@ -120,6 +120,35 @@ func TestCounterCounts(t *testing.T) {
 	}
 }
 
+// TestCounterClose: Close drops open connections and returns once their
+// handlers have.
+func TestCounterClose(t *testing.T) {
+	t.Parallel()
+	srv := smtptest.StartCounter(t)
+	u, _ := url.Parse(srv.URL())
+	c, err := smtp.Dial(u.Host)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.example"); err != nil {
+		t.Fatalf("EHLO: %v", err)
+	}
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return with a connection open")
+	}
+	if err := c.Noop(); err == nil {
+		t.Fatal("the connection still answers after Close")
+	}
+	if srv.Connections() != 1 {
+		t.Fatalf("Connections = %d, want 1", srv.Connections())
+	}
+}
+
 func TestWaitFor(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.Start(t)
