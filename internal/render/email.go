@@ -42,8 +42,8 @@ type Email struct {
 	Subject string
 	HTML    string
 	// Text is the plain-text part, derived from the HTML by
-	// inbucket/html2text, as internal/html2text has it ("link text ( URL )", headings underlined, list
-	// items starred). Its links are the original URLs, not the tracked ones:
+	// inbucket/html2text as internal/html2text has it ("link text ( URL )",
+	// headings underlined, list items starred). Its links are the original URLs, not the tracked ones:
 	// readable, and the same in a test send; clicks in text-only clients
 	// are therefore not counted. The unsubscribe URL is in it too.
 	Text string
