@@ -39,11 +39,37 @@ type Store struct {
 	clock clock.Clock
 	// prepared runs the ingest statement, the hot one.
 	prepared *postgres.Prepared
+	// ingestSlots admits event-ingest statements: at most its capacity
+	// run at once (see IngestConcurrency).
+	ingestSlots chan struct{}
+}
+
+// DefaultIngestConcurrency is how many event batches a Store writes at once
+// unless told otherwise (see IngestConcurrency).
+const DefaultIngestConcurrency = 2
+
+// Option configures a Store.
+type Option func(*Store)
+
+// IngestConcurrency sets how many event batches a Store writes to PostgreSQL
+// at once (at least 1); more wait their turn, in the process, for as long as
+// their context allows. Concurrent batches share accounts, and each waits at
+// the first account another holds until that one commits: in
+// BenchmarkIngestEvents (1,000-event batches over 10,000 accounts, 2 cores)
+// 2 statements at once wrote 52.6–53.1k events/s where 4 wrote 46.6–47.7k and
+// 8 wrote 41k. The bound is per process.
+func IngestConcurrency(n int) Option {
+	return func(s *Store) { s.ingestSlots = make(chan struct{}, max(n, 1)) }
 }
 
 // NewStore returns an account store.
-func NewStore(db *sqlx.DB, clk clock.Clock) *Store {
-	return &Store{db: db, clock: clk, prepared: postgres.NewPrepared(db)}
+func NewStore(db *sqlx.DB, clk clock.Clock, opts ...Option) *Store {
+	s := &Store{db: db, clock: clk, prepared: postgres.NewPrepared(db)}
+	IngestConcurrency(DefaultIngestConcurrency)(s)
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Account is an account as stored.

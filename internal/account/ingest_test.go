@@ -3,6 +3,7 @@ package account_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -155,9 +156,10 @@ func TestIngestDerivedDataMatchesEvents(t *testing.T) {
 // Concurrent batches over the same accounts meet on message ids, rollup,
 // activity and account rows; they must wait for each other, never deadlock.
 func TestConcurrentIngestOverSharedAccounts(t *testing.T) {
-	s, _, db := newStore(t)
+	_, clk, db := newStore(t)
 	ctx := context.Background()
 	const accounts, workers, batches, size = 1000, 4, 6, 500
+	s := account.NewStore(db.DB, clk, account.IngestConcurrency(workers)) // all of them at once
 	ingestAccounts(t, s, accounts)
 	var wg sync.WaitGroup
 	var accepted atomic.Int64
@@ -201,5 +203,85 @@ func TestConcurrentIngestOverSharedAccounts(t *testing.T) {
 	if int64(n) != accepted.Load() || sum != n || ids != distinctIDs || n <= workers*batches*size/2 {
 		t.Errorf("accepted %d, stored %d events (%d message ids, %d distinct), daily counts sum to %d",
 			accepted.Load(), n, ids, distinctIDs, sum)
+	}
+}
+
+// A Store writes at most IngestConcurrency batches at once; the next waits
+// for a turn as long as its context allows, and stores nothing if it gives
+// up.
+func TestIngestConcurrencyBound(t *testing.T) {
+	_, clk, db := newStore(t)
+	ctx := context.Background()
+	one := account.NewStore(db.DB, clk, account.IngestConcurrency(1))
+	two := account.NewStore(db.DB, clk, account.IngestConcurrency(2))
+	ingestAccounts(t, one, 2)
+	batch := func(id string) []account.EventInput {
+		return []account.EventInput{{AccountID: id, Name: account.EventLogin}}
+	}
+
+	// Hold a0's row: a batch naming it waits in PostgreSQL, in its turn.
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`SELECT 1 FROM account WHERE external_id = 'a0' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	// blocked starts a batch naming a0 and returns once it is the want-th
+	// waiting on a0's row.
+	blocked := func(s *account.Store, want int) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.IngestEvents(ctx, batch("a0"), false)
+			done <- err
+		}()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var waiting int
+			if err := db.Get(&waiting, `SELECT count(*) FROM pg_stat_activity
+				WHERE query LIKE '%INSERT INTO usage_event%' AND wait_event_type = 'Lock'`); err != nil {
+				t.Fatal(err)
+			}
+			if waiting == want {
+				return done
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the batch naming a0 never waited on its row")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	// Bound 2: a batch for a1 goes on beside it.
+	done2 := blocked(two, 1)
+	if _, err := two.IngestEvents(ctx, batch("a1"), false); err != nil {
+		t.Fatalf("with a second turn free: %v", err)
+	}
+
+	// Bound 1: the batch for a1 waits for the turn, and gives up with its
+	// context, having stored nothing.
+	done1 := blocked(one, 2)
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := one.IngestEvents(short, batch("a1"), false); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("with no turn free: err = %v, want the context's deadline", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	for _, done := range []chan error{done2, done1} {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := one.IngestEvents(ctx, batch("a1"), false); err != nil {
+		t.Fatalf("after the turn came free: %v", err)
+	}
+	var a0, a1 int
+	db.Get(&a0, `SELECT count(*) FROM usage_event e JOIN account a ON a.id = e.account_id WHERE a.external_id = 'a0'`)
+	db.Get(&a1, `SELECT count(*) FROM usage_event e JOIN account a ON a.id = e.account_id WHERE a.external_id = 'a1'`)
+	if a0 != 2 || a1 != 2 {
+		t.Fatalf("events stored: a0 %d, a1 %d; want 2 each (the batch that gave up stores none)", a0, a1)
 	}
 }

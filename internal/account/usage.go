@@ -210,6 +210,12 @@ func (s *Store) insertEvents(ctx context.Context, rows []storedEvent, now time.T
 	if err != nil {
 		return inserted{}, fmt.Errorf("account: ingest: %w", err)
 	}
+	select {
+	case s.ingestSlots <- struct{}{}:
+		defer func() { <-s.ingestSlots }()
+	case <-ctx.Done():
+		return inserted{}, fmt.Errorf("account: ingest: waiting for a turn: %w", ctx.Err())
+	}
 	var out []struct {
 		ID      *int64 `db:"id"`
 		N       int    `db:"n"`

@@ -128,7 +128,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 	}
 	a.Registry = prometheus.NewRegistry()
 	a.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	a.Accounts = account.NewStore(db, a.Clock)
+	a.Accounts = account.NewStore(db, a.Clock, account.IngestConcurrency(a.Cfg.IngestConcurrency))
 	a.Keys = apikey.NewStore(db, a.Clock)
 	a.Audit = audit.NewLog(db)
 	a.Segments = segment.NewStore(db, a.Clock)

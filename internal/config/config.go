@@ -81,6 +81,9 @@ type Config struct {
 	// RateLimit is the sustained requests per second allowed per API key; RateBurst the burst.
 	RateLimit float64 `env:"TEND_RATE_LIMIT" envDefault:"200"`
 	RateBurst int     `env:"TEND_RATE_BURST" envDefault:"400"`
+	// IngestConcurrency is how many event batches an API process writes to
+	// PostgreSQL at once; more wait their turn (account.IngestConcurrency).
+	IngestConcurrency int `env:"TEND_INGEST_CONCURRENCY" envDefault:"2"`
 
 	// WorkerConcurrency is the number of asynq tasks a worker process runs at once.
 	WorkerConcurrency int `env:"TEND_WORKER_CONCURRENCY" envDefault:"8"`
@@ -155,6 +158,9 @@ func (c Config) Validate() error {
 	}
 	if c.RateLimit <= 0 || c.RateBurst < 1 {
 		bad("TEND_RATE_LIMIT/TEND_RATE_BURST", "want a positive rate and a burst of at least 1")
+	}
+	if c.IngestConcurrency < 1 {
+		bad("TEND_INGEST_CONCURRENCY", "want at least 1, got %d", c.IngestConcurrency)
 	}
 	if c.WorkerConcurrency < 1 {
 		bad("TEND_WORKER_CONCURRENCY", "want at least 1, got %d", c.WorkerConcurrency)

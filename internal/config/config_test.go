@@ -22,15 +22,16 @@ func TestLoadDefaults(t *testing.T) {
 
 func TestLoadReportsEveryBadVariable(t *testing.T) {
 	_, err := Load(map[string]string{
-		"TEND_DATABASE_URL": "mysql://x",
-		"TEND_SECRET":       "short",
-		"TEND_LOG_LEVEL":    "loud",
-		"TEND_METRICS_ADDR": "metrics",
+		"TEND_DATABASE_URL":       "mysql://x",
+		"TEND_SECRET":             "short",
+		"TEND_LOG_LEVEL":          "loud",
+		"TEND_METRICS_ADDR":       "metrics",
+		"TEND_INGEST_CONCURRENCY": "0",
 	})
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL", "TEND_METRICS_ADDR"} {
+	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL", "TEND_METRICS_ADDR", "TEND_INGEST_CONCURRENCY"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}
