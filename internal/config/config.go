@@ -84,6 +84,9 @@ type Config struct {
 	// IngestConcurrency is how many event batches an API process writes to
 	// PostgreSQL at once; more wait their turn (account.IngestConcurrency).
 	IngestConcurrency int `env:"TEND_INGEST_CONCURRENCY" envDefault:"2"`
+	// EventRetention is how long raw usage events are kept (0: for ever).
+	// Rollups, which profiles read, are kept regardless.
+	EventRetention time.Duration `env:"TEND_EVENT_RETENTION" envDefault:"2160h"`
 
 	// WorkerConcurrency is the number of asynq tasks a worker process runs at once.
 	WorkerConcurrency int `env:"TEND_WORKER_CONCURRENCY" envDefault:"8"`
@@ -158,6 +161,9 @@ func (c Config) Validate() error {
 	}
 	if c.RateLimit <= 0 || c.RateBurst < 1 {
 		bad("TEND_RATE_LIMIT/TEND_RATE_BURST", "want a positive rate and a burst of at least 1")
+	}
+	if c.EventRetention != 0 && c.EventRetention < 24*time.Hour {
+		bad("TEND_EVENT_RETENTION", "want 0 (keep raw events) or at least 24h, got %s", c.EventRetention)
 	}
 	if c.IngestConcurrency < 1 {
 		bad("TEND_INGEST_CONCURRENCY", "want at least 1, got %d", c.IngestConcurrency)

@@ -27,11 +27,12 @@ func TestLoadReportsEveryBadVariable(t *testing.T) {
 		"TEND_LOG_LEVEL":          "loud",
 		"TEND_METRICS_ADDR":       "metrics",
 		"TEND_INGEST_CONCURRENCY": "0",
+		"TEND_EVENT_RETENTION":    "1h",
 	})
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL", "TEND_METRICS_ADDR", "TEND_INGEST_CONCURRENCY"} {
+	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL", "TEND_METRICS_ADDR", "TEND_INGEST_CONCURRENCY", "TEND_EVENT_RETENTION"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}
