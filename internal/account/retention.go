@@ -14,15 +14,17 @@ import (
 // A message id whose event is pruned is no longer recognised as a repeat.
 //
 // Events are taken in id order, the order they arrived, through the primary
-// key: no index on received_at (which ingest would write for every event) is
-// needed, and each batch reads only the rows it deletes. Received times are
+// key (the ids as an array, so that the delete too looks them up by key
+// rather than joining them to a scan of the table): no index on received_at,
+// which ingest would write for every event, and each batch reads only the
+// rows it deletes. Received times are
 // read from the clocks of the API processes, so an event arriving a moment
 // late by another process's clock stops a batch early; it is pruned on a
 // later run.
 func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time, limit int) (int, error) {
 	res, err := s.db.ExecContext(ctx, `
 		DELETE FROM usage_event
-		WHERE id IN (SELECT id FROM usage_event ORDER BY id LIMIT $2) AND received_at < $1`, cutoff, limit)
+		WHERE id = ANY(ARRAY(SELECT id FROM usage_event ORDER BY id LIMIT $2)) AND received_at < $1`, cutoff, limit)
 	if err != nil {
 		return 0, fmt.Errorf("account: prune events: %w", err)
 	}

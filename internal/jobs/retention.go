@@ -10,10 +10,11 @@ import (
 )
 
 // EventRetention deletes raw usage events older than Retention, run by the
-// Scheduler every sweep: at most once every Every once it has caught up,
-// in batches of Batch, and for about Budget a sweep (a batch at least), so a large backlog
-// (retention just turned on) is worked off over several sweeps without
-// holding up the others.
+// Scheduler every sweep: in batches of Batch, for about Budget of a sweep (a
+// batch at least), so that a large backlog (retention just turned on) is
+// worked off over several sweeps without holding up the rest of each; once
+// caught up, again after Every. Every scheduler process prunes: the deletes
+// of two meet on the same oldest rows, and the later one finds them gone.
 type EventRetention struct {
 	Accounts  *account.Store
 	Clock     clock.Clock
@@ -33,7 +34,7 @@ func (e *EventRetention) Run(ctx context.Context) error {
 		return nil
 	}
 	cutoff := now.Add(-e.Retention)
-	start := time.Now()
+	start := time.Now() // the budget is the process's own time, not the clock's
 	total := 0
 	defer func() {
 		if total > 0 {
