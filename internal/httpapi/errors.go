@@ -22,6 +22,10 @@ var statusOf = map[errs.Kind]int{
 	errs.Unavailable:  http.StatusServiceUnavailable,
 }
 
+// statusClientClosedRequest answers a request its client canceled (nginx's
+// convention; the client never reads it, logs and metrics do).
+const statusClientClosedRequest = 499
+
 // badRequest is a request that could not be read at all (not JSON, wrong
 // shape): 400, as opposed to readable but invalid content (422).
 func badRequest(code, format string, args ...any) *echo.HTTPError {
@@ -75,6 +79,14 @@ func (s *Server) describe(err error, c echo.Context) (int, map[string]any) {
 		return statusOf[de.Kind], errorBody(de)
 	}
 	rid := c.Response().Header().Get(echo.HeaderXRequestID)
+	if c.Request().Context().Err() != nil {
+		// The client went away (or gave up waiting, say for an ingest
+		// turn): nothing failed on our side, and nobody reads the answer.
+		s.deps.Log.Info("request canceled by the client", "err", err, "request_id", rid, "route", c.Path())
+		return statusClientClosedRequest, map[string]any{
+			"code": "client_closed_request", "message": "the request was canceled before it finished",
+		}
+	}
 	s.deps.Log.Error("internal error", "err", err, "request_id", rid, "route", c.Path())
 	return http.StatusInternalServerError, map[string]any{
 		"code": "internal", "message": "something went wrong on our side; quote request " + rid, "request_id": rid,
