@@ -17,10 +17,9 @@ import (
 // key (the ids as an array, so that the delete too looks them up by key
 // rather than joining them to a scan of the table): no index on received_at,
 // which ingest would write for every event, and each batch reads only the
-// rows it deletes. Received times are
-// read from the clocks of the API processes, so an event arriving a moment
-// late by another process's clock stops a batch early; it is pruned on a
-// later run.
+// rows it deletes. Received times come from the clocks of the API processes,
+// so an event stamped a moment late by another process's clock stops a batch
+// early; what is behind it is pruned on a later run.
 func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time, limit int) (int, error) {
 	res, err := s.db.ExecContext(ctx, `
 		DELETE FROM usage_event
