@@ -43,9 +43,10 @@ type Email struct {
 	HTML    string
 	// Text is the plain-text part, derived from the HTML by
 	// inbucket/html2text as internal/html2text has it ("link text ( URL )",
-	// headings underlined, list items starred). Its links are the original URLs, not the tracked ones:
-	// readable, and the same in a test send; clicks in text-only clients
-	// are therefore not counted. The unsubscribe URL is in it too.
+	// headings underlined, list items starred). Its links are the original
+	// URLs, not the tracked ones: readable, and the same in a test send;
+	// clicks in text-only clients are therefore not counted. The
+	// unsubscribe URL is in it too.
 	Text string
 	// UnsubscribeURL is the message's unsubscribe page, also for the
 	// List-Unsubscribe header (RFC 8058 one-click POSTs to it).

@@ -369,8 +369,8 @@ func TestEmailConcurrent(t *testing.T) {
 	wg.Wait()
 }
 
-// The text part is inbucket/html2text's (internal/html2text): these are the parts of its format
-// that an email's text relies on.
+// The text part is inbucket/html2text's (internal/html2text): these are the
+// parts of its format that an email's text relies on.
 func TestTextPart(t *testing.T) {
 	tests := []struct {
 		name, html, want string
