@@ -516,3 +516,64 @@ func benchHTML() string {
 	sb.WriteString(`<p>Best,<br>Dana, Customer Success</p></body></html>`)
 	return sb.String()
 }
+
+// BenchmarkMailerRoundTrips sends TEND_BENCH_MESSAGES (default 2,000) ~4 KB
+// messages with SendRaw through 8 connections to a server
+// TEND_BENCH_RTT (default 2ms) away, with and without PIPELINING offered,
+// and reports msgs/s: against a relay that is not on the same machine, the
+// dialogue's round trips bound what each connection carries.
+//
+//	go test -run '^$' -bench BenchmarkMailerRoundTrips -benchtime 1x ./internal/delivery/
+func BenchmarkMailerRoundTrips(b *testing.B) {
+	n := 2000
+	if s := os.Getenv("TEND_BENCH_MESSAGES"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v <= 0 {
+			b.Fatalf("TEND_BENCH_MESSAGES=%q: want a positive number", s)
+		}
+		n = v
+	}
+	rtt := 2 * time.Millisecond
+	if s := os.Getenv("TEND_BENCH_RTT"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 {
+			b.Fatalf("TEND_BENCH_RTT=%q: want a duration", s)
+		}
+		rtt = d
+	}
+	const conns = 8
+	var data bytes.Buffer
+	if _, err := newMsg(b, "contact@customer.example", "Your weekly usage report", benchHTML()).WriteTo(&data); err != nil {
+		b.Fatal(err)
+	}
+	for _, pipelining := range []bool{true, false} {
+		b.Run(fmt.Sprintf("pipelining=%v", pipelining), func(b *testing.B) {
+			opts := []smtptest.CounterOption{smtptest.RoundTrip(rtt)}
+			if !pipelining {
+				opts = append(opts, smtptest.WithoutPipelining())
+			}
+			srv := smtptest.StartCounter(b, opts...)
+			m := newMailer(b, srv.URL(), delivery.MailerOptions{Connections: conns})
+			var total time.Duration
+			for b.Loop() {
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				start := time.Now()
+				for range conns {
+					wg.Go(func() {
+						for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+							to := fmt.Sprintf("contact%d@customer.example", i)
+							if err := m.SendRaw(b.Context(), "dana@vendor.example", []string{to}, data.Bytes()); err != nil {
+								b.Errorf("send %d: %v", i, err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				total += time.Since(start)
+			}
+			b.ReportMetric(float64(n*b.N)/total.Seconds(), "msgs/s")
+		})
+	}
+}

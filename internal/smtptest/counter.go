@@ -28,17 +28,42 @@ type Counter struct {
 
 	open   sync.Map // net.Conn → struct{}
 	closed sync.Once
+
+	opts counterOptions
+}
+
+// CounterOption changes how a Counter answers.
+type CounterOption func(*counterOptions)
+
+type counterOptions struct {
+	noPipelining bool
+	roundTrip    time.Duration
+}
+
+// WithoutPipelining leaves PIPELINING out of the reply to EHLO, so that
+// clients wait for the reply to each command before sending the next.
+func WithoutPipelining() CounterOption {
+	return func(o *counterOptions) { o.noPipelining = true }
+}
+
+// RoundTrip holds every batch of replies back for d before sending it: each
+// round trip of the dialogue then takes about d, like a relay d away.
+func RoundTrip(d time.Duration) CounterOption {
+	return func(o *counterOptions) { o.roundTrip = d }
 }
 
 // StartCounter starts a Counter on 127.0.0.1 on a free port; it is closed
 // when the test ends.
-func StartCounter(t testing.TB) *Counter {
+func StartCounter(t testing.TB, opts ...CounterOption) *Counter {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("smtptest: listen: %v", err)
 	}
 	c := &Counter{ln: ln, changed: make(chan struct{}), accepted: make(chan struct{})}
+	for _, o := range opts {
+		o(&c.opts)
+	}
 	go c.accept()
 	t.Cleanup(c.Close)
 	return c
@@ -114,9 +139,19 @@ func (c *Counter) accept() {
 func (c *Counter) serve(conn net.Conn) {
 	r := bufio.NewReaderSize(conn, 64<<10)
 	w := bufio.NewWriterSize(conn, 4<<10)
+	flush := func() error {
+		if c.opts.roundTrip > 0 && w.Buffered() > 0 {
+			time.Sleep(c.opts.roundTrip)
+		}
+		return w.Flush()
+	}
+	ehlo := "250-smtptest.local\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+	if c.opts.noPipelining {
+		ehlo = "250-smtptest.local\r\n250 8BITMIME\r\n"
+	}
 	_, _ = w.WriteString("220 smtptest.local ESMTP counter\r\n")
 	for {
-		if !lineBuffered(r) && w.Flush() != nil {
+		if !lineBuffered(r) && flush() != nil {
 			return
 		}
 		line, err := r.ReadSlice('\n')
@@ -129,12 +164,12 @@ func (c *Counter) serve(conn net.Conn) {
 		}
 		switch string(bytes.ToUpper(verb)) {
 		case "EHLO":
-			_, _ = w.WriteString("250-smtptest.local\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+			_, _ = w.WriteString(ehlo)
 		case "HELO", "MAIL", "RCPT", "RSET", "NOOP":
 			_, _ = w.WriteString("250 OK\r\n")
 		case "DATA":
 			_, _ = w.WriteString("354 go ahead\r\n")
-			if w.Flush() != nil || !readData(r) {
+			if flush() != nil || !readData(r) {
 				return
 			}
 			c.count.Add(1)
@@ -145,7 +180,7 @@ func (c *Counter) serve(conn net.Conn) {
 			_, _ = w.WriteString("250 OK counted\r\n")
 		case "QUIT":
 			_, _ = w.WriteString("221 bye\r\n")
-			_ = w.Flush()
+			_ = flush()
 			return
 		default:
 			_, _ = w.WriteString("502 not implemented\r\n")

@@ -149,6 +149,44 @@ func TestCounterClose(t *testing.T) {
 	}
 }
 
+// The counter's options: PIPELINING left out of EHLO, and replies held back
+// for the round trip.
+func TestCounterOptions(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		opts       []smtptest.CounterOption
+		pipelining bool
+		wait       time.Duration
+	}{
+		{nil, true, 0},
+		{[]smtptest.CounterOption{smtptest.WithoutPipelining(), smtptest.RoundTrip(30 * time.Millisecond)}, false, 30 * time.Millisecond},
+	} {
+		srv := smtptest.StartCounter(t, tt.opts...)
+		u, _ := url.Parse(srv.URL())
+		c, err := smtp.Dial(u.Host)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		start := time.Now()
+		if err := c.Hello("client.example"); err != nil {
+			t.Fatalf("EHLO: %v", err)
+		}
+		if took := time.Since(start); took < tt.wait {
+			t.Errorf("EHLO answered after %v, want at least %v", took, tt.wait)
+		}
+		if ok, _ := c.Extension("PIPELINING"); ok != tt.pipelining {
+			t.Errorf("PIPELINING offered: %v, want %v", ok, tt.pipelining)
+		}
+		if at, err := send(c, "a@example.com", "b@example.com", body("n")); err != nil {
+			t.Fatalf("send at %s: %v", at, err)
+		}
+		_ = c.Close()
+		if srv.Count() != 1 {
+			t.Fatalf("Count = %d, want 1", srv.Count())
+		}
+	}
+}
+
 func TestWaitFor(t *testing.T) {
 	t.Parallel()
 	srv := smtptest.Start(t)
