@@ -23,13 +23,224 @@ import (
 
 // FromHTMLNode returns the text of doc (or of any node and its children).
 func FromHTMLNode(doc *html.Node) string {
-	var ctx textifier
-	ctx.traverse(doc)
-	return strings.TrimSpace(tidyLines(ctx.buf.Bytes()))
+	var c Converter
+	c.walk(doc)
+	return c.String()
 }
 
-// textifier is the state of a walk: what was written, and the context the
-// next text lands in.
+// walk feeds n and its descendants to c in document order.
+func (c *Converter) walk(n *html.Node) {
+	switch n.Type {
+	case html.TextNode:
+		c.Text(n.Data)
+		return
+	case html.ElementNode:
+		c.Open(n.DataAtom, func(name string) string { return attrVal(n, name) })
+	default:
+		c.Other()
+	}
+	for ch := n.FirstChild; ch != nil; ch = ch.NextSibling {
+		c.walk(ch)
+	}
+	if n.Type == html.ElementNode {
+		c.Close()
+	}
+}
+
+// Converter turns a document given as a stream of events (an element
+// opening, text, another node, an element closing, in document order) into
+// text: what FromHTMLNode does for a tree, for a caller that reads the
+// document with the tokenizer and never builds one. The events must describe
+// the tree html.Parse would build (an element opens and closes where that
+// tree has it); a document where the parser would move or close elements
+// implicitly must go through FromHTMLNode instead.
+type Converter struct {
+	root  textifier
+	stack []frame
+}
+
+// frame is an open element.
+type frame struct {
+	tag  atom.Atom
+	out  *textifier // where the element writes
+	in   *textifier // where its children write: out, or a buffer of its own (headings, bold)
+	skip bool       // its content is not text (style, script, head)
+
+	// For a link: its href, and what it holds: the text of a lone text node,
+	// the alt of a lone image.
+	href     string
+	children int
+	text     string
+	textOnly bool // the first child is a text node
+	imgAlt   string
+	imgOnly  bool // the first child is an img
+}
+
+// current is where text goes now, and whether it is skipped.
+func (c *Converter) current() (*textifier, bool) {
+	if n := len(c.stack); n > 0 {
+		f := &c.stack[n-1]
+		return f.in, f.skip
+	}
+	return &c.root, false
+}
+
+// child counts a child node of the innermost open element, for links.
+func (c *Converter) child(text string, isText bool, img bool, alt string) {
+	n := len(c.stack)
+	if n == 0 {
+		return
+	}
+	f := &c.stack[n-1]
+	f.children++
+	if f.children == 1 {
+		f.textOnly, f.text = isText, text
+		f.imgOnly, f.imgAlt = img, alt
+	}
+}
+
+// Open is an element's start; attr returns the value of one of its
+// attributes ("" when absent). Every Open needs its Close, void elements
+// included.
+func (c *Converter) Open(tag atom.Atom, attr func(name string) string) {
+	ctx, skip := c.current()
+	if tag == atom.Img {
+		c.child("", false, true, attr("alt"))
+	} else {
+		c.child("", false, false, "")
+	}
+	f := frame{tag: tag, out: ctx, in: ctx, skip: skip}
+	if skip {
+		c.stack = append(c.stack, f)
+		return
+	}
+	ctx.justClosedDiv = false
+	switch tag {
+	case atom.Br:
+		ctx.emit("\n")
+	case atom.H1, atom.H2, atom.H3:
+		f.in = &textifier{}
+	case atom.Blockquote:
+		ctx.blockquoteLevel++
+		ctx.prefix = strings.Repeat(">", ctx.blockquoteLevel) + " "
+		ctx.emit("\n")
+		if ctx.blockquoteLevel == 1 {
+			ctx.emit("\n")
+		}
+	case atom.Div:
+		if ctx.lineLength > 0 {
+			ctx.emit("\n")
+		}
+	case atom.Li:
+		ctx.emit("* ")
+	case atom.B, atom.Strong:
+		f.in = &textifier{endsWithSpace: true}
+	case atom.A:
+		f.href = attr("href")
+	case atom.P, atom.Ul, atom.Table:
+		ctx.emit("\n\n")
+	case atom.Pre:
+		ctx.isPre = true
+	case atom.Style, atom.Script, atom.Head:
+		f.skip = true // not text
+	}
+	c.stack = append(c.stack, f)
+}
+
+// Close is the end of the innermost open element.
+func (c *Converter) Close() {
+	n := len(c.stack)
+	if n == 0 {
+		return
+	}
+	f := c.stack[n-1]
+	c.stack = c.stack[:n-1]
+	if f.skip {
+		return
+	}
+	ctx := f.out
+	switch f.tag {
+	case atom.H1, atom.H2, atom.H3:
+		str := f.in.buf.String()
+		dividerLen := 0
+		for line := range strings.SplitSeq(str, "\n") {
+			if lineLen := utf8.RuneCountInString(line); lineLen-1 > dividerLen {
+				dividerLen = lineLen - 1
+			}
+		}
+		divider := strings.Repeat("-", dividerLen)
+		if f.tag == atom.H1 {
+			divider = strings.Repeat("*", dividerLen)
+		}
+		if f.tag == atom.H3 {
+			ctx.emit("\n\n" + str + "\n" + divider + "\n\n")
+			return
+		}
+		ctx.emit("\n\n" + divider + "\n" + str + "\n" + divider + "\n\n")
+	case atom.Blockquote:
+		ctx.blockquoteLevel--
+		ctx.prefix = strings.Repeat(">", ctx.blockquoteLevel)
+		if ctx.blockquoteLevel > 0 {
+			ctx.prefix += " "
+		}
+		ctx.emit("\n\n")
+	case atom.Div:
+		if !ctx.justClosedDiv {
+			ctx.emit("\n")
+		}
+		ctx.justClosedDiv = true
+	case atom.Li:
+		ctx.emit("\n")
+	case atom.B, atom.Strong:
+		ctx.emit("*" + f.in.buf.String() + "*")
+	case atom.A:
+		// A link holding only an image reads as the image's alt text (the
+		// image itself wrote nothing).
+		if f.children == 1 && f.imgOnly && f.imgAlt != "" {
+			ctx.emit(f.imgAlt)
+		}
+		linkText := "" // the text of a link holding a single text node
+		if f.children == 1 && f.textOnly {
+			linkText = f.text
+		}
+		if href := f.href; href != "" {
+			href = strings.TrimPrefix(strings.TrimSpace(href), "mailto:")
+			// No URL when it is the link's text, or empty.
+			if href != "" && linkText != href {
+				ctx.emit("( " + href + " )")
+			}
+		}
+	case atom.P, atom.Ul, atom.Table:
+		ctx.emit("\n\n")
+	case atom.Pre:
+		ctx.isPre = false
+	}
+}
+
+// Text is a text node.
+func (c *Converter) Text(data string) {
+	c.child(data, true, false, "")
+	ctx, skip := c.current()
+	if skip {
+		return
+	}
+	if !ctx.isPre {
+		data = strings.TrimSpace(collapseSpacing(data))
+	}
+	ctx.emit(data)
+}
+
+// Other is a node that is neither an element nor text (a comment): it writes
+// nothing, but a link holding one does not hold a lone text or image.
+func (c *Converter) Other() { c.child("", false, false, "") }
+
+// String is the text of what the converter was given.
+func (c *Converter) String() string {
+	return strings.TrimSpace(tidyLines(c.root.buf.Bytes()))
+}
+
+// textifier is where text is written, and the context the next text lands
+// in.
 type textifier struct {
 	buf bytes.Buffer
 
@@ -39,131 +250,6 @@ type textifier struct {
 	blockquoteLevel int
 	lineLength      int // runes on the current line
 	isPre           bool
-}
-
-func (ctx *textifier) handleElement(node *html.Node) {
-	ctx.justClosedDiv = false
-
-	switch node.DataAtom {
-	case atom.Br:
-		ctx.emit("\n")
-
-	case atom.H1, atom.H2, atom.H3:
-		var sub textifier
-		sub.traverseChildren(node)
-		str := sub.buf.String()
-		dividerLen := 0
-		for line := range strings.SplitSeq(str, "\n") {
-			if lineLen := utf8.RuneCountInString(line); lineLen-1 > dividerLen {
-				dividerLen = lineLen - 1
-			}
-		}
-		divider := strings.Repeat("-", dividerLen)
-		if node.DataAtom == atom.H1 {
-			divider = strings.Repeat("*", dividerLen)
-		}
-		if node.DataAtom == atom.H3 {
-			ctx.emit("\n\n" + str + "\n" + divider + "\n\n")
-			return
-		}
-		ctx.emit("\n\n" + divider + "\n" + str + "\n" + divider + "\n\n")
-
-	case atom.Blockquote:
-		ctx.blockquoteLevel++
-		ctx.prefix = strings.Repeat(">", ctx.blockquoteLevel) + " "
-		ctx.emit("\n")
-		if ctx.blockquoteLevel == 1 {
-			ctx.emit("\n")
-		}
-		ctx.traverseChildren(node)
-		ctx.blockquoteLevel--
-		ctx.prefix = strings.Repeat(">", ctx.blockquoteLevel)
-		if ctx.blockquoteLevel > 0 {
-			ctx.prefix += " "
-		}
-		ctx.emit("\n\n")
-
-	case atom.Div:
-		if ctx.lineLength > 0 {
-			ctx.emit("\n")
-		}
-		ctx.traverseChildren(node)
-		if !ctx.justClosedDiv {
-			ctx.emit("\n")
-		}
-		ctx.justClosedDiv = true
-
-	case atom.Li:
-		ctx.emit("* ")
-		ctx.traverseChildren(node)
-		ctx.emit("\n")
-
-	case atom.B, atom.Strong:
-		sub := textifier{endsWithSpace: true}
-		sub.traverseChildren(node)
-		ctx.emit("*" + sub.buf.String() + "*")
-
-	case atom.A:
-		linkText := ""
-		// For a link holding a single text node, that text.
-		if node.FirstChild != nil && node.FirstChild.NextSibling == nil && node.FirstChild.Type == html.TextNode {
-			linkText = node.FirstChild.Data
-		}
-		// A link holding only an image reads as the image's alt text.
-		if img := node.FirstChild; img != nil && node.LastChild == img && img.DataAtom == atom.Img {
-			if alt := attrVal(img, "alt"); alt != "" {
-				ctx.emit(alt)
-			}
-		} else {
-			ctx.traverseChildren(node)
-		}
-		hrefLink := ""
-		if href := attrVal(node, "href"); href != "" {
-			href = strings.TrimPrefix(strings.TrimSpace(href), "mailto:")
-			// No URL when it is the link's text, or empty.
-			if href != "" && linkText != href {
-				hrefLink = "( " + href + " )"
-			}
-		}
-		ctx.emit(hrefLink)
-
-	case atom.P, atom.Ul, atom.Table:
-		ctx.emit("\n\n")
-		ctx.traverseChildren(node)
-		ctx.emit("\n\n")
-
-	case atom.Pre:
-		ctx.isPre = true
-		ctx.traverseChildren(node)
-		ctx.isPre = false
-
-	case atom.Style, atom.Script, atom.Head:
-		// Not text.
-
-	default: // Tfoot, Th, Tr and Td among them
-		ctx.traverseChildren(node)
-	}
-}
-
-func (ctx *textifier) traverse(node *html.Node) {
-	switch node.Type {
-	case html.TextNode:
-		data := node.Data
-		if !ctx.isPre {
-			data = strings.TrimSpace(collapseSpacing(data))
-		}
-		ctx.emit(data)
-	case html.ElementNode:
-		ctx.handleElement(node)
-	default:
-		ctx.traverseChildren(node)
-	}
-}
-
-func (ctx *textifier) traverseChildren(node *html.Node) {
-	for c := node.FirstChild; c != nil; c = c.NextSibling {
-		ctx.traverse(c)
-	}
 }
 
 func (ctx *textifier) emit(data string) {
