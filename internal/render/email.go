@@ -2,6 +2,7 @@ package render
 
 import (
 	"errors"
+	"fmt"
 	htmlstd "html"
 	htmltemplate "html/template"
 	"net/url"
@@ -83,12 +84,37 @@ func (r *Renderer) Email(t *Template, d Data, messageID int64, opts EmailOptions
 // email renders an email; strict (parse-time validation) also refuses a
 // subject whose own text spans lines, where a send folds them.
 func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions, strict bool) (Email, error) {
+	out, pg, err := r.page(t, d, messageID, opts, strict)
+	if err != nil {
+		return Email{}, err
+	}
+	st, ok := streamPage(pg.html, pg.rewrite, pg.pixel)
+	if !ok {
+		if st, err = parsePage(pg.html, pg.rewrite, pg.pixel); err != nil {
+			return Email{}, invalid(t.Name, "%v", err)
+		}
+	}
+	out.HTML, out.Text, out.Links = st.html, st.text, st.links
+	return out, nil
+}
+
+// page is an email's page as its templates executed it, before its text part
+// is taken, its links are tracked and its pixel is added.
+type page struct {
+	html    string
+	rewrite func(href string) (string, bool) // see rewriteLinks
+	pixel   string                           // the open pixel's URL; "" for none
+}
+
+// page executes the templates of an email: the Email (subject, unsubscribe
+// URL) and the page to finish.
+func (r *Renderer) page(t *Template, d Data, messageID int64, opts EmailOptions, strict bool) (Email, page, error) {
 	if t.Kind != KindEmail || t.html == nil {
-		return Email{}, invalid(t.Name, "is a %s template, not an email", t.Kind)
+		return Email{}, page{}, invalid(t.Name, "is a %s template, not an email", t.Kind)
 	}
 	track := !opts.Test
 	if track && r.Signer == nil {
-		return Email{}, errors.New("render: a renderer without a signer can only render test sends")
+		return Email{}, page{}, errors.New("render: a renderer without a signer can only render test sends")
 	}
 	base := strings.TrimRight(r.PublicURL, "/")
 
@@ -103,43 +129,38 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 
 	raw, err := t.execHTML(in.set, "subject", d)
 	if err != nil {
-		return Email{}, err
+		return Email{}, page{}, err
 	}
 	subject, multiline := subjectText(raw)
 	switch {
 	case subject == "":
-		return Email{}, invalid(t.Name, "the subject renders empty")
+		return Email{}, page{}, invalid(t.Name, "the subject renders empty")
 	case strict && multiline:
-		return Email{}, invalid(t.Name, "the subject must be one line")
+		return Email{}, page{}, invalid(t.Name, "the subject must be one line")
 	}
 	if opts.Test {
 		subject = "[TEST] " + subject
 	}
 	body, err := t.execHTML(in.set, "body", d)
 	if err != nil {
-		return Email{}, err
+		return Email{}, page{}, err
 	}
 
 	out := Email{Subject: subject, UnsubscribeURL: base + TestUnsubscribePath}
 	if track {
 		out.UnsubscribeURL = base + "/u/" + r.Signer.Unsubscribe(messageID)
 	}
-	page, err := layout.execute(in.layout, LayoutData{
+	doc, err := layout.execute(in.layout, LayoutData{
 		Data: d, Subject: subject, Body: htmltemplate.HTML(body),
 		SignAsCSM: opts.SignAsCSM && d.CSM != (CSMData{}), UnsubscribeURL: out.UnsubscribeURL, PostalAddress: r.PostalAddress,
 	})
 	if err != nil {
-		return Email{}, err
+		return Email{}, page{}, err
 	}
 
-	doc, err := html.Parse(strings.NewReader(page))
-	if err != nil {
-		return Email{}, invalid(t.Name, "the rendered HTML does not parse: %v", err)
-	}
-	// The text part is taken before the links are rewritten: it keeps the
-	// original URLs.
-	out.Text = textPart(doc)
-	out.Links = rewriteLinks(doc, func(u string) (string, bool) {
+	// rewrite gives the href of a link in the HTML part; the text part
+	// keeps the original URLs.
+	rewrite := func(u string) (string, bool) {
 		if u == out.UnsubscribeURL || strings.HasPrefix(u, base+"/t/") || strings.HasPrefix(u, base+"/u/") {
 			return "", false // Tend's own links are not tracked twice
 		}
@@ -147,17 +168,33 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 			return u, true
 		}
 		return base + "/t/c/" + r.Signer.Click(messageID, u), true
-	})
-	if track {
-		addPixel(doc, base+"/t/o/"+r.Signer.Open(messageID))
 	}
+	pixel := ""
+	if track {
+		pixel = base + "/t/o/" + r.Signer.Open(messageID)
+	}
+	return out, page{html: doc, rewrite: rewrite, pixel: pixel}, nil
+}
 
+// parsePage is streamPage for any page: through html.Parse, the tree and
+// html.Render.
+func parsePage(page string, rewrite func(string) (string, bool), pixel string) (streamed, error) {
+	doc, err := html.Parse(strings.NewReader(page))
+	if err != nil {
+		return streamed{}, fmt.Errorf("the rendered HTML does not parse: %w", err)
+	}
+	var out streamed
+	out.text = textPart(doc) // before the links are rewritten: it keeps the original URLs
+	out.links = rewriteLinks(doc, rewrite)
+	if pixel != "" {
+		addPixel(doc, pixel)
+	}
 	var b strings.Builder
 	b.Grow(len(page) + len(page)/2)
 	if err := html.Render(&b, doc); err != nil {
-		return Email{}, invalid(t.Name, "the HTML could not be written: %v", err)
+		return streamed{}, fmt.Errorf("the HTML could not be written: %w", err)
 	}
-	out.HTML = b.String()
+	out.html = b.String()
 	return out, nil
 }
 
@@ -236,10 +273,15 @@ func addPixel(doc *html.Node, src string) {
 	if body == nil {
 		return // html.Parse always makes one
 	}
-	body.AppendChild(&html.Node{Type: html.ElementNode, Data: "img", DataAtom: atom.Img, Attr: []html.Attribute{
+	body.AppendChild(&html.Node{Type: html.ElementNode, Data: "img", DataAtom: atom.Img, Attr: pixelAttrs(src)})
+}
+
+// pixelAttrs are the attributes of the open pixel at src.
+func pixelAttrs(src string) []html.Attribute {
+	return []html.Attribute{
 		{Key: "src", Val: src}, {Key: "width", Val: "1"}, {Key: "height", Val: "1"}, {Key: "alt", Val: ""},
 		{Key: "style", Val: "display:block;border:0;width:1px;height:1px"},
-	}})
+	}
 }
 
 // attr returns n's attribute key, or "".

@@ -198,6 +198,7 @@ func TestEmailInlinedActions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.HTML = dom(t, e.HTML)
 	for _, w := range []string{
 		`<tr><td style="padding:4px" class="cell">reports</td></tr><tr><td style="padding:4px" class="cell">sso</td></tr>`,
 		`<p style="margin:0 0 16px;color:red" class="x">From Grace</p>`,

@@ -94,6 +94,7 @@ func TestEmailDataGroups(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			e.HTML = dom(t, e.HTML)
 			if e.Subject != tt.wantSubject {
 				t.Errorf("subject = %q, want %q", e.Subject, tt.wantSubject)
 			}

@@ -1,0 +1,193 @@
+package render
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/net/html"
+	"golang.org/x/net/html/atom"
+)
+
+// streamCorpus are pages for streamPage: those it must take (accept) and
+// those where the parser repairs or moves something, which it must leave to
+// parsePage or finish exactly as parsePage does.
+var streamCorpus = []struct {
+	page   string
+	accept bool
+}{
+	{`<!DOCTYPE html><html><head><title>T &amp; U</title><style>p{color:red}</style></head><body><p>Hi <a href="https://example.com/a?x=1&amp;y=2">there</a>.</p></body></html>`, true},
+	{"<html>\n<head>\n<meta charset=\"utf-8\">\n</head>\n<body>\n<table role=\"presentation\"><tr><td><h1>Title</h1><ul><li>one</li><li><a href=\"http://example.com/\">two</a></li></ul></td></tr></table>\n</body>\n</html>\n", true},
+	{`<html><body><div>a<div>b</div></div><blockquote>q <b>bold <a href="https://x.example/">x</a></b></blockquote><a href="https://x.example/"><img src="i.png" alt="Logo"></a><br><hr></body></html>`, true},
+	{`<html><body><p>x<a href="mailto:a@b.example">a@b.example</a> <a href="#top">top</a> <a href=" https://sp.example/ ">sp</a> <area href="https://area.example/"></p><!-- c --><a href="https://x.example/"><!-- c -->x</a></body></html>`, true},
+	{`<html><body><table><tbody><tr><th>h</th><td>d</td></tr></tbody><tfoot><tr><td>f</td></tr></tfoot></table><center>c</center><ol><li>1</li></ol></body></html>`, true},
+	{`<html><body><p>Ünïcödé ✓ &nbsp; &#43; &lt;tag&gt;</p><p>` + "tab\tand\r\nCRLF" + `</p></body></html>`, true},
+	{`<html><body><style>.x{}</style><p>a</p></body></html>` + "\n\n", true},
+	// Repaired by the parser: refused.
+	{`<html><body><p>one<p>two</body></html>`, false},         // an implied </p>
+	{`<html><body><p>a<div>b</div></p></body></html>`, false}, // a div closes the p
+	{`<html><body><ul><li>a<li>b</ul></body></html>`, false},  // an implied </li>
+	{`<html><body><a href="https://a.example/">a<a href="https://b.example/">b</a></a></body></html>`, false},
+	{`<html><body><b>x<i>y</b>z</i></body></html>`, false},                      // misnested
+	{`<html><body><table>text<tr><td>x</td></tr></table></body></html>`, false}, // text moved out of the table
+	{`<html><body><td>cell</td></body></html>`, false},                          // a cell outside a table
+	{`<html><body><h1>a<h2>b</h2></h1></body></html>`, false},                   // a heading in a heading
+	{`<html><body><pre>` + "\n" + `x</pre></body></html>`, false},               // pre drops its first newline
+	{`<p>a fragment</p>`, false},                                                // html, head and body implied
+	{`<html><body><p>no end`, false},
+	{`<html><head>text</head><body></body></html>`, false},
+	{`<html><body></body><p>after</p></html>`, false},
+	{`<html><body><div/>x</body></html>`, false},
+	{`<html><body>a</br>b</body></html>`, false},
+	{`<html><body><svg><a href="https://s.example/">s</a></svg></body></html>`, false},
+	{`<html><body><o:p>Outlook</o:p></body></html>`, false},
+	{"<html><body>nul\x00here</body></html>", false},
+	{`<html><body><!DOCTYPE html><p>x</p></body></html>`, false},
+}
+
+// testRewrite tracks every link but the ones on tend.test, as Email's rewrite
+// does with Tend's own links.
+func testRewrite(u string) (string, bool) {
+	if strings.HasPrefix(u, "https://tend.test/") {
+		return "", false
+	}
+	return "https://tend.test/t/c/" + strings.ReplaceAll(u, "/", "_"), true
+}
+
+// sameAsParsed checks that streamPage, where it takes page, finishes it as
+// parsePage does: the same text, the same links, the same document.
+func sameAsParsed(t *testing.T, pg page) (accepted bool) {
+	t.Helper()
+	want, err := parsePage(pg.html, pg.rewrite, pg.pixel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := streamPage(pg.html, pg.rewrite, pg.pixel)
+	if !ok {
+		return false
+	}
+	if got.text != want.text {
+		t.Errorf("page %q\ntext:\n%q\nparsed:\n%q", pg.html, got.text, want.text)
+	}
+	if !slices.Equal(got.links, want.links) {
+		t.Errorf("page %q\nlinks %q, parsed %q", pg.html, got.links, want.links)
+	}
+	if g, w := normalDOM(t, got.html, pg.pixel), normalDOM(t, want.html, pg.pixel); g != w {
+		t.Errorf("page %q\ndocument:\n%s\nparsed:\n%s", pg.html, g, w)
+	}
+	return true
+}
+
+// normalDOM is dom, with the white space at the end of the body dropped:
+// white space after </body> joins the end of the body, after the pixel where
+// the stream wrote it, before the pixel parsePage appends (into the text
+// before it, if any). It shows as nothing either way.
+func normalDOM(t *testing.T, doc, pixel string) string {
+	t.Helper()
+	root, err := html.Parse(strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := find(root, atom.Body); body != nil {
+		var px *html.Node
+		for c := body.FirstChild; c != nil; c = c.NextSibling {
+			if pixel != "" && c.DataAtom == atom.Img && attr(c, "src") == pixel {
+				px = c
+			}
+		}
+		if px != nil {
+			body.RemoveChild(px)
+		}
+		for c := body.LastChild; c != nil && c.Type == html.TextNode && strings.TrimSpace(c.Data) == ""; c = body.LastChild {
+			body.RemoveChild(c)
+		}
+		if c := body.LastChild; c != nil && c.Type == html.TextNode {
+			c.Data = strings.TrimRight(c.Data, " \t\n\f\r")
+		}
+		if px != nil {
+			body.AppendChild(px)
+		}
+	}
+	var b strings.Builder
+	if err := html.Render(&b, root); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func TestStreamMatchesParse(t *testing.T) {
+	t.Parallel()
+	for _, pixel := range []string{"", "https://tend.test/t/o/px"} {
+		for _, c := range streamCorpus {
+			if got := sameAsParsed(t, page{html: c.page, rewrite: testRewrite, pixel: pixel}); got != c.accept {
+				t.Errorf("streamPage took %q: %v, want %v", c.page, got, c.accept)
+			}
+		}
+	}
+}
+
+// Every email template that ships, in the default layout, signed and not,
+// tracked and as a test send, takes the streaming path, and it finishes them
+// as the parser would.
+func TestStreamTakesShippedTemplates(t *testing.T) {
+	t.Parallel()
+	pages := shippedPages(t)
+	if len(pages) < 8 {
+		t.Fatalf("%d pages of shipped templates, want at least 8", len(pages))
+	}
+	for _, pg := range pages {
+		if !sameAsParsed(t, pg) {
+			t.Errorf("streamPage refused a shipped template's page:\n%s", pg.html)
+		}
+	}
+}
+
+// shippedPages are the pages of the email templates in templates/.
+func shippedPages(t testing.TB) []page {
+	files, err := filepath.Glob("../../templates/*/*.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := testRenderer()
+	var pages []page
+	for _, f := range files {
+		if filepath.Base(filepath.Dir(f)) == "layouts" {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl, err := Parse(filepath.Base(f), KindEmail, string(src))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, opts := range []EmailOptions{{SignAsCSM: true}, {}, {Test: true}} {
+			_, pg, err := r.page(tmpl, SampleData(), 42, opts, false)
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			pages = append(pages, pg)
+		}
+	}
+	return pages
+}
+
+// FuzzStreamMatchesParse holds streamPage to parsePage for any page it takes.
+func FuzzStreamMatchesParse(f *testing.F) {
+	for _, c := range streamCorpus {
+		f.Add(c.page, true)
+	}
+	for _, pg := range shippedPages(f) {
+		f.Add(pg.html, pg.pixel != "")
+	}
+	f.Fuzz(func(t *testing.T, doc string, pixel bool) {
+		pg := page{html: doc, rewrite: testRewrite}
+		if pixel {
+			pg.pixel = "https://tend.test/t/o/px"
+		}
+		sameAsParsed(t, pg)
+	})
+}
