@@ -51,14 +51,14 @@ type pageStream struct {
 	links []string
 	seen  map[string]bool
 
-	pending  []byte // text not yet given to the converter (the parser joins adjacent text)
-	raw      []byte // the current tag as written
-	attrs    []html.Attribute
-	sawHTML  bool
-	sawHead  bool
-	sawBody  bool
-	openP    int // <p> elements open
-	openA    int // <a> elements open
+	pending []byte // text not yet given to the converter (the parser joins adjacent text)
+	raw     []byte // the current tag as written
+	attrs   []html.Attribute
+	sawHTML bool
+	sawHead bool
+	sawBody bool
+	openP   int // <p> elements open
+	openA   int // <a> elements open
 }
 
 func (s *pageStream) run(track func(string) (string, bool), pixel string) bool {
