@@ -102,7 +102,7 @@ func (r *Renderer) email(t *Template, d Data, messageID int64, opts EmailOptions
 // is taken, its links are tracked and its pixel is added.
 type page struct {
 	html    string
-	rewrite func(href string) (string, bool) // see rewriteLinks
+	rewrite func(href string) (string, bool) // see linkTracker
 	pixel   string                           // the open pixel's URL; "" for none
 }
 
@@ -220,13 +220,10 @@ func subjectText(raw string) (subject string, multiline bool) {
 	return strings.Join(strings.Fields(s), " "), multiline
 }
 
-// rewriteLinks passes the href of every <a> and <area> that is an absolute
-// http(s) URL to track, which returns the new href and whether the link
-// counts (is tracked). It returns the counted links, unique, in order.
-// Other links (mailto:, tel:, #anchors, relative) are left alone.
+// rewriteLinks rewrites the href of every <a> and <area> with links (see
+// linkTracker) and returns the links counted, unique, in order.
 func rewriteLinks(doc *html.Node, track func(string) (string, bool)) []string {
-	var links []string
-	seen := map[string]bool{}
+	links := linkTracker{track: track}
 	var walk func(*html.Node)
 	walk = func(n *html.Node) {
 		for c := n.FirstChild; c != nil; c = c.NextSibling {
@@ -238,18 +235,8 @@ func rewriteLinks(doc *html.Node, track func(string) (string, bool)) []string {
 					if a.Namespace != "" || a.Key != "href" {
 						continue
 					}
-					href := strings.TrimSpace(a.Val)
-					if !isWebURL(href) {
-						break
-					}
-					to, ok := track(href)
-					if !ok {
-						break
-					}
-					c.Attr[i].Val = to
-					if !seen[href] {
-						seen[href] = true
-						links = append(links, href)
+					if to, ok := links.rewrite(a.Val); ok {
+						c.Attr[i].Val = to
 					}
 					break
 				}
@@ -258,7 +245,42 @@ func rewriteLinks(doc *html.Node, track func(string) (string, bool)) []string {
 		}
 	}
 	walk(doc)
-	return links
+	return links.links
+}
+
+// linkTracker rewrites the links of one email. The href of a link that is an
+// absolute http(s) URL goes to track, which returns the new href and whether
+// the link counts (is tracked); other links (mailto:, tel:, #anchors,
+// relative) are left alone. Each distinct href is checked and tracked once.
+type linkTracker struct {
+	track func(string) (string, bool)
+	done  map[string]trackedLink
+	links []string // the links counted, unique, in order
+}
+
+type trackedLink struct {
+	to string
+	ok bool
+}
+
+// rewrite returns the new value of an href, and whether it changes.
+func (l *linkTracker) rewrite(href string) (string, bool) {
+	href = strings.TrimSpace(href)
+	if t, seen := l.done[href]; seen {
+		return t.to, t.ok
+	}
+	var t trackedLink
+	if isWebURL(href) {
+		t.to, t.ok = l.track(href)
+	}
+	if l.done == nil {
+		l.done = map[string]trackedLink{}
+	}
+	l.done[href] = t
+	if t.ok {
+		l.links = append(l.links, href)
+	}
+	return t.to, t.ok
 }
 
 // isWebURL tells whether s is an absolute http or https URL.

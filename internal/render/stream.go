@@ -32,15 +32,15 @@ type streamed struct {
 }
 
 // streamPage renders page's text part, rewrites its links with track (see
-// rewriteLinks) and adds the pixel at src (none when src is ""), without
+// linkTracker) and adds the pixel at src (none when src is ""), without
 // building a tree. ok is false when the page needs the parser.
 func streamPage(page string, track func(string) (string, bool), pixel string) (out streamed, ok bool) {
-	s := pageStream{z: html.NewTokenizer(strings.NewReader(page))}
+	s := pageStream{z: html.NewTokenizer(strings.NewReader(page)), links: linkTracker{track: track}}
 	s.out.Grow(len(page) + len(page)/2)
-	if !s.run(track, pixel) {
+	if !s.run(pixel) {
 		return streamed{}, false
 	}
-	return streamed{html: s.out.String(), text: s.text.String() + "\n", links: s.links}, true
+	return streamed{html: s.out.String(), text: s.text.String() + "\n", links: s.links.links}, true
 }
 
 type pageStream struct {
@@ -48,8 +48,7 @@ type pageStream struct {
 	out   strings.Builder
 	text  html2text.Converter
 	stack []atom.Atom
-	links []string
-	seen  map[string]bool
+	links linkTracker
 
 	pending []byte // text not yet given to the converter (the parser joins adjacent text)
 	raw     []byte // the current tag as written
@@ -61,7 +60,7 @@ type pageStream struct {
 	openA   int // <a> elements open
 }
 
-func (s *pageStream) run(track func(string) (string, bool), pixel string) bool {
+func (s *pageStream) run(pixel string) bool {
 	for {
 		tt := s.z.Next()
 		if tt != html.TextToken {
@@ -91,7 +90,7 @@ func (s *pageStream) run(track func(string) (string, bool), pixel string) bool {
 			}
 			s.out.Write(s.z.Raw())
 		case html.StartTagToken, html.SelfClosingTagToken:
-			if !s.start(tt == html.SelfClosingTagToken, track) {
+			if !s.start(tt == html.SelfClosingTagToken) {
 				return false
 			}
 		case html.EndTagToken:
@@ -134,7 +133,7 @@ func (s *pageStream) flushText() {
 }
 
 // start handles a start tag.
-func (s *pageStream) start(selfClosing bool, track func(string) (string, bool)) bool {
+func (s *pageStream) start(selfClosing bool) bool {
 	// Raw and the attributes are read before anything else: reading the
 	// attributes unescapes them in the tokenizer's buffer.
 	s.raw = append(s.raw[:0], s.z.Raw()...)
@@ -158,26 +157,12 @@ func (s *pageStream) start(selfClosing bool, track func(string) (string, bool)) 
 			if at.Key != "href" {
 				continue
 			}
-			href := strings.TrimSpace(at.Val)
-			if !isWebURL(href) {
-				break
+			if to, ok := s.links.rewrite(at.Val); ok {
+				attrs := append([]html.Attribute(nil), s.attrs...)
+				attrs[i].Val = to
+				writeTag(&s.out, string(name), attrs, selfClosing)
+				rewritten = true
 			}
-			to, ok := track(href)
-			if !ok {
-				break
-			}
-			if !s.seen[href] {
-				if s.seen == nil {
-					s.seen = map[string]bool{}
-				}
-				s.seen[href] = true
-				s.links = append(s.links, href)
-			}
-			at.Val = to
-			attrs := append([]html.Attribute(nil), s.attrs...)
-			attrs[i] = at
-			writeTag(&s.out, string(name), attrs, selfClosing)
-			rewritten = true
 			break
 		}
 	}
