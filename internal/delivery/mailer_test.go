@@ -466,38 +466,14 @@ func TestMailerURLs(t *testing.T) {
 //
 //	go test -run '^$' -bench BenchmarkMailerSend -benchtime 1x ./internal/delivery/
 func BenchmarkMailerSend(b *testing.B) {
-	n := 20000
-	if s := os.Getenv("TEND_BENCH_MESSAGES"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v <= 0 {
-			b.Fatalf("TEND_BENCH_MESSAGES=%q: want a positive number", s)
-		}
-		n = v
-	}
+	n := benchMessages(b, 20000)
 	const conns, senders = 8, 16
 	srv := smtptest.StartCounter(b)
 	m := newMailer(b, srv.URL(), delivery.MailerOptions{Connections: conns})
 	html := benchHTML()
-
-	var total time.Duration
-	for b.Loop() {
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		start := time.Now()
-		for range senders {
-			wg.Go(func() {
-				for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-					to := fmt.Sprintf("contact%d@customer.example", i)
-					if err := m.Send(b.Context(), newMsg(b, to, "Your weekly usage report", html)); err != nil {
-						b.Errorf("send %d: %v", i, err)
-						return
-					}
-				}
-			})
-		}
-		wg.Wait()
-		total += time.Since(start)
-	}
+	total := sendAll(b, n, senders, func(to string) error {
+		return m.Send(b.Context(), newMsg(b, to, "Your weekly usage report", html))
+	})
 	if srv.Connections() > conns {
 		b.Fatalf("server saw %d connections, want at most %d", srv.Connections(), conns)
 	}
@@ -525,14 +501,7 @@ func benchHTML() string {
 //
 //	go test -run '^$' -bench BenchmarkMailerRoundTrips -benchtime 1x ./internal/delivery/
 func BenchmarkMailerRoundTrips(b *testing.B) {
-	n := 2000
-	if s := os.Getenv("TEND_BENCH_MESSAGES"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v <= 0 {
-			b.Fatalf("TEND_BENCH_MESSAGES=%q: want a positive number", s)
-		}
-		n = v
-	}
+	n := benchMessages(b, 2000)
 	rtt := 2 * time.Millisecond
 	if s := os.Getenv("TEND_BENCH_RTT"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -554,26 +523,47 @@ func BenchmarkMailerRoundTrips(b *testing.B) {
 			}
 			srv := smtptest.StartCounter(b, opts...)
 			m := newMailer(b, srv.URL(), delivery.MailerOptions{Connections: conns})
-			var total time.Duration
-			for b.Loop() {
-				var next atomic.Int64
-				var wg sync.WaitGroup
-				start := time.Now()
-				for range conns {
-					wg.Go(func() {
-						for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-							to := fmt.Sprintf("contact%d@customer.example", i)
-							if err := m.SendRaw(b.Context(), "dana@vendor.example", []string{to}, data.Bytes()); err != nil {
-								b.Errorf("send %d: %v", i, err)
-								return
-							}
-						}
-					})
-				}
-				wg.Wait()
-				total += time.Since(start)
-			}
+			total := sendAll(b, n, conns, func(to string) error {
+				return m.SendRaw(b.Context(), "dana@vendor.example", []string{to}, data.Bytes())
+			})
 			b.ReportMetric(float64(n*b.N)/total.Seconds(), "msgs/s")
 		})
 	}
+}
+
+// benchMessages is TEND_BENCH_MESSAGES, or def.
+func benchMessages(b *testing.B, def int) int {
+	s := os.Getenv("TEND_BENCH_MESSAGES")
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		b.Fatalf("TEND_BENCH_MESSAGES=%q: want a positive number", s)
+	}
+	return n
+}
+
+// sendAll runs the benchmark's loop: each time, n messages to distinct
+// addresses sent by send from senders goroutines. It returns the time taken.
+func sendAll(b *testing.B, n, senders int, send func(to string) error) time.Duration {
+	var total time.Duration
+	for b.Loop() {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range senders {
+			wg.Go(func() {
+				for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+					if err := send(fmt.Sprintf("contact%d@customer.example", i)); err != nil {
+						b.Errorf("send %d: %v", i, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		total += time.Since(start)
+	}
+	return total
 }

@@ -18,10 +18,20 @@ import (
 // <br/>).
 func dom(t *testing.T, doc string) string {
 	t.Helper()
+	return renderDoc(t, parseDoc(t, doc))
+}
+
+func parseDoc(t *testing.T, doc string) *html.Node {
+	t.Helper()
 	root, err := html.Parse(strings.NewReader(doc))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return root
+}
+
+func renderDoc(t *testing.T, root *html.Node) string {
+	t.Helper()
 	var b strings.Builder
 	if err := html.Render(&b, root); err != nil {
 		t.Fatal(err)

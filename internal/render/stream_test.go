@@ -86,10 +86,7 @@ func sameAsParsed(t *testing.T, pg page) (accepted bool) {
 // before it, if any). It shows as nothing either way.
 func normalDOM(t *testing.T, doc, pixel string) string {
 	t.Helper()
-	root, err := html.Parse(strings.NewReader(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := parseDoc(t, doc)
 	if body := find(root, atom.Body); body != nil {
 		var px *html.Node
 		for c := body.FirstChild; c != nil; c = c.NextSibling {
@@ -110,11 +107,7 @@ func normalDOM(t *testing.T, doc, pixel string) string {
 			body.AppendChild(px)
 		}
 	}
-	var b strings.Builder
-	if err := html.Render(&b, root); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
+	return renderDoc(t, root)
 }
 
 func TestStreamMatchesParse(t *testing.T) {
