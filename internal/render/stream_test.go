@@ -1,6 +1,8 @@
 package render
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -183,4 +185,110 @@ func FuzzStreamMatchesParse(f *testing.F) {
 		}
 		sameAsParsed(t, pg)
 	})
+}
+
+// Random pages built from what the stream accepts — nested flow and phrasing
+// elements, lists, tables, links, bold, headings, blockquotes, text with
+// references and odd spacing — are all taken, and finished as the parser
+// would. Fuzzing mostly explores refusals; this explores acceptance.
+func TestStreamRandomPages(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(7, 11))
+	for i := range 10000 {
+		var b strings.Builder
+		b.WriteString("<!DOCTYPE html>\n<html><head><title>T &amp; t</title><style>p{}</style></head>\n<body>")
+		genFlow(r, &b, 0, false, false)
+		b.WriteString("</body>\n</html>\n")
+		pg := page{html: b.String(), rewrite: testRewrite}
+		if i%2 == 0 {
+			pg.pixel = "https://tend.test/t/o/px"
+		}
+		if !sameAsParsed(t, pg) {
+			t.Fatalf("streamPage refused a well-formed page:\n%s", pg.html)
+		}
+	}
+}
+
+var (
+	genTexts = []string{"hello", "  spaced \n\t out  ", "a &amp; b", "&nbsp;x&nbsp;", "ünï ✓", ".", " lead", "trail ",
+		"https://x.example/", "a rather long sentence that keeps going well past the seventy-four characters of a quoted line"}
+	genHrefs = []string{"https://x.example/", "http://y.example/p?a=1&amp;b=2", " https://x.example/ ", "mailto:a@b.example",
+		"#top", "https://tend.test/u/abc", "", "HTTPS://Z.EXAMPLE/"}
+)
+
+// genFlow writes up to three random children of an element: flow content,
+// or phrasing content inside a <p>; never a link inside a link.
+func genFlow(r *rand.Rand, b *strings.Builder, depth int, inP, inA bool) {
+	for range r.IntN(4) {
+		k := r.IntN(12)
+		if depth > 4 {
+			k = 0
+		}
+		switch {
+		case k <= 2:
+			b.WriteString(genTexts[r.IntN(len(genTexts))])
+		case k == 3 && !inA:
+			fmt.Fprintf(b, `<a href="%s">`, genHrefs[r.IntN(len(genHrefs))])
+			if r.IntN(3) == 0 {
+				fmt.Fprintf(b, `<img src="i.png" alt="%s">`, []string{"", "Logo"}[r.IntN(2)])
+			} else {
+				genFlow(r, b, depth+1, inP, true)
+			}
+			b.WriteString("</a>")
+		case k == 4:
+			tag := []string{"b", "strong", "span", "em", "i"}[r.IntN(5)]
+			fmt.Fprintf(b, "<%s>", tag)
+			genFlow(r, b, depth+1, inP, inA)
+			fmt.Fprintf(b, "</%s>", tag)
+		case k == 5:
+			b.WriteString([]string{"<br>", "<br/>", "<img src=\"x.png\" alt=\"pic\">", "<!-- note -->"}[r.IntN(4)])
+		case inP:
+			b.WriteString(genTexts[r.IntN(len(genTexts))])
+		case k == 6:
+			b.WriteString("<p>")
+			genFlow(r, b, depth+1, true, inA)
+			b.WriteString("</p>")
+		case k == 7:
+			tag := []string{"div", "blockquote", "center"}[r.IntN(3)]
+			fmt.Fprintf(b, "<%s>", tag)
+			genFlow(r, b, depth+1, false, inA)
+			fmt.Fprintf(b, "</%s>", tag)
+		case k == 8:
+			tag := []string{"h1", "h2", "h3", "h4"}[r.IntN(4)]
+			fmt.Fprintf(b, "<%s>", tag)
+			genFlow(r, b, depth+1, true, inA) // phrasing only: no heading in a heading
+			fmt.Fprintf(b, "</%s>", tag)
+		case k == 9:
+			tag := []string{"ul", "ol"}[r.IntN(2)]
+			fmt.Fprintf(b, "<%s>\n", tag)
+			for range 1 + r.IntN(3) {
+				b.WriteString("<li>")
+				genFlow(r, b, depth+1, false, inA)
+				b.WriteString("</li>\n")
+			}
+			fmt.Fprintf(b, "</%s>", tag)
+		case k == 10:
+			tbody := r.IntN(2) == 0
+			b.WriteString(`<table role="presentation">`)
+			if tbody {
+				b.WriteString("<tbody>")
+			}
+			for range 1 + r.IntN(2) {
+				b.WriteString("\n<tr>")
+				for range 1 + r.IntN(2) {
+					tag := []string{"td", "th"}[r.IntN(2)]
+					fmt.Fprintf(b, "<%s>", tag)
+					genFlow(r, b, depth+1, false, inA)
+					fmt.Fprintf(b, "</%s>", tag)
+				}
+				b.WriteString("</tr>")
+			}
+			if tbody {
+				b.WriteString("</tbody>")
+			}
+			b.WriteString("\n</table>")
+		default:
+			b.WriteString("<hr>")
+		}
+	}
 }
