@@ -68,8 +68,9 @@ func (s *pageStream) run(pixel string) bool {
 		}
 		switch tt {
 		case html.ErrorToken:
-			// The page must have ended with </html>, everything closed.
-			return s.z.Err() == io.EOF && s.sawBody && len(s.stack) == 0 && s.sawHTML
+			// The page must have ended with </html>, everything closed
+			// (a body is only taken inside <html>).
+			return s.z.Err() == io.EOF && s.sawBody && len(s.stack) == 0
 		case html.TextToken:
 			raw := s.z.Raw()
 			if bytes.IndexByte(raw, 0) >= 0 {
@@ -158,6 +159,7 @@ func (s *pageStream) start(selfClosing bool) bool {
 				continue
 			}
 			if to, ok := s.links.rewrite(at.Val); ok {
+				// A copy: the text part reads the original href from s.attrs.
 				attrs := append([]html.Attribute(nil), s.attrs...)
 				attrs[i].Val = to
 				writeTag(&s.out, string(name), attrs, selfClosing)
@@ -249,7 +251,7 @@ func (s *pageStream) allowed(a atom.Atom) bool {
 }
 
 var (
-	voidElements = atomSet(atom.Area, atom.Br, atom.Hr, atom.Img, atom.Meta, atom.Link, atom.Base, atom.Wbr, atom.Col)
+	voidElements = atomSet(atom.Area, atom.Br, atom.Hr, atom.Img, atom.Meta, atom.Link, atom.Base, atom.Wbr)
 	headElements = atomSet(atom.Meta, atom.Link, atom.Base, atom.Title, atom.Style)
 	headings     = atomSet(atom.H1, atom.H2, atom.H3, atom.H4, atom.H5, atom.H6)
 	// phrasing are the elements a <p> may hold without the parser closing it.
