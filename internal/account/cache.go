@@ -27,6 +27,12 @@ type Cached struct {
 	Profile   *Profile
 	Version   int64
 	Evaluated int64 // the version the segment engine last evaluated
+	// ValidUntil is when the profile may next read differently although
+	// the account's data (its version) stays the same: a window losing a
+	// data point, a snapshot expiring. Fields computed from the exact time
+	// (days since signup and last login) are not covered. The health
+	// scorer lowers it to its score's own.
+	ValidUntil time.Time
 }
 
 // cachedRow is an account joined with its cached profile. Every profile
@@ -38,6 +44,7 @@ type cachedRow struct {
 	Evaluated int64 // account.evaluated_version
 	Day       sql.NullTime
 	PVersion  int64 // account_profile.version
+	Until     time.Time
 
 	Plan, Stage, Tier, Region, CSM, HealthBand                     string
 	MRR                                                            float64
@@ -54,7 +61,7 @@ type cachedRow struct {
 // sqlx) was the largest Go-side cost of a warm pass, so the columns scan
 // through the small Scanners below.
 func (r *cachedRow) dests() []any {
-	return []any{&r.ID, &r.Version, &r.Evaluated, &r.Day, (*scanInt64)(&r.PVersion),
+	return []any{&r.ID, &r.Version, &r.Evaluated, &r.Day, (*scanInt64)(&r.PVersion), (*scanTime)(&r.Until),
 		(*scanString)(&r.Plan), (*scanString)(&r.Stage), (*scanString)(&r.Tier), (*scanString)(&r.Region), (*scanString)(&r.CSM),
 		(*scanFloat)(&r.MRR), (*scanInt)(&r.Seats), (*scanInt)(&r.ActiveUsers), (*scanInt)(&r.Logins7d), (*scanInt)(&r.Logins30d),
 		&r.Features, &r.Events,
@@ -157,8 +164,9 @@ func scanCached(ctx context.Context, q postgres.Queryer, query string, args ...a
 }
 
 // CachedProfiles returns the profiles of the given accounts at now, reading
-// the materialised copy where it is current (same UTC day, same
-// change_version) and recomputing and storing the rest. Only the map fields
+// the materialised copy where it is current (computed from the account's
+// change_version, on a day not after now's, and valid until after now: see
+// Cached.ValidUntil) and recomputing and storing the rest. Only the map fields
 // named in maps are decoded (the others are left empty), which is most of the
 // cost of a read.
 func CachedProfiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Time, maps Maps) (map[int64]Cached, error) {
@@ -168,13 +176,12 @@ func CachedProfiles(ctx context.Context, q postgres.Queryer, ids []int64, now ti
 	// thousand ids the planner's estimate for = ANY made it choose a
 	// sequential scan of account for every batch on tables of ~100k rows
 	// (ten times slower than the index), and planning took longer too. A
-	// stale profile is not read at all (the join's condition): on a day's
-	// first pass that is every one, and reading them cost as much as the
-	// current ones. Health is read from account_health, where the health
+	// stale profile is not read at all (the join's condition): reading
+	// them cost as much as the current ones. Health is read from account_health, where the health
 	// package keeps it, not copied into the cached profile: a rescore then
 	// writes one row, not two.
 	rows, err := scanCached(ctx, q, `
-		SELECT a.id, a.change_version, a.evaluated_version, p.day, p.version,
+		SELECT a.id, a.change_version, a.evaluated_version, p.day, p.version, p.valid_until,
 		       p.plan, p.stage, p.tier, p.region, p.csm, p.mrr, p.seats, p.active_users, p.logins_7d, p.logins_30d,
 		       CASE WHEN $2 THEN p.features END AS features,
 		       CASE WHEN $3 THEN p.events END AS events,
@@ -184,11 +191,12 @@ func CachedProfiles(ctx context.Context, q postgres.Queryer, ids []int64, now ti
 		       CASE WHEN $4 THEN p.traits END AS traits,
 		       p.signup_at, p.last_login_at, coalesce(h.band, m.starting_band, $7) AS health_band
 		FROM account a
-		LEFT JOIN account_profile p ON p.account_id = a.id AND p.version = a.change_version AND p.day = $5::date
+		LEFT JOIN account_profile p ON p.account_id = a.id AND p.version = a.change_version
+		     AND p.day <= $5::date AND p.valid_until > $9
 		LEFT JOIN account_health h ON h.account_id = a.id AND NOT $8
 		LEFT JOIN health_model m ON NOT $8
 		WHERE a.id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids), maps.Features, maps.Events, maps.Traits, today.Format(time.DateOnly),
-		StartingHealthScore, StartingHealthBand, maps.NoHealth)
+		StartingHealthScore, StartingHealthBand, maps.NoHealth, now)
 	if err != nil {
 		return nil, fmt.Errorf("account: cached profiles: %w", err)
 	}
@@ -197,7 +205,7 @@ func CachedProfiles(ctx context.Context, q postgres.Queryer, ids []int64, now ti
 	versions := map[int64]int64{}
 	for i := range rows {
 		r := &rows[i]
-		if !r.Day.Valid || r.PVersion != r.Version || !r.Day.Time.Equal(today) {
+		if !r.Day.Valid || r.PVersion != r.Version || r.Day.Time.After(today) || !now.Before(r.Until) {
 			stale = append(stale, r.ID)
 			versions[r.ID] = r.Version
 			out[r.ID] = Cached{Version: r.Version, Evaluated: r.Evaluated}
@@ -207,21 +215,21 @@ func CachedProfiles(ctx context.Context, q postgres.Queryer, ids []int64, now ti
 		if err != nil {
 			return nil, err
 		}
-		out[r.ID] = Cached{Profile: p, Version: r.Version, Evaluated: r.Evaluated}
+		out[r.ID] = Cached{Profile: p, Version: r.Version, Evaluated: r.Evaluated, ValidUntil: r.Until}
 	}
 	if len(stale) == 0 {
 		return out, nil
 	}
-	fresh, err := Profiles(ctx, q, stale, now)
+	fresh, until, err := profilesValid(ctx, q, stale, now)
 	if err != nil {
 		return nil, err
 	}
-	if err := storeProfiles(ctx, q, fresh, versions, today); err != nil {
+	if err := storeProfiles(ctx, q, fresh, versions, until, today); err != nil {
 		return nil, err
 	}
 	for id, p := range fresh {
 		c := out[id]
-		c.Profile = p
+		c.Profile, c.ValidUntil = p, until[id]
 		out[id] = c
 	}
 	return out, nil
@@ -262,16 +270,19 @@ func (p *Profile) derive(now time.Time) {
 }
 
 // storeProfiles writes computed profiles to the cache, each under the
-// change_version read before computing it (a newer change makes it stale).
-func storeProfiles(ctx context.Context, q postgres.Queryer, profiles map[int64]*Profile, versions map[int64]int64, day time.Time) error {
+// change_version read before computing it (a newer change makes it stale)
+// with its validity.
+func storeProfiles(ctx context.Context, q postgres.Queryer, profiles map[int64]*Profile, versions map[int64]int64,
+	until map[int64]time.Time, day time.Time) error {
 	type row struct {
 		*Profile
-		AccountID int64 `json:"account_id"`
-		Version   int64 `json:"version"`
+		AccountID  int64     `json:"account_id"`
+		Version    int64     `json:"version"`
+		ValidUntil time.Time `json:"valid_until"`
 	}
 	list := make([]row, 0, len(profiles))
 	for id, p := range profiles {
-		list = append(list, row{Profile: p, AccountID: id, Version: versions[id]})
+		list = append(list, row{Profile: p, AccountID: id, Version: versions[id], ValidUntil: until[id]})
 	}
 	payload, err := json.Marshal(list)
 	if err != nil {
@@ -280,15 +291,16 @@ func storeProfiles(ctx context.Context, q postgres.Queryer, profiles map[int64]*
 	_, err = q.ExecContext(ctx, `
 		INSERT INTO account_profile AS p (account_id, day, version, plan, stage, tier, region, csm, mrr, seats,
 			active_users, logins_7d, logins_30d, features, events, nps, open_tickets,
-			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at)
+			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at, valid_until)
 		SELECT account_id, $2, version, plan, stage, tier, region, csm, mrr, seats,
 			active_users, logins_7d, logins_30d, features, events, nps, open_tickets,
-			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at
+			emails_30d, opens_30d, clicks_30d, replies_30d, nudges_dismissed_30d, traits, signup_at, last_login_at, valid_until
 		FROM json_to_recordset($1::json) AS x(account_id bigint, version bigint, plan text, stage text, tier text,
 			region text, csm text, mrr double precision, seats integer, active_users integer, logins_7d integer,
 			logins_30d integer, features json, events json,
 			nps integer, open_tickets integer, emails_30d integer, opens_30d integer, clicks_30d integer,
-			replies_30d integer, nudges_dismissed_30d integer, traits json, signup_at timestamptz, last_login_at timestamptz)
+			replies_30d integer, nudges_dismissed_30d integer, traits json, signup_at timestamptz, last_login_at timestamptz,
+			valid_until timestamptz)
 		ORDER BY account_id
 		ON CONFLICT (account_id) DO UPDATE SET
 			day = EXCLUDED.day, version = EXCLUDED.version, plan = EXCLUDED.plan, stage = EXCLUDED.stage,
@@ -298,7 +310,7 @@ func storeProfiles(ctx context.Context, q postgres.Queryer, profiles map[int64]*
 			nps = EXCLUDED.nps, open_tickets = EXCLUDED.open_tickets, emails_30d = EXCLUDED.emails_30d,
 			opens_30d = EXCLUDED.opens_30d, clicks_30d = EXCLUDED.clicks_30d, replies_30d = EXCLUDED.replies_30d,
 			nudges_dismissed_30d = EXCLUDED.nudges_dismissed_30d, traits = EXCLUDED.traits,
-			signup_at = EXCLUDED.signup_at, last_login_at = EXCLUDED.last_login_at
+			signup_at = EXCLUDED.signup_at, last_login_at = EXCLUDED.last_login_at, valid_until = EXCLUDED.valid_until
 		WHERE p.version <= EXCLUDED.version`, payload, day)
 	if err != nil {
 		return fmt.Errorf("account: store profiles: %w", err)

@@ -2,6 +2,7 @@ package account
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -90,11 +91,14 @@ type profileBase struct {
 }
 
 type usageSum struct {
-	AccountID int64  `db:"account_id"`
-	Kind      string `db:"kind"`
-	Key       string `db:"key"`
-	N7        int    `db:"n7"`
-	N30       int    `db:"n30"`
+	AccountID int64        `db:"account_id"`
+	Kind      string       `db:"kind"`
+	Key       string       `db:"key"`
+	N7        int          `db:"n7"`
+	N30       int          `db:"n30"`
+	First7    sql.NullTime `db:"first7"` // the oldest day counted in the 7-day window
+	First30   sql.NullTime `db:"first30"`
+	Later     sql.NullTime `db:"later"` // the first day after today with a rollup
 }
 
 type metricRow struct {
@@ -110,9 +114,52 @@ func windowStart(now time.Time, days int) time.Time {
 	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC).AddDate(0, 0, -(days - 1))
 }
 
-// Profiles computes the profiles of the given accounts at now, in four
+// Profiles computes the profiles of the given accounts at now, in five
 // batched queries whatever the number of accounts. Unknown ids are absent.
 func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Time) (map[int64]*Profile, error) {
+	out, _, err := profilesValid(ctx, q, ids, now)
+	return out, err
+}
+
+// MaxValidity bounds how long a computed profile or score is taken to hold
+// without new data (see validity): nothing cached is older than this.
+const MaxValidity = 30 * 24 * time.Hour
+
+// validity collects, for each account, the first instant after now at which
+// its profile, computed at now, could read differently with no change to
+// its data: when a window's oldest data point leaves it, a rollup dated
+// later than today enters it, an active-users snapshot expires. The fields
+// computed from the exact time (days since signup and last login) are not
+// cached and do not count.
+type validity struct {
+	now   time.Time
+	until map[int64]time.Time
+}
+
+func newValidity(ids []int64, now time.Time) validity {
+	v := validity{now: now, until: make(map[int64]time.Time, len(ids))}
+	for _, id := range ids {
+		v.until[id] = now.Add(MaxValidity)
+	}
+	return v
+}
+
+// by lowers the account's validity to t (which is after now: a bound
+// already passed, by rounding, is taken as now).
+func (v validity) by(id int64, t time.Time) {
+	if u, ok := v.until[id]; ok && t.Before(u) {
+		v.until[id] = t
+	}
+}
+
+// dropsOut is when a data point of day (or at an instant on it) leaves a
+// window of the given days counted in whole UTC days including today.
+func dropsOut(day time.Time, days int) time.Time {
+	return windowStart(day, 1).AddDate(0, 0, days)
+}
+
+// profilesValid is Profiles, with each profile's validity (see validity).
+func profilesValid(ctx context.Context, q postgres.Queryer, ids []int64, now time.Time) (map[int64]*Profile, map[int64]time.Time, error) {
 	now = now.UTC()
 	var bases []profileBase
 	err := q.SelectContext(ctx, &bases, `
@@ -125,7 +172,7 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 		LEFT JOIN health_model m ON true
 		WHERE a.id = ANY($1)`, pq.Array(ids), StartingHealthScore, StartingHealthBand)
 	if err != nil {
-		return nil, fmt.Errorf("account: profiles: %w", err)
+		return nil, nil, fmt.Errorf("account: profiles: %w", err)
 	}
 	out := make(map[int64]*Profile, len(bases))
 	for _, b := range bases {
@@ -139,27 +186,44 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 			p.LastLoginAt = b.LastLoginAt.UTC()
 		}
 		if err := json.Unmarshal(b.Traits, &p.Traits); err != nil {
-			return nil, fmt.Errorf("account: profiles: traits of %d: %w", b.ID, err)
+			return nil, nil, fmt.Errorf("account: profiles: traits of %d: %w", b.ID, err)
 		}
 		out[b.ID] = p
 	}
 	if len(out) == 0 {
-		return out, nil
+		return out, nil, nil
 	}
 
 	start7, start30 := windowStart(now, 7), windowStart(now, 30)
+	valid := newValidity(ids, now)
 	var sums []usageSum
+	// Rollups dated after today (an event stamped ahead of the clock) are
+	// read for when they enter the windows, not counted.
 	err = q.SelectContext(ctx, &sums, `
 		SELECT account_id, kind::text AS kind, key,
-		       coalesce(sum(n) FILTER (WHERE day >= $2::date), 0) AS n7, sum(n) AS n30
+		       coalesce(sum(n) FILTER (WHERE day >= $2::date AND day <= $4::date), 0) AS n7,
+		       coalesce(sum(n) FILTER (WHERE day <= $4::date), 0) AS n30,
+		       min(day) FILTER (WHERE day >= $2::date AND day <= $4::date) AS first7,
+		       min(day) FILTER (WHERE day <= $4::date) AS first30,
+		       min(day) FILTER (WHERE day > $4::date) AS later
 		FROM usage_daily
-		WHERE account_id = ANY($1) AND day >= $3::date AND day <= $4::date
+		WHERE account_id = ANY($1) AND day >= $3::date
 		GROUP BY account_id, kind, key`, pq.Array(ids), start7, start30, now)
 	if err != nil {
-		return nil, fmt.Errorf("account: profiles: usage: %w", err)
+		return nil, nil, fmt.Errorf("account: profiles: usage: %w", err)
 	}
 	for _, s := range sums {
 		p := out[s.AccountID]
+		if s.Later.Valid {
+			valid.by(s.AccountID, s.Later.Time)
+		}
+		if !s.First30.Valid {
+			continue // only rollups dated later
+		}
+		valid.by(s.AccountID, dropsOut(s.First30.Time, 30))
+		if s.First7.Valid && s.Kind == "e" && s.Key == EventLogin {
+			valid.by(s.AccountID, dropsOut(s.First7.Time, 7))
+		}
 		switch s.Kind {
 		case "e":
 			p.Events[s.Key] = s.N30
@@ -172,18 +236,20 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 	}
 
 	var active []struct {
-		AccountID int64 `db:"account_id"`
-		N         int   `db:"n"`
+		AccountID int64     `db:"account_id"`
+		N         int       `db:"n"`
+		First     time.Time `db:"first"`
 	}
 	err = q.SelectContext(ctx, &active, `
-		SELECT account_id, count(*) AS n FROM account_user_activity
+		SELECT account_id, count(*) AS n, min(last_seen_at) AS first FROM account_user_activity
 		WHERE account_id = ANY($1) AND last_seen_at >= $2
 		GROUP BY account_id`, pq.Array(ids), start30)
 	if err != nil {
-		return nil, fmt.Errorf("account: profiles: active users: %w", err)
+		return nil, nil, fmt.Errorf("account: profiles: active users: %w", err)
 	}
 	for _, a := range active {
 		out[a.AccountID].ActiveUsers = a.N
+		valid.by(a.AccountID, dropsOut(a.First, 30))
 	}
 
 	var metrics []metricRow
@@ -193,15 +259,16 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 		FROM unnest($1::bigint[]) AS x(id)
 		CROSS JOIN LATERAL (SELECT name, value, at FROM account_metric WHERE account_id = x.id ORDER BY name) m`, pq.Array(ids))
 	if err != nil {
-		return nil, fmt.Errorf("account: profiles: metrics: %w", err)
+		return nil, nil, fmt.Errorf("account: profiles: metrics: %w", err)
 	}
 	for _, m := range metrics {
 		p := out[m.AccountID]
 		switch m.Name {
 		case MetricActiveUsers:
 			// A snapshot under 30 days old wins over the count from events.
-			if now.Sub(m.At) < 30*24*time.Hour {
+			if expires := m.At.Add(30 * 24 * time.Hour); now.Before(expires) {
 				p.ActiveUsers = int(m.Value)
+				valid.by(m.AccountID, expires)
 			}
 		case MetricOpenTickets:
 			p.OpenTickets = int(m.Value)
@@ -210,13 +277,13 @@ func Profiles(ctx context.Context, q postgres.Queryer, ids []int64, now time.Tim
 		}
 	}
 
-	if err := engagementCounts(ctx, q, ids, start30, out); err != nil {
-		return nil, err
+	if err := engagementCounts(ctx, q, ids, start30, out, valid); err != nil {
+		return nil, nil, err
 	}
 	for _, p := range out {
 		p.derive(now)
 	}
-	return out, nil
+	return out, valid.until, nil
 }
 
 // AccountMessagesSince returns a LATERAL subquery over unnest(...) AS x(id):
@@ -239,14 +306,19 @@ func AccountMessagesSince(since string) string {
 // engagementCounts fills the 30-day engagement with Tend's own messages:
 // emails sent, and the messages a person (not a proxy or scanner) opened,
 // clicked or replied to, and nudges dismissed. Test sends do not count.
-func engagementCounts(ctx context.Context, q postgres.Queryer, ids []int64, since time.Time, out map[int64]*Profile) error {
+func engagementCounts(ctx context.Context, q postgres.Queryer, ids []int64, since time.Time, out map[int64]*Profile, valid validity) error {
 	var rows []struct {
-		AccountID int64 `db:"account_id"`
-		Emails    int   `db:"emails"`
-		Opens     int   `db:"opens"`
-		Clicks    int   `db:"clicks"`
-		Replies   int   `db:"replies"`
-		Dismissed int   `db:"dismissed"`
+		AccountID  int64        `db:"account_id"`
+		Emails     int          `db:"emails"`
+		Opens      int          `db:"opens"`
+		Clicks     int          `db:"clicks"`
+		Replies    int          `db:"replies"`
+		Dismissed  int          `db:"dismissed"`
+		FirstSent  sql.NullTime `db:"first_sent"`  // the oldest email counted
+		FirstEvent sql.NullTime `db:"first_event"` // the oldest event read
+		// The oldest message with an event read: its events stop being
+		// read when it is older than the 60 days the query reads.
+		FirstEngaged sql.NullTime `db:"first_engaged"`
 	}
 	// One aggregate over each message's events (an index lookup per
 	// message): EXISTS subqueries here were planned as hashed subplans that
@@ -257,14 +329,18 @@ func engagementCounts(ctx context.Context, q postgres.Queryer, ids []int64, sinc
 		       count(*) FILTER (WHERE ev.opened) AS opens,
 		       count(*) FILTER (WHERE ev.clicked) AS clicks,
 		       count(*) FILTER (WHERE ev.replied) AS replies,
-		       count(*) FILTER (WHERE ev.dismissed) AS dismissed
+		       count(*) FILTER (WHERE ev.dismissed) AS dismissed,
+		       min(m.sent_at) FILTER (WHERE m.channel = 'email' AND m.sent_at >= $2) AS first_sent,
+		       min(ev.first_at) AS first_event,
+		       min(m.sent_at) FILTER (WHERE ev.first_at IS NOT NULL) AS first_engaged
 		FROM unnest($1::bigint[]) AS x(id)
 		CROSS JOIN LATERAL (`+AccountMessagesSince(`$2::timestamptz - interval '30 days'`)+`) m
 		CROSS JOIN LATERAL (
 			SELECT coalesce(bool_or(e.kind = 'open' AND e.human), false) AS opened,
 			       coalesce(bool_or(e.kind = 'click' AND e.human), false) AS clicked,
 			       coalesce(bool_or(e.kind = 'reply'), false) AS replied,
-			       coalesce(bool_or(e.kind = 'nudge_dismiss'), false) AS dismissed
+			       coalesce(bool_or(e.kind = 'nudge_dismiss'), false) AS dismissed,
+			       min(e.at) AS first_at
 			FROM engagement_event e WHERE e.message_id = m.id AND e.at >= $2
 		) ev
 		WHERE m.sent_at >= $2 - interval '30 days'
@@ -275,6 +351,16 @@ func engagementCounts(ctx context.Context, q postgres.Queryer, ids []int64, sinc
 	for _, r := range rows {
 		if p := out[r.AccountID]; p != nil {
 			p.Emails30d, p.Opens30d, p.Clicks30d, p.Replies30d, p.NudgesDismissed30d = r.Emails, r.Opens, r.Clicks, r.Replies, r.Dismissed
+		}
+		// Conservative: a message's count may hold past its oldest event
+		// leaving the window (a later one keeps it), never the other way.
+		for _, t := range []sql.NullTime{r.FirstSent, r.FirstEvent} {
+			if t.Valid {
+				valid.by(r.AccountID, dropsOut(t.Time, 30))
+			}
+		}
+		if r.FirstEngaged.Valid {
+			valid.by(r.AccountID, dropsOut(r.FirstEngaged.Time, 60))
 		}
 	}
 	return nil

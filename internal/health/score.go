@@ -209,3 +209,32 @@ func (m Model) engagement(msgs []Message, now time.Time) Component {
 }
 
 func round2(v float64) float64 { return math.Round(v*100) / 100 }
+
+// validUntil is when a score computed at now from p and msgs could next
+// change with the account's data unchanged, as far as the score itself
+// reads the clock: the recency of the last login moves once a whole day
+// passes, but only between RecentDays and StaleDays; a message leaves the 30
+// days; an unanswered email becomes ignored. The profile's own validity and
+// the 30-day change are the caller's to add. Never later than
+// account.MaxValidity from now.
+func (m Model) validUntil(p *account.Profile, msgs []Message, now time.Time) time.Time {
+	until := now.Add(account.MaxValidity)
+	lower := func(t time.Time) {
+		if t.Before(until) {
+			until = t
+		}
+	}
+	if !noData(p) && p.DaysSinceLastLogin < m.Usage.StaleDays {
+		next := max(p.DaysSinceLastLogin, m.Usage.RecentDays) + 1
+		lower(p.LastLoginAt.Add(time.Duration(next) * 24 * time.Hour))
+	}
+	for _, msg := range msgs {
+		lower(msg.SentAt.UTC().AddDate(0, 0, 30))
+		if !msg.InApp && msg.Response == "" {
+			if t := msg.SentAt.Add(m.Engagement.IgnoredAfter.Duration); t.After(now) {
+				lower(t)
+			}
+		}
+	}
+	return until
+}

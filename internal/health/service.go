@@ -41,8 +41,8 @@ func (s *Service) Model(ctx context.Context) (Versioned, error) {
 
 // ModelVersion returns the version of the model in effect (0: the default,
 // never saved). A score depends only on the account's data (its
-// change_version), the UTC day and this version, so the segment engine keys
-// what it may skip on it.
+// change_version), the clock (until the score's valid_until) and this
+// version, so the segment engine keys what it may skip on it.
 func (s *Service) ModelVersion(ctx context.Context) (int64, error) {
 	var v int64
 	err := s.db.GetContext(ctx, &v, `SELECT version FROM health_model`)
@@ -110,6 +110,8 @@ type stored struct {
 	Version      int64     `db:"version"`
 	Day          time.Time `db:"day"`
 	ModelVersion int64     `db:"model_version"`
+	ComputedAt   time.Time `db:"computed_at"`
+	ValidUntil   time.Time `db:"valid_until"`
 }
 
 // scored is a newly computed score, ready to write.
@@ -120,14 +122,19 @@ type scored struct {
 	Change30d  int         `json:"change_30d"`
 	Components []Component `json:"components"`
 	Version    int64       `json:"version"`
+	// ValidUntil is when the score could next change with no change to
+	// the account's data (see Model.validUntil).
+	ValidUntil time.Time `json:"valid_until"`
 }
 
 // Refresh brings the scores of a batch of accounts up to date and writes them
 // into their profiles, so that segments see the current health. profiles are
 // the accounts' current profiles (from account.CachedProfiles, with features
-// decoded). An account is rescored when its data, the UTC day or the model
-// changed since its last score; otherwise the stored score is used. A score
-// or band that changed is kept in the history.
+// decoded). An account is rescored when its data or the model changed since
+// its last score, or the score's validity ran out (a score holds no longer
+// than the profile it was computed from); otherwise the stored score is
+// used. Each profile's ValidUntil is lowered to its score's. A score or band
+// that changed is kept in the history.
 func (s *Service) Refresh(ctx context.Context, now time.Time, profiles map[int64]account.Cached) error {
 	if len(profiles) == 0 {
 		return nil
@@ -143,7 +150,7 @@ func (s *Service) Refresh(ctx context.Context, now time.Time, profiles map[int64
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	var rows []stored
 	if err := s.db.SelectContext(ctx, &rows, `
-		SELECT account_id, score, band, change_30d, version, day, model_version
+		SELECT account_id, score, band, change_30d, version, day, model_version, computed_at, valid_until
 		FROM account_health WHERE account_id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids)); err != nil {
 		return fmt.Errorf("health: refresh: %w", err)
 	}
@@ -156,8 +163,9 @@ func (s *Service) Refresh(ctx context.Context, now time.Time, profiles map[int64
 	for _, id := range ids {
 		c := profiles[id]
 		r, ok := prev[id]
-		if ok && r.Version == c.Version && r.Day.Equal(today) && r.ModelVersion == mv.Version {
+		if ok && r.Version == c.Version && r.ModelVersion == mv.Version && !r.ComputedAt.After(now) && now.Before(r.ValidUntil) {
 			setProfile(c.Profile, r.Score, r.Change30d, r.Band)
+			profiles[id] = lowerValidity(c, r.ValidUntil)
 			continue
 		}
 		due = append(due, id)
@@ -173,15 +181,28 @@ func (s *Service) Refresh(ctx context.Context, now time.Time, profiles map[int64
 		return err
 	}
 	for i := range out {
-		out[i].Version = profiles[out[i].AccountID].Version
+		c := profiles[out[i].AccountID]
+		out[i].Version = c.Version
+		if c.ValidUntil.Before(out[i].ValidUntil) {
+			out[i].ValidUntil = c.ValidUntil
+		}
 	}
 	if err := s.write(ctx, now, today, mv.Version, out); err != nil {
 		return err
 	}
 	for _, r := range out {
-		setProfile(profiles[r.AccountID].Profile, r.Score, r.Change30d, r.Band)
+		c := profiles[r.AccountID]
+		setProfile(c.Profile, r.Score, r.Change30d, r.Band)
+		profiles[r.AccountID] = lowerValidity(c, r.ValidUntil)
 	}
 	return nil
+}
+
+func lowerValidity(c account.Cached, t time.Time) account.Cached {
+	if t.Before(c.ValidUntil) {
+		c.ValidUntil = t
+	}
+	return c
 }
 
 func setProfile(p *account.Profile, score, change int, band string) {
@@ -201,7 +222,8 @@ func (s *Service) score(ctx context.Context, q postgres.Queryer, m Model, now ti
 	if err != nil {
 		return nil, err
 	}
-	then, err := scoresAt(ctx, q, ids, now.AddDate(0, 0, -30))
+	monthAgo := now.AddDate(0, 0, -30)
+	then, next, err := scoresAt(ctx, q, ids, monthAgo)
 	if err != nil {
 		return nil, err
 	}
@@ -220,9 +242,17 @@ func (s *Service) score(ctx context.Context, q postgres.Queryer, m Model, now ti
 		if !had {
 			base = m.StartingScore
 		}
+		until := m.validUntil(p, msgs[id], now)
+		// The 30-day change moves when the next score in the history
+		// turns 30 days old.
+		if t, ok := next[id]; ok {
+			if t = t.Add(now.Sub(monthAgo)); t.Before(until) {
+				until = t
+			}
+		}
 		out = append(out, scored{
 			AccountID: id, Score: res.Score, Band: res.Band, Change30d: res.Score - base,
-			Components: res.Components,
+			Components: res.Components, ValidUntil: until,
 		})
 	}
 	return out, nil
@@ -266,32 +296,47 @@ func messagesOf(ctx context.Context, q postgres.Queryer, ids []int64, now time.T
 	return out, nil
 }
 
-// scoresAt returns the accounts' scores in effect at t (absent: not scored yet).
-func scoresAt(ctx context.Context, q postgres.Queryer, ids []int64, t time.Time) (map[int64]int, error) {
+// scoresAt returns the accounts' scores in effect at t (absent: not scored
+// yet), and when the next score in their history after t was recorded
+// (absent: none).
+func scoresAt(ctx context.Context, q postgres.Queryer, ids []int64, t time.Time) (map[int64]int, map[int64]time.Time, error) {
 	var rows []struct {
-		AccountID int64 `db:"account_id"`
-		Score     int   `db:"score"`
+		AccountID int64         `db:"account_id"`
+		Score     sql.NullInt64 `db:"score"`
+		Next      sql.NullTime  `db:"next"`
 	}
 	// One backward probe of health_history_account_at per account: the
 	// DISTINCT ON form of this query was planned as a sequential scan of the
 	// whole history for every batch (the planner cannot see how many ids the
 	// array holds), which made a day's first pass quadratic in accounts.
 	err := q.SelectContext(ctx, &rows, `
-		SELECT x.id AS account_id, h.score
+		SELECT x.id AS account_id, h.score, n.at AS next
 		FROM unnest($1::bigint[]) AS x(id)
-		CROSS JOIN LATERAL (
+		LEFT JOIN LATERAL (
 			SELECT score FROM health_history
 			WHERE account_id = x.id AND at <= $2
 			ORDER BY at DESC, id DESC LIMIT 1
-		) h`, pq.Array(ids), t)
+		) h ON true
+		LEFT JOIN LATERAL (
+			SELECT at FROM health_history
+			WHERE account_id = x.id AND at > $2
+			ORDER BY at, id LIMIT 1
+		) n ON true
+		WHERE h.score IS NOT NULL OR n.at IS NOT NULL`, pq.Array(ids), t)
 	if err != nil {
-		return nil, fmt.Errorf("health: scores at %s: %w", t.Format(time.RFC3339), err)
+		return nil, nil, fmt.Errorf("health: scores at %s: %w", t.Format(time.RFC3339), err)
 	}
-	out := make(map[int64]int, len(rows))
+	scores := make(map[int64]int, len(rows))
+	next := make(map[int64]time.Time, len(rows))
 	for _, r := range rows {
-		out[r.AccountID] = r.Score
+		if r.Score.Valid {
+			scores[r.AccountID] = int(r.Score.Int64)
+		}
+		if r.Next.Valid {
+			next[r.AccountID] = r.Next.Time
+		}
 	}
-	return out, nil
+	return scores, next, nil
 }
 
 // write stores new scores: the current score row (unless a score computed
@@ -309,14 +354,16 @@ func (s *Service) write(ctx context.Context, now, day time.Time, modelVersion in
 		// to the end, so the history below is compared with what every
 		// earlier writer committed.
 		if _, err := tx.ExecContext(ctx, `
-			INSERT INTO account_health AS h (account_id, score, band, change_30d, components, version, day, model_version, computed_at)
-			SELECT account_id, score, band, change_30d, components, version, $2, $3, $4
+			INSERT INTO account_health AS h (account_id, score, band, change_30d, components, version, day, model_version,
+				computed_at, valid_until)
+			SELECT account_id, score, band, change_30d, components, version, $2, $3, $4, valid_until
 			FROM json_to_recordset($1::json) AS x(account_id bigint, score integer, band text,
-				change_30d integer, components json, version bigint)
+				change_30d integer, components json, version bigint, valid_until timestamptz)
 			ORDER BY account_id
 			ON CONFLICT (account_id) DO UPDATE SET score = EXCLUDED.score, band = EXCLUDED.band,
 				change_30d = EXCLUDED.change_30d, components = EXCLUDED.components, version = EXCLUDED.version,
-				day = EXCLUDED.day, model_version = EXCLUDED.model_version, computed_at = EXCLUDED.computed_at
+				day = EXCLUDED.day, model_version = EXCLUDED.model_version, computed_at = EXCLUDED.computed_at,
+				valid_until = EXCLUDED.valid_until
 			WHERE h.version <= EXCLUDED.version AND h.model_version <= EXCLUDED.model_version`,
 			payload, day, modelVersion, now); err != nil {
 			return fmt.Errorf("health: write: %w", err)

@@ -58,12 +58,13 @@ func NewEngine(db *sqlx.DB, clk clock.Clock, log *slog.Logger) *Engine {
 }
 
 // Scorer updates the health fields of a batch of profiles (and stores the
-// scores). It needs the profiles' features decoded.
+// scores), lowering each profile's ValidUntil to its score's. It needs the
+// profiles' features decoded.
 type Scorer interface {
 	Refresh(ctx context.Context, now time.Time, profiles map[int64]account.Cached) error
 	// ModelVersion is the version of the scoring model in effect. A score
-	// may change only with the account's change_version, the UTC day or
-	// this version.
+	// may change only with the account's change_version, this version, or
+	// once its ValidUntil has passed.
 	ModelVersion(ctx context.Context) (int64, error)
 }
 
@@ -301,7 +302,7 @@ func (e *Engine) evaluate(ctx context.Context, p *plan, targets []target) (Stats
 				mark = append(mark, v)
 			}
 			if t.stamps() {
-				sw.rows = append(sw.rows, stampRow{id: v.ID, version: v.Version, seen: seqs[v.ID],
+				sw.rows = append(sw.rows, stampRow{id: v.ID, version: v.Version, seen: seqs[v.ID], validUntil: c.ValidUntil,
 					signupNext: nextDay(c.Profile.SignupAt, now), loginNext: nextDay(c.Profile.LastLoginAt, now)})
 			}
 		case len(entries)+len(exits) > before:

@@ -36,16 +36,15 @@ type Predicate struct {
 	// that evaluation decodes only those.
 	Maps account.Maps
 	// Time says how the predicate's result can change while the account's
-	// data and the UTC day stay the same.
+	// data stays the same and its profile valid.
 	Time TimeDeps
 }
 
 // TimeDeps says through which clock readings a predicate can change its
-// result for one account while the account's data (its change_version) and
-// the UTC day stay the same. Everything else in the profile is fixed for
-// that account and day (the windows count whole UTC days, the health score
-// is computed once per day, data and model), so a predicate with no TimeDeps
-// keeps its result all day.
+// result for one account while the account's data (its change_version) stays
+// the same and its profile valid (account.Cached.ValidUntil). Everything else
+// in the profile is fixed for that account until then (the windows' counts,
+// the health score), so a predicate with no TimeDeps keeps its result.
 type TimeDeps struct {
 	// SignupDays: the whole days since signup_at (days_since_signup, or
 	// days_since(signup_at)), which change once a day at the signup's time

@@ -18,16 +18,17 @@ import (
 // account (table segment_stamp, written in the same transaction as the
 // membership differences it found): the change_version it read, a
 // fingerprint of the live segments' generations and of the health model, the
-// clock, and when the whole days since signup and since the last login next
-// tick over. On the same UTC day, with the same version and fingerprint, the
-// account's profile is the same one (profiles are cached per version and UTC
-// day; the health score is computed once per version, day and model) except
-// for what reads the clock, which the predicates' TimeDeps name. So a full
-// pass evaluates:
+// clock, until when the profile and health score it read stay true
+// (valid_until: see account.Cached.ValidUntil), and when the whole days since
+// signup and since the last login next tick over. Until then, with the same
+// version and fingerprint, the account's profile and score are the same ones
+// except for what reads the clock, which the predicates' TimeDeps name. So a
+// full pass evaluates:
 //
 //   - every segment, for accounts whose stamp is missing or not current
-//     (data changed, segments or the model changed, a new UTC day, or the
-//     clock went back);
+//     (data changed, segments or the model changed, the profile or score
+//     ran out of validity — a window lost a data point, say —, or the clock
+//     went back);
 //   - the segments reading the whole days since signup (last login), for
 //     accounts whose count ticked over since the stamp, renewing the stamp;
 //   - the segments reading the clock otherwise (now()), for every account;
@@ -48,7 +49,7 @@ import (
 // What a skipping pass no longer does for skipped accounts: count their
 // predicates' runtime errors again (a segment's error_count grows once per
 // evaluation that failed, not once per pass), and call the health scorer
-// (which would find their scores current: same data, day and model). A score
+// (which would find their scores current: same data and model, still valid). A score
 // written after the stamp under an older model (a build pass that started
 // before a model was saved and changed no membership) stays until the
 // account's next full evaluation; a pass without stamps would rescore it
@@ -89,21 +90,21 @@ func (e *Engine) fingerprint(ctx context.Context, segs []*compiled) (int64, erro
 type target struct {
 	id   int64
 	full bool // every segment of the plan
-	// Otherwise the account's stamp is current, and these are its time and
-	// when its whole-day counts tick over; due says which of them the
-	// evaluation found ticked over at its own clock.
-	stampAt, signupNext, loginNext time.Time
-	due                            TimeDeps
+	// Otherwise the account's stamp is current, and these are its time,
+	// its validity and when its whole-day counts tick over; due says which
+	// of them the evaluation found ticked over at its own clock.
+	stampAt, validUntil, signupNext, loginNext time.Time
+	due                                        TimeDeps
 }
 
 // settle decides, at the evaluation's clock, what a target with a current
 // stamp needs: time passed since the candidates were chosen (a crossing, or
-// even midnight) is taken into account.
+// the stamp's validity running out) is taken into account.
 func (t *target) settle(p *plan, now time.Time) {
 	if t.full {
 		return
 	}
-	if now.Before(t.stampAt) || !now.Truncate(24*time.Hour).Equal(t.stampAt.Truncate(24*time.Hour)) {
+	if now.Before(t.stampAt) || !now.Before(t.validUntil) {
 		t.full = true
 		return
 	}
@@ -140,22 +141,21 @@ func fullTargets(ids []int64) []target {
 // comparisons only, so that a skipped account costs its share of one merge
 // join of two index scans and nothing in Go.
 func (e *Engine) candidates(ctx context.Context, p *plan, lo, hi int64, now time.Time) ([]target, error) {
-	today := now.Truncate(24 * time.Hour)
 	// The range on s as well as on a lets the planner merge two index
 	// range scans.
 	rows, err := e.db.QueryContext(ctx, `
-		SELECT id, all_segments, evaluated_at, signup_next, login_next FROM (
+		SELECT id, all_segments, evaluated_at, valid_until, signup_next, login_next FROM (
 			SELECT a.id,
 			       s.account_id IS NULL OR a.change_version > a.evaluated_version
 			       OR s.version <> a.change_version OR s.segments <> $3
-			       OR s.evaluated_at < $5 OR s.evaluated_at > $4 AS all_segments,
-			       s.evaluated_at, s.signup_next, s.login_next
+			       OR s.valid_until <= $4 OR s.evaluated_at > $4 AS all_segments,
+			       s.evaluated_at, s.valid_until, s.signup_next, s.login_next
 			FROM account a
 			LEFT JOIN segment_stamp s ON s.account_id = a.id AND s.account_id >= $1 AND s.account_id < $2
 			WHERE a.id >= $1 AND a.id < $2
 		) c
-		WHERE all_segments OR ($6 AND $4 >= signup_next) OR ($7 AND $4 >= login_next) OR $8
-		ORDER BY id`, lo, hi, p.fp, now, today, p.time.SignupDays, p.time.LoginDays, p.time.Always)
+		WHERE all_segments OR ($5 AND $4 >= signup_next) OR ($6 AND $4 >= login_next) OR $7
+		ORDER BY id`, lo, hi, p.fp, now, p.time.SignupDays, p.time.LoginDays, p.time.Always)
 	if err != nil {
 		return nil, fmt.Errorf("segment: candidates: %w", err)
 	}
@@ -163,11 +163,11 @@ func (e *Engine) candidates(ctx context.Context, p *plan, lo, hi int64, now time
 	var out []target
 	for rows.Next() {
 		var t target
-		var at, signup, login sql.NullTime
-		if err := rows.Scan(&t.id, &t.full, &at, &signup, &login); err != nil {
+		var at, until, signup, login sql.NullTime
+		if err := rows.Scan(&t.id, &t.full, &at, &until, &signup, &login); err != nil {
 			return nil, fmt.Errorf("segment: candidates: %w", err)
 		}
-		t.stampAt, t.signupNext, t.loginNext = at.Time, signup.Time, login.Time
+		t.stampAt, t.validUntil, t.signupNext, t.loginNext = at.Time, until.Time, signup.Time, login.Time
 		out = append(out, t)
 	}
 	if err := rows.Err(); err != nil {
@@ -191,8 +191,9 @@ func nextDay(from, t time.Time) time.Time {
 type stampRow struct {
 	id, version int64
 	seen        int64 // the stamp's seq when the memberships were read (0: none)
-	// When the whole days since signup and since the last login next change.
-	signupNext, loginNext time.Time
+	// When the profile and score read may next differ, and when the whole
+	// days since signup and since the last login next change.
+	validUntil, signupNext, loginNext time.Time
 }
 
 // stampWrite is what an evaluation writes to the stamps.
@@ -215,10 +216,10 @@ func writeStamps(ctx context.Context, tx *sqlx.Tx, now time.Time, w stampWrite) 
 	if len(w.rows) > 0 {
 		n := len(w.rows)
 		ids, versions, seen := make([]int64, n), make([]int64, n), make([]int64, n)
-		signups, logins := make([]string, n), make([]string, n)
+		valid, signups, logins := make([]string, n), make([]string, n), make([]string, n)
 		for i, r := range w.rows {
 			ids[i], versions[i], seen[i] = r.id, r.version, r.seen
-			signups[i], logins[i] = pgTime(r.signupNext), pgTime(r.loginNext)
+			valid[i], signups[i], logins[i] = pgTime(r.validUntil), pgTime(r.signupNext), pgTime(r.loginNext)
 		}
 		// seq carries the seq seen plus one: a stamp still at the seq seen
 		// was written by no one else since the memberships were read;
@@ -226,20 +227,21 @@ func writeStamps(ctx context.Context, tx *sqlx.Tx, now time.Time, w stampWrite) 
 		// Rows in id order, like every writer of them; accounts deleted
 		// meanwhile are left out.
 		if _, err := tx.ExecContext(ctx, `
-			INSERT INTO segment_stamp AS s (account_id, version, segments, evaluated_at, signup_next, login_next, seq)
-			SELECT x.id, x.version, $4, $5, x.signup_next, x.login_next, x.seen + 1
-			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $6::timestamptz[], $7::timestamptz[])
-			     AS x(id, version, seen, signup_next, login_next)
+			INSERT INTO segment_stamp AS s (account_id, version, segments, evaluated_at, valid_until, signup_next, login_next, seq)
+			SELECT x.id, x.version, $4, $5, x.valid_until, x.signup_next, x.login_next, x.seen + 1
+			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+			     AS x(id, version, seen, valid_until, signup_next, login_next)
 			JOIN account a ON a.id = x.id
 			ORDER BY x.id
 			ON CONFLICT (account_id) DO UPDATE SET
 				version = EXCLUDED.version,
 				segments = CASE WHEN s.seq = EXCLUDED.seq - 1 THEN EXCLUDED.segments ELSE 0 END,
 				evaluated_at = EXCLUDED.evaluated_at,
+				valid_until = EXCLUDED.valid_until,
 				signup_next = EXCLUDED.signup_next,
 				login_next = EXCLUDED.login_next,
 				seq = s.seq + 1`,
-			pq.Array(ids), pq.Array(versions), pq.Array(seen), w.fp, now, pq.Array(signups), pq.Array(logins)); err != nil {
+			pq.Array(ids), pq.Array(versions), pq.Array(seen), w.fp, now, pq.Array(valid), pq.Array(signups), pq.Array(logins)); err != nil {
 			return fmt.Errorf("segment: stamp: %w", err)
 		}
 	}

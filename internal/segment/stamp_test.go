@@ -16,17 +16,23 @@ import (
 )
 
 // fakeScorer stands in for the health service: a score that is a function of
-// exactly what a real score depends on (the account's version, the UTC day
-// and the model version), so that the stamps' handling of health is tested
-// without the health package.
+// the account's version, the model version and the clock, changing at every
+// UTC midnight and saying so (the Scorer's contract: a profile's ValidUntil
+// is lowered to when its score may change), so that the stamps' handling of
+// health is tested without the health package.
 type fakeScorer struct{ model atomic.Int64 }
 
 func (s *fakeScorer) ModelVersion(context.Context) (int64, error) { return s.model.Load(), nil }
 
 func (s *fakeScorer) Refresh(_ context.Context, now time.Time, profiles map[int64]account.Cached) error {
 	m := s.model.Load()
-	for _, c := range profiles {
+	midnight := now.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
+	for id, c := range profiles {
 		c.Profile.HealthScore = fakeScore(c.Version, now, m)
+		if midnight.Before(c.ValidUntil) {
+			c.ValidUntil = midnight
+		}
+		profiles[id] = c
 	}
 	return nil
 }
@@ -51,8 +57,9 @@ var stampSegments = []Input{
 }
 
 // bruteForce evaluates every live segment for every account at the clock,
-// the way a full pass without stamps did: the expected membership, as
-// "segment/account" keys.
+// the way a full pass without stamps did, from profiles computed afresh (not
+// read through the cache, whose validity is under test too): the expected
+// membership, as "segment/account" keys.
 func (f *fixture) bruteForce(scorer *fakeScorer) map[string]bool {
 	f.t.Helper()
 	ctx := context.Background()
@@ -63,8 +70,9 @@ func (f *fixture) bruteForce(scorer *fakeScorer) map[string]bool {
 	var accs []struct {
 		ID         int64  `db:"id"`
 		ExternalID string `db:"external_id"`
+		Version    int64  `db:"change_version"`
 	}
-	if err := f.db.Select(&accs, `SELECT id, external_id FROM account ORDER BY id`); err != nil {
+	if err := f.db.Select(&accs, `SELECT id, external_id, change_version FROM account ORDER BY id`); err != nil {
 		f.t.Fatal(err)
 	}
 	ids := make([]int64, len(accs))
@@ -72,9 +80,13 @@ func (f *fixture) bruteForce(scorer *fakeScorer) map[string]bool {
 		ids[i] = a.ID
 	}
 	now := f.clock.Now()
-	profiles, err := account.CachedProfiles(ctx, f.db.DB, ids, now, account.AllMaps)
+	fresh, err := account.Profiles(ctx, f.db.DB, ids, now)
 	if err != nil {
 		f.t.Fatal(err)
+	}
+	profiles := make(map[int64]account.Cached, len(fresh))
+	for _, a := range accs {
+		profiles[a.ID] = account.Cached{Profile: fresh[a.ID], Version: a.Version, ValidUntil: now.Add(account.MaxValidity)}
 	}
 	if scorer != nil {
 		scorer.Refresh(ctx, now, profiles)
