@@ -570,7 +570,14 @@ func (s *Sender) prepare(ctx context.Context, m *claimed, accounts map[int64]*ac
 		}
 		if def.Goal != "" {
 			ok, err := s.eval(def.Goal, campaign.CompileGoal, info.profile)
-			if err == nil && ok {
+			switch {
+			case err != nil:
+				// Like unless below, and a segment predicate that fails for
+				// an account: what cannot be evaluated sends nothing. The
+				// account may have converted; the step is skipped with the
+				// error, the enrollment goes on.
+				return skip("goal could not be evaluated: " + err.Error())
+			case ok:
 				// Converted with the batch's others, after the loop.
 				if m.EnrollmentID != nil {
 					b.converted = append(b.converted, *m.EnrollmentID)

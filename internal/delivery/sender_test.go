@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -467,5 +468,38 @@ func TestOutboxGauges(t *testing.T) {
 	o.exec(`UPDATE message SET status = 'uncertain' WHERE id = $1`, ids[1])
 	if g := gauges(); g != (delivery.Gauges{OldestDue: 10 * time.Minute, InFlight: 1, Uncertain: 1}) {
 		t.Errorf("one sending, one uncertain, one due: %+v", g)
+	}
+}
+
+// A goal that fails at run time (here a trait of the wrong type) decides
+// nothing: the message is skipped with the error, as one whose unless
+// fails is, and the enrollment is not converted.
+func TestAGoalThatFailsSendsNothing(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(2)
+	o.exec(`UPDATE account SET traits = '{"tier": "gold"}'`)
+	o.exec(`UPDATE campaign_version SET definition = jsonb_set(definition, '{goal}', '"traits.tier > 3"')`)
+	if _, err := o.sender.SendBatch(t.Context(), ids); err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		Status string `db:"status"`
+		Reason string `db:"reason"`
+	}
+	if err := o.db.Select(&rows, `SELECT status, reason FROM message ORDER BY id`); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rows {
+		if r.Status != "skipped" || !strings.HasPrefix(r.Reason, "goal could not be evaluated: ") {
+			t.Errorf("message %d: %s (%q), want skipped because the goal could not be evaluated", ids[i], r.Status, r.Reason)
+		}
+	}
+	if o.smtp.Count() != 0 {
+		t.Errorf("the server holds %d messages, want none", o.smtp.Count())
+	}
+	var status string
+	o.db.Get(&status, `SELECT status FROM enrollment`)
+	if status == "converted" {
+		t.Errorf("enrollment %s, want not converted", status)
 	}
 }
