@@ -410,7 +410,9 @@ func (o *Outbox) withdraw(ctx context.Context, ids []int64, token string) error 
 
 // Reap handles messages whose worker stopped answering: claimed ones whose
 // lease expired go back to scheduled (they never reached SMTP); sending ones
-// become uncertain (they may have been accepted) and are not resent.
+// become uncertain (they may have been accepted) and are not resent. The
+// reaper cannot tell why no outcome came (the worker died, or could not
+// write it), so the reason says only what it knows.
 func (o *Outbox) Reap(ctx context.Context, lease time.Duration) (released, uncertain int64, err error) {
 	cutoff := o.wall().Add(-lease)
 	now := o.clock.Now()
@@ -423,7 +425,7 @@ func (o *Outbox) Reap(ctx context.Context, lease time.Duration) (released, uncer
 	released, _ = res.RowsAffected()
 	res, err = o.db.ExecContext(ctx, `
 		UPDATE message SET status = 'uncertain', updated_at = $2,
-			reason = 'the worker stopped while handing the message to SMTP; it may have been delivered',
+			reason = 'no outcome was recorded within the lease after the message was marked as being handed to SMTP (its worker stopped, or could not write); it may have been delivered',
 			last_error = 'lease expired while sending'
 		WHERE status = 'sending' AND claimed_at < $1`, cutoff, now)
 	if err != nil {

@@ -271,7 +271,7 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (Sent, error) {
 	handed, handErr := s.handOver(ctx, b, ready)
 	sent += handed
 	if handErr != nil {
-		s.log.Error("delivery: hand-over failed; the rest of the batch goes back to scheduled", "err", handErr)
+		s.log.Error("delivery: hand-over failed; the emails not handed over yet were not sent", "err", handErr)
 	}
 	if nudged > 0 {
 		b.tally("delivered", nudged)
@@ -707,7 +707,7 @@ func (s *Sender) handOver(ctx context.Context, b *batch, queue []*email) (int, e
 			}
 			handed++
 			if err := s.outcome(rctx, e, errs[i], b); err != nil {
-				s.log.Error("delivery: recording an outcome failed", "message", e.m.ID, "err", err)
+				s.log.Error("delivery: after a send", "message", e.m.ID, "err", err)
 			}
 		}
 	}
@@ -727,16 +727,25 @@ func (s *Sender) releaseEmails(ctx context.Context, token string, queue []*email
 	for i, e := range queue {
 		ids[i] = e.m.ID
 	}
-	release := s.outbox.Release
-	if marked {
-		release = s.outbox.withdraw
+	if !marked {
+		if err := s.outbox.Release(context.WithoutCancel(ctx), ids, token); err != nil {
+			s.log.Error("delivery: release failed; the reaper releases the messages when their lease ends", "messages", ids, "err", err)
+		}
+		return
 	}
-	if err := release(context.WithoutCancel(ctx), ids, token); err != nil {
-		s.log.Error("delivery: release failed; the reaper will reclaim the messages", "err", err)
+	if err := s.outbox.withdraw(context.WithoutCancel(ctx), ids, token); err != nil {
+		// Whatever the reaper then says of them, none was sent.
+		s.log.Error("delivery: messages of a failed hand-over could not be put back; none was handed to SMTP: "+
+			"when their lease ends the reaper releases those still claimed, and makes uncertain any the hand-over did mark sending, "+
+			"which are safe to resend (POST /v1/messages/{id}/resolve {\"action\": \"resend\"})", "messages", ids, "err", err)
 	}
 }
 
-// outcome records what became of an email handed to SMTP.
+// outcome records what became of an email handed to SMTP. The outcome is
+// recorded whatever happens to its side effects (suppressing a hard-bounced
+// address, scheduling a retry): a message left sending would be made
+// uncertain by the reaper, said to be perhaps delivered when the server
+// refused it. A side effect that fails is returned.
 func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch) error {
 	m := e.m
 	if sendErr == nil {
@@ -757,15 +766,22 @@ func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch)
 	case se.Uncertain():
 		b.record(m.ID, StatusUncertain, "the SMTP server did not confirm the message: "+se.Error())
 	case IsHardBounce(se):
+		b.record(m.ID, StatusFailed, "hard bounce: "+se.Error())
 		if _, err := s.db.ExecContext(ctx, `
 			INSERT INTO suppression (email, reason, at) VALUES (lower($1), $2, $3) ON CONFLICT (email) DO NOTHING`,
 			e.to, "hard bounce: "+se.Error(), s.clock.Now()); err != nil {
-			return fmt.Errorf("delivery: suppress: %w", err)
+			return fmt.Errorf("delivery: message %d failed (hard bounce), but its address was not suppressed: %w", m.ID, err)
 		}
-		b.record(m.ID, StatusFailed, "hard bounce: "+se.Error())
 	case se.Temporary && m.Attempts+1 < s.opts.MaxAttempts:
+		if err := s.outbox.Retry(ctx, m.ID, b.token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error()); err != nil {
+			// Not delivered, and not to be retried: failed, with the
+			// server's answer. (Should the retry have been written all
+			// the same, it holds; this outcome then finds the message
+			// no longer claimed.)
+			b.record(m.ID, StatusFailed, "temporary failure, not retried (the retry could not be scheduled): "+se.Error())
+			return fmt.Errorf("delivery: message %d was refused for now, and its retry could not be scheduled: %w", m.ID, err)
+		}
 		b.tally("retry", 1)
-		return s.outbox.Retry(ctx, m.ID, b.token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error())
 	default:
 		b.record(m.ID, StatusFailed, se.Error())
 	}

@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -501,5 +502,106 @@ func TestAGoalThatFailsSendsNothing(t *testing.T) {
 	o.db.Get(&status, `SELECT status FROM enrollment`)
 	if status == "converted" {
 		t.Errorf("enrollment %s, want not converted", status)
+	}
+}
+
+// withLog returns a sender like o's whose log is kept in a buffer.
+func (o *outbox) withLog() (*delivery.Sender, *syncBuffer) {
+	o.t.Helper()
+	buf := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(buf, nil))
+	renderer := &render.Renderer{Signer: token.NewSigner([]byte("sender-test-secret-0123456789")), PublicURL: "http://tend.test",
+		PostalAddress: "Acme, 1 Main St"}
+	return delivery.NewSender(o.db.DB, o.clock, log, o.outbox, campaign.NewEnroller(o.db.DB, o.clock, log, time.UTC), renderer, o.mailer,
+		delivery.SenderOptions{TeamSender: "Acme <success@acme.example>", MessageIDDomain: "tend.test"}), buf
+}
+
+// syncBuffer is a bytes.Buffer for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// messages returns each message's status and reason, in id order.
+func (o *outbox) messages() []string {
+	o.t.Helper()
+	var out []string
+	if err := o.db.Select(&out, `SELECT status || ': ' || reason FROM message ORDER BY id`); err != nil {
+		o.t.Fatal(err)
+	}
+	return out
+}
+
+// The server's answer is recorded even when what it calls for cannot be
+// done: a hard bounce whose address cannot be suppressed is failed, and a
+// temporary refusal whose retry cannot be written is failed with the
+// server's answer. Neither is left sending, for the reaper to call
+// uncertain and perhaps delivered.
+func TestARefusalIsRecordedWhenItsSideEffectFails(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		fault   smtptest.FaultKind
+		trigger string // makes the side effect fail
+		want    string
+	}{
+		{"hard bounce, suppression fails", smtptest.RejectRcpt,
+			`CREATE TRIGGER refuse BEFORE INSERT ON suppression FOR EACH ROW EXECUTE FUNCTION refuse()`,
+			"failed: hard bounce: "},
+		{"temporary refusal, retry fails", smtptest.TempFailRcpt,
+			`CREATE TRIGGER refuse BEFORE UPDATE ON message FOR EACH ROW WHEN (NEW.status = 'scheduled') EXECUTE FUNCTION refuse()`,
+			"failed: temporary failure, not retried (the retry could not be scheduled): "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := newOutbox(t, 1)
+			ids := o.due(2)
+			o.exec(`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$`)
+			o.exec(tc.trigger)
+			o.smtp.SetFault(smtptest.Fault{Kind: tc.fault, Match: "c1@"})
+			sender, log := o.withLog()
+			if _, err := sender.SendBatch(t.Context(), ids); err != nil {
+				t.Fatal(err)
+			}
+			got := o.messages()
+			if !strings.HasPrefix(got[0], tc.want) || !strings.Contains(got[0], "RCPT") || got[1] != "sent: " {
+				t.Errorf("messages: %q, want the first %s with the server's answer and the second sent", got, tc.want)
+			}
+			if !strings.Contains(log.String(), "refused by the test") {
+				t.Errorf("the side effect's failure is not logged:\n%s", log)
+			}
+		})
+	}
+}
+
+// A hand-over that fails, then a withdrawal that fails too: nothing is
+// sent, and the log says so, rather than that the reaper reclaims messages
+// it may call uncertain.
+func TestAFailedHandOverThatCannotBeWithdrawnIsLoggedTruthfully(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(2)
+	o.exec(`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$`)
+	o.exec(`CREATE TRIGGER refuse BEFORE UPDATE ON message FOR EACH ROW WHEN (NEW.status IN ('sending', 'scheduled')) EXECUTE FUNCTION refuse()`)
+	sender, log := o.withLog()
+	if _, err := sender.SendBatch(t.Context(), ids); err == nil {
+		t.Fatal("the batch succeeded, want the hand-over's error")
+	}
+	if o.smtp.Count() != 0 {
+		t.Fatalf("the server holds %d messages, want none", o.smtp.Count())
+	}
+	want := fmt.Sprintf("none was handed to SMTP: when their lease ends the reaper releases those still claimed, "+
+		"and makes uncertain any the hand-over did mark sending, which are safe to resend (POST /v1/messages/{id}/resolve {\\\"action\\\": \\\"resend\\\"})\" messages=\"%v\"", ids)
+	if !strings.Contains(log.String(), want) {
+		t.Fatalf("log:\n%s\nwant it to say: %s", log, want)
 	}
 }
