@@ -168,7 +168,7 @@ func (a *App) wireCampaigns() error {
 		a.Log.Info("signing campaign mail with DKIM", "domain", cfg.DKIMDomain, "selector", cfg.DKIMSelector,
 			"algorithm", dkim.Algorithm(), "txt_name", name, "txt_record", record)
 	}
-	mailer, err := delivery.NewMailer(cfg.SMTPURL, delivery.MailerOptions{Connections: cfg.SMTPConnections})
+	mailer, err := delivery.NewMailer(cfg.SMTPURL, delivery.MailerOptions{Connections: cfg.SMTPConnections, Timeout: cfg.SMTPTimeout})
 	if err != nil {
 		return fmt.Errorf("app: TEND_SMTP_URL: %w", err)
 	}

@@ -278,7 +278,7 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (Sent, error) {
 	}
 	b.tally("deferred", len(b.deferred))
 	res := Sent{Delivered: sent, Outcomes: b.outcomes}
-	if err := s.outbox.Settle(fin, token, b.done); err != nil {
+	if err := s.settle(fin, b); err != nil {
 		return res, err
 	}
 	// After Settle committed, both: the accounts emailed are marked changed
@@ -678,16 +678,15 @@ func (s *Sender) handOver(ctx context.Context, b *batch, queue []*email) (int, e
 		for i, e := range round {
 			next[i] = e.m.ID
 		}
-		marked, err := s.outbox.HandOver(ctx, b.token, b.done, next)
+		marked, lost, err := s.outbox.HandOver(ctx, b.token, b.done, next)
 		if err != nil {
 			// None of these reached SMTP, whether or not the commit
 			// happened.
 			s.releaseEmails(ctx, b.token, queue, true)
-			if s.outbox.Settle(rctx, b.token, b.done) == nil {
-				b.done = nil
-			}
+			_ = s.settle(rctx, b) // else SendBatch's Settle tries again
 			return handed, err
 		}
+		s.unrecorded(lost)
 		b.done = nil
 		// The previous round's outcomes are recorded: connections beyond
 		// this round's can go.
@@ -701,22 +700,46 @@ func (s *Sender) handOver(ctx context.Context, b *batch, queue []*email) (int, e
 			}
 		}
 		wg.Wait()
+		// The writes the outcomes call for are bounded, as the commits
+		// are, so that the outcomes are recorded within the lease (see
+		// MinSendLease).
+		octx, cancel := context.WithTimeout(rctx, handOverTimeout)
 		for i, e := range round {
 			if !marked[e.m.ID] {
 				continue // its claim was lost: another worker has it
 			}
 			handed++
-			if err := s.outcome(rctx, e, errs[i], b); err != nil {
+			if err := s.outcome(octx, e, errs[i], b); err != nil {
 				s.log.Error("delivery: after a send", "message", e.m.ID, "err", err)
 			}
 		}
+		cancel()
 	}
 	// Recorded before the connections go back; see above.
-	if err := s.outbox.Settle(rctx, b.token, b.done); err != nil {
-		return handed, err
+	return handed, s.settle(rctx, b)
+}
+
+// settle records the batch's outcomes not recorded yet.
+func (s *Sender) settle(ctx context.Context, b *batch) error {
+	lost, err := s.outbox.Settle(ctx, b.token, b.done)
+	if err != nil {
+		return err
 	}
+	s.unrecorded(lost)
 	b.done = nil
-	return handed, nil
+	return nil
+}
+
+// unrecorded logs the outcomes that found their messages taken by the
+// reaper: the lease had ended (a lease shorter than MinSendLease, or a
+// database slower than handOverTimeout). A message that was being handed
+// over is uncertain now, and this is what became of it.
+func (s *Sender) unrecorded(lost []Outcome) {
+	for _, o := range lost {
+		s.log.Warn("delivery: an outcome could not be recorded: the lease on its message had ended and the reaper had taken it "+
+			"(released it, or made it uncertain if it was being handed to SMTP)",
+			"message", o.ID, "outcome", o.Status, "reason", o.Reason)
+	}
 }
 
 // releaseEmails puts emails never handed to SMTP back to scheduled; marked

@@ -338,7 +338,7 @@ func TestConcurrentHandOvers(t *testing.T) {
 				if r > 0 {
 					done = []delivery.Outcome{{ID: mine[r-2], Status: "sent"}, {ID: mine[r-1], Status: "sent"}}
 				}
-				marked, err := o.outbox.HandOver(t.Context(), tok, done, mine[r:r+2])
+				marked, _, err := o.outbox.HandOver(t.Context(), tok, done, mine[r:r+2])
 				if err != nil {
 					t.Error(err)
 					return
@@ -352,7 +352,7 @@ func TestConcurrentHandOvers(t *testing.T) {
 					t.Errorf("batch %d got back messages not its own: %v", i, marked)
 				}
 			}
-			if err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: mine[8], Status: "sent"}, {ID: mine[9], Status: "sent"}}); err != nil {
+			if _, err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: mine[8], Status: "sent"}, {ID: mine[9], Status: "sent"}}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -385,10 +385,10 @@ func TestOutcomeReasonsAreStoredAsText(t *testing.T) {
 	tok := delivery.NewToken()
 	o.exec(`UPDATE message SET status = 'claimed', claim_token = $1`, tok)
 	bad := "550 \xff\xfe no\x00 such user"
-	if _, err := o.outbox.HandOver(t.Context(), tok, []delivery.Outcome{{ID: ids[0], Status: "failed", Reason: bad}}, ids[1:]); err != nil {
+	if _, _, err := o.outbox.HandOver(t.Context(), tok, []delivery.Outcome{{ID: ids[0], Status: "failed", Reason: bad}}, ids[1:]); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: ids[1], Status: "uncertain", Reason: bad}}); err != nil {
+	if _, err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: ids[1], Status: "uncertain", Reason: bad}}); err != nil {
 		t.Fatal(err)
 	}
 	var rows []struct {
@@ -603,5 +603,77 @@ func TestAFailedHandOverThatCannotBeWithdrawnIsLoggedTruthfully(t *testing.T) {
 		"and makes uncertain any the hand-over did mark sending, which are safe to resend (POST /v1/messages/{id}/resolve {\\\"action\\\": \\\"resend\\\"})\" messages=\"%v\"", ids)
 	if !strings.Contains(log.String(), want) {
 		t.Fatalf("log:\n%s\nwant it to say: %s", log, want)
+	}
+}
+
+// An outcome whose message the reaper took meanwhile (its lease ended) is
+// not recorded over what the reaper wrote; HandOver and Settle return it,
+// so that the worker can say what became of the message.
+func TestOutcomesOfReapedMessagesAreReturned(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(3)
+	tok := delivery.NewToken()
+	o.exec(`UPDATE message SET status = 'claimed', claim_token = $1, claimed_at = now()`, tok)
+	if _, _, err := o.outbox.HandOver(t.Context(), tok, nil, ids); err != nil {
+		t.Fatal(err)
+	}
+	// The first two outlive their lease while being handed over.
+	o.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour' WHERE id = ANY($1)`, pq.Array(ids[:2]))
+	if _, uncertain, err := o.outbox.Reap(t.Context(), time.Minute); err != nil || uncertain != 2 {
+		t.Fatalf("reaped %d uncertain (%v), want 2", uncertain, err)
+	}
+	_, lost, err := o.outbox.HandOver(t.Context(), tok, []delivery.Outcome{{ID: ids[0], Status: "sent"}, {ID: ids[2], Status: "sent"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []delivery.Outcome{{ID: ids[0], Status: "sent"}}; !slices.Equal(lost, want) {
+		t.Errorf("hand-over: not recorded %v, want %v", lost, want)
+	}
+	lost, err = o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: ids[1], Status: "failed", Reason: "550 no such user"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []delivery.Outcome{{ID: ids[1], Status: "failed", Reason: "550 no such user"}}; !slices.Equal(lost, want) {
+		t.Errorf("settle: not recorded %v, want %v", lost, want)
+	}
+	if got := fmt.Sprint(o.messages()); !strings.HasPrefix(got, "[uncertain: no outcome was recorded within the lease") || !strings.HasSuffix(got, " sent: ]") {
+		t.Errorf("messages: %s, want the reaped ones uncertain and the last sent", got)
+	}
+}
+
+// A send that outlasts its lease (here the server holds the message at the
+// end of DATA while the reaper runs) finds its message uncertain: the
+// worker logs what became of it.
+func TestASendThatOutlastedItsLeaseIsLogged(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(1)
+	g := startGate(t)
+	o.mailer = newMailer(t, g.url, delivery.MailerOptions{Connections: 1})
+	sender, log := o.withLog()
+	done := make(chan error, 1)
+	go func() {
+		_, err := sender.SendBatch(t.Context(), ids)
+		done <- err
+	}()
+	select {
+	case <-g.arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the message did not reach the server")
+	}
+	o.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour'`)
+	if _, uncertain, err := o.outbox.Reap(t.Context(), time.Minute); err != nil || uncertain != 1 {
+		t.Fatalf("reaped %d uncertain (%v), want 1", uncertain, err)
+	}
+	g.pass <- struct{}{}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := o.messages(); len(got) != 1 || !strings.HasPrefix(got[0], "uncertain: ") {
+		t.Fatalf("messages %q, want it left uncertain", got)
+	}
+	want := fmt.Sprintf("level=WARN msg=\"delivery: an outcome could not be recorded: the lease on its message had ended and the reaper had taken it "+
+		"(released it, or made it uncertain if it was being handed to SMTP)\" message=%d outcome=sent", ids[0])
+	if !strings.Contains(log.String(), want) {
+		t.Fatalf("log:\n%s\nwant: %s", log, want)
 	}
 }

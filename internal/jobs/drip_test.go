@@ -168,7 +168,7 @@ func TestADripGoesOnAfterAWorkerDiedMidSend(t *testing.T) {
 	one := r.ids("one")
 	tok := delivery.NewToken()
 	r.exec(`UPDATE message SET status = 'claimed', claim_token = $1, claimed_at = now() WHERE id = $2`, tok, one[0])
-	if _, err := r.outbox.HandOver(ctx, tok, nil, one[:1]); err != nil {
+	if _, _, err := r.outbox.HandOver(ctx, tok, nil, one[:1]); err != nil {
 		t.Fatal(err)
 	}
 	// ... and the worker is gone. Another batch sends the second message.
