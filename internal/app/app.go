@@ -168,7 +168,7 @@ func (a *App) wireCampaigns() error {
 		a.Log.Info("signing campaign mail with DKIM", "domain", cfg.DKIMDomain, "selector", cfg.DKIMSelector,
 			"algorithm", dkim.Algorithm(), "txt_name", name, "txt_record", record)
 	}
-	mailer, err := delivery.NewMailer(cfg.SMTPURL, delivery.MailerOptions{Connections: cfg.SMTPConnections})
+	mailer, err := delivery.NewMailer(cfg.SMTPURL, delivery.MailerOptions{Connections: cfg.SMTPConnections, Timeout: cfg.SMTPTimeout})
 	if err != nil {
 		return fmt.Errorf("app: TEND_SMTP_URL: %w", err)
 	}
@@ -223,12 +223,14 @@ func (a *App) Worker() *jobs.Worker {
 func (a *App) Scheduler() *jobs.Scheduler {
 	sweep := &jobs.DeliverySweep{Outbox: a.Outbox, Enroller: a.Enroller, Client: a.Jobs, Log: a.Log,
 		Lease: a.Cfg.SendLease, RequeueAfter: time.Minute, MaxDelay: a.Cfg.MaxDelay}
+	stalled := &jobs.StalledDrips{Enroller: a.Enroller, Clock: a.Clock, Log: a.Log,
+		Every: time.Minute, Batch: 1000, Budget: 500 * time.Millisecond}
 	retention := &jobs.EventRetention{Accounts: a.Accounts, Clock: a.Clock, Log: a.Log,
 		Retention: a.Cfg.EventRetention, Every: time.Hour, Batch: 10_000, Budget: time.Second}
 	return &jobs.Scheduler{
 		Client: a.Jobs, Engine: a.Engine, Clock: a.Clock, Log: a.Log,
 		FullPass: a.Cfg.FullPassInterval, Sweep: a.Cfg.SweepInterval,
-		Also: []func(context.Context) error{sweep.Run, retention.Run},
+		Also: []func(context.Context) error{sweep.Run, stalled.Run, retention.Run},
 	}
 }
 

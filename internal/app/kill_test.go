@@ -18,6 +18,7 @@ import (
 
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/clock"
+	"github.com/tendhq/tend/internal/delivery"
 	"github.com/tendhq/tend/internal/smtptest"
 	"github.com/tendhq/tend/internal/testsvc"
 )
@@ -80,10 +81,15 @@ func killMidBatch(t *testing.T, connections, concurrency int) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
+	// The shortest lease that outlasts a live worker's hand-over, with a
+	// short SMTP timeout (the server is on loopback): the dead worker's
+	// messages are reclaimed within a minute.
+	const smtpTimeout = 2 * time.Second
 	env := []string{
 		"TEND_DATABASE_URL=" + db.URL, "TEND_REDIS_URL=" + rd.URL, "TEND_SMTP_URL=" + sink.URL(),
 		"TEND_HTTP_ADDR=" + addr, "TEND_PUBLIC_URL=http://" + addr, "TEND_SWEEP_INTERVAL=200ms",
-		"TEND_SEND_LEASE=10s", fmt.Sprintf("TEND_SMTP_CONNECTIONS=%d", connections),
+		"TEND_SMTP_TIMEOUT=" + smtpTimeout.String(), "TEND_SEND_LEASE=" + delivery.MinSendLease(smtpTimeout).String(),
+		fmt.Sprintf("TEND_SMTP_CONNECTIONS=%d", connections),
 		fmt.Sprintf("TEND_WORKER_CONCURRENCY=%d", concurrency), "TEND_LOG_LEVEL=warn",
 	}
 	_, key, err := apikey.NewStore(db.DB, clock.System{}).Create(context.Background(), "kill-test", apikey.Admin)
@@ -134,8 +140,9 @@ func killMidBatch(t *testing.T, connections, concurrency int) {
 	startProcess(t, bin, env)
 
 	// Messages whose task Redis lost before any worker took it come back
-	// once the sweep's requeue delay (a minute) has passed.
-	api.eventually("every message settled", 2*time.Minute, func() bool {
+	// once the sweep's requeue delay (a minute) has passed, and those the
+	// dead worker held once their lease has.
+	api.eventually("every message settled", 3*time.Minute, func() bool {
 		var open int
 		db.Get(&open, `SELECT count(*) FROM message WHERE status IN ('scheduled', 'claimed', 'sending')`)
 		return open == 0

@@ -522,10 +522,19 @@ func (e *Enroller) Convert(ctx context.Context, q postgres.Queryer, enrollmentID
 
 // Advance moves enrollments whose current step is finished (every message
 // sent, failed, skipped or uncertain) to their next step, anchored on the
-// step's last send, or completes them after the last step.
+// step's last send, or completes them after the last step. A step whose
+// messages are all gone (their contacts deleted) is finished too, anchored
+// where it was. Running it again, or concurrently, advances a step once: an
+// enrollment is moved on only from the step it was read at, under its lock.
 func (e *Enroller) Advance(ctx context.Context, tx *sqlx.Tx, enrollmentIDs []int64) error {
+	_, err := e.advance(ctx, tx, enrollmentIDs)
+	return err
+}
+
+// advance is Advance, and says how many enrollments it moved on.
+func (e *Enroller) advance(ctx context.Context, tx *sqlx.Tx, enrollmentIDs []int64) (int, error) {
 	if len(enrollmentIDs) == 0 {
-		return nil
+		return 0, nil
 	}
 	var rows []struct {
 		ID         int64         `db:"id"`
@@ -538,22 +547,22 @@ func (e *Enroller) Advance(ctx context.Context, tx *sqlx.Tx, enrollmentIDs []int
 		Anchor     time.Time     `db:"anchor"`
 	}
 	// Locks the enrollments so two workers finishing a step's last two
-	// messages agree on one advance.
+	// messages agree on one advance. (bool_and over no message is null.)
 	err := tx.SelectContext(ctx, &rows, `
 		SELECT en.id, en.campaign_id, en.version, en.account_id, en.step, en.contacts, v.definition,
-		       coalesce(max(m.sent_at), max(m.due_at)) AS anchor
+		       coalesce(max(m.sent_at), max(m.due_at), en.anchor_at) AS anchor
 		FROM enrollment en
 		JOIN campaign_version v ON v.campaign_id = en.campaign_id AND v.version = en.version
-		JOIN message m ON m.enrollment_id = en.id AND m.step_id = v.definition->'steps'->en.step->>'id'
+		LEFT JOIN message m ON m.enrollment_id = en.id AND m.step_id = v.definition->'steps'->en.step->>'id'
 		WHERE en.id = ANY($1) AND en.status = 'active'
 		GROUP BY en.id, v.definition
-		HAVING bool_and(m.status IN ('sent', 'failed', 'skipped', 'uncertain'))
+		HAVING bool_and(m.status IN ('sent', 'failed', 'skipped', 'uncertain')) IS NOT FALSE
 		ORDER BY en.id`, pq.Array(enrollmentIDs))
 	if err != nil {
-		return fmt.Errorf("campaign: advance: %w", err)
+		return 0, fmt.Errorf("campaign: advance: %w", err)
 	}
 	if len(rows) == 0 {
-		return nil
+		return 0, nil
 	}
 	// Lock them at the step read, in id order: an enrollment advanced or
 	// finished by someone else meanwhile drops out.
@@ -569,7 +578,7 @@ func (e *Enroller) Advance(ctx context.Context, tx *sqlx.Tx, enrollmentIDs []int
 		WHERE en.status = 'active'
 		ORDER BY en.id
 		FOR UPDATE OF en`, pq.Array(ids), pq.Array(steps)); err != nil {
-		return fmt.Errorf("campaign: advance: %w", err)
+		return 0, fmt.Errorf("campaign: advance: %w", err)
 	}
 	mine := make(map[int64]bool, len(locked))
 	for _, id := range locked {
@@ -587,7 +596,7 @@ func (e *Enroller) Advance(ctx context.Context, tx *sqlx.Tx, enrollmentIDs []int
 		if !ok {
 			def = new(Definition)
 			if err := json.Unmarshal(r.Raw, def); err != nil {
-				return fmt.Errorf("campaign: advance: %w", err)
+				return 0, fmt.Errorf("campaign: advance: %w", err)
 			}
 			defs[k] = def
 		}
@@ -602,10 +611,81 @@ func (e *Enroller) Advance(ctx context.Context, tx *sqlx.Tx, enrollmentIDs []int
 		if _, err := tx.ExecContext(ctx, `
 			UPDATE enrollment SET status = 'completed', finished_at = $2, finish_reason = 'every step done'
 			WHERE id = ANY($1)`, pq.Array(done), e.clock.Now()); err != nil {
-			return fmt.Errorf("campaign: complete: %w", err)
+			return 0, fmt.Errorf("campaign: complete: %w", err)
 		}
 	}
-	return e.scheduleSteps(ctx, tx, plans)
+	return len(done) + len(plans), e.scheduleSteps(ctx, tx, plans)
+}
+
+// StalledCursor is where AdvanceStalled goes on: the last active enrollment
+// it read, by (campaign, account), the order of the enrollment_running
+// index. The zero cursor is the start.
+type StalledCursor struct {
+	Campaign, Account int64
+}
+
+// AdvanceStalled advances the drip enrollments among the next limit active
+// ones after cur whose current step is finished though they are still on
+// it: each step is advanced by the batch that settles its last message, so
+// this is for steps settled otherwise (a message left sending by a worker
+// that died and marked uncertain by the reaper, skipped past a hold, dropped
+// by an operator) and for advances that failed or never ran. It finds them
+// with one statement a page and moves them on through Advance, which checks
+// again under lock. It returns the cursor to go on from, the zero cursor
+// once it has read the last active enrollment, and how many it advanced.
+func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit int) (StalledCursor, int, error) {
+	var page []struct {
+		ID       int64 `db:"id"`
+		Campaign int64 `db:"campaign_id"`
+		Account  int64 `db:"account_id"`
+		Finished bool  `db:"finished"`
+	}
+	// A page of active enrollments, read through the enrollment_running
+	// index, each checked with one look-up of its current step's unsettled
+	// messages. The step ids are taken once per campaign version on the
+	// page, not from the definition once per enrollment.
+	if err := e.db.SelectContext(ctx, &page, `
+		WITH page AS (
+			SELECT id, campaign_id, account_id, version, step FROM enrollment
+			WHERE status = 'active' AND (campaign_id, account_id) > ($1, $2)
+			ORDER BY campaign_id, account_id LIMIT $3
+		), steps AS (
+			SELECT v.campaign_id, v.version, s.i - 1 AS step, s.step->>'id' AS step_id
+			FROM campaign_version v, jsonb_array_elements(v.definition->'steps') WITH ORDINALITY AS s(step, i)
+			WHERE (v.campaign_id, v.version) IN (SELECT campaign_id, version FROM page)
+		)
+		SELECT p.id, p.campaign_id, p.account_id,
+		       st.step_id IS NOT NULL AND NOT EXISTS (
+		           SELECT 1 FROM message m WHERE m.enrollment_id = p.id AND m.step_id = st.step_id
+		             AND m.status IN ('scheduled', 'claimed', 'sending')) AS finished
+		FROM page p LEFT JOIN steps st ON st.campaign_id = p.campaign_id AND st.version = p.version AND st.step = p.step
+		ORDER BY p.campaign_id, p.account_id`, cur.Campaign, cur.Account, limit); err != nil {
+		return cur, 0, fmt.Errorf("campaign: stalled enrollments: %w", err)
+	}
+	if len(page) < limit {
+		cur = StalledCursor{}
+	} else {
+		last := page[len(page)-1]
+		cur = StalledCursor{last.Campaign, last.Account}
+	}
+	var ids []int64
+	for _, p := range page {
+		if p.Finished {
+			ids = append(ids, p.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return cur, 0, nil
+	}
+	var advanced int
+	err := postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) (err error) {
+		advanced, err = e.advance(ctx, tx, ids)
+		return err
+	})
+	if err != nil {
+		return cur, 0, err
+	}
+	return cur, advanced, nil
 }
 
 // PendingSegmentEvents reports whether segment entries or exits wait to be

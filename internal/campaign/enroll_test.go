@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -447,5 +448,69 @@ func TestEnrollExistingPagesThroughTheSegment(t *testing.T) {
 	}
 	if fmt.Sprint(per) != "[1 1 1 1 1]" {
 		t.Fatalf("messages per enrollment %v, want one first-step message each", per)
+	}
+}
+
+// AdvanceStalled moves on the enrollments whose step was settled without
+// them moving on (a message made uncertain by the reaper, a step whose
+// contact was deleted with its messages), not those still waiting on a
+// message, and each only once, however many passes run at once.
+func TestAdvanceStalledMovesEachStepOnce(t *testing.T) {
+	l := newLoop(t)
+	ctx := context.Background()
+	l.riskySegment()
+	d := riskDrip()
+	d.Audience = ""
+	l.applyDrip(d)
+	for _, id := range []string{"a1", "a2", "a3", "a4"} {
+		l.account(id, "UTC", account.ContactInput{ID: id + "-ann", Email: ptr(id + "-ann@example.com")})
+		l.risk(id, "high")
+	}
+	l.db.MustExec(`UPDATE message m SET status = 'uncertain', reason = 'reaped' FROM contact c
+		WHERE c.id = m.contact_id AND c.external_id IN ('a1-ann', 'a2-ann')`)
+	l.db.MustExec(`DELETE FROM contact WHERE external_id = 'a4-ann'`)
+
+	const passes = 4
+	moved := make(chan int, passes)
+	errs := make(chan error, passes)
+	for range passes {
+		go func() {
+			_, n, err := l.enroller.AdvanceStalled(ctx, campaign.StalledCursor{}, 100)
+			moved <- n
+			errs <- err
+		}()
+	}
+	total := 0
+	for range passes {
+		total += <-moved
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if total != 3 {
+		t.Errorf("%d passes at once moved %d enrollments on, want 3 (a1, a2, a4) once each", passes, total)
+	}
+	state := func() string {
+		t.Helper()
+		var rows []string
+		if err := l.db.Select(&rows, `
+			SELECT a.external_id || ' ' || en.status || ' at ' || en.step || coalesce(' (' || nullif(en.finish_reason, '') || ')', '') || ':' ||
+			       coalesce((SELECT string_agg(m.step_id || ' ' || m.status, ',' ORDER BY m.id) FROM message m WHERE m.enrollment_id = en.id), '')
+			FROM enrollment en JOIN account a ON a.id = en.account_id ORDER BY a.external_id`); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(rows, "; ")
+	}
+	want := "a1 active at 1:one uncertain,two scheduled; a2 active at 1:one uncertain,two scheduled; " +
+		"a3 active at 0:one scheduled; a4 completed at 0 (no contact in the audience):"
+	if got := state(); got != want {
+		t.Fatalf("after the passes:\n got %s\nwant %s", got, want)
+	}
+	// Again: nothing to move on, nothing written.
+	if _, n, err := l.enroller.AdvanceStalled(ctx, campaign.StalledCursor{}, 100); err != nil || n != 0 {
+		t.Fatalf("a second pass moved %d on (%v), want none", n, err)
+	}
+	if got := state(); got != want {
+		t.Fatalf("after a second pass:\n got %s\nwant %s", got, want)
 	}
 }

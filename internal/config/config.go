@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+
+	"github.com/tendhq/tend/internal/delivery"
 )
 
 // DevSecret is the default signing secret. It is fine on a laptop and wrong
@@ -52,9 +54,13 @@ type Config struct {
 	PostalAddress string `env:"TEND_POSTAL_ADDRESS" envDefault:"Tend demo, 1 Example Street, Springfield"`
 	// SMTPConnections is the number of reused SMTP connections per process.
 	SMTPConnections int `env:"TEND_SMTP_CONNECTIONS" envDefault:"8"`
+	// SMTPTimeout bounds each step of an SMTP connection's dial, each
+	// message's SMTP transaction, and each NOOP or RSET.
+	SMTPTimeout time.Duration `env:"TEND_SMTP_TIMEOUT" envDefault:"15s"`
 	// SendLease is how long a worker may hold a message it is sending
 	// before it is presumed dead (claimed messages are released, the one
-	// being handed over becomes uncertain).
+	// being handed over becomes uncertain). At least
+	// delivery.MinSendLease(SMTPTimeout), so that a live worker's is not.
 	SendLease time.Duration `env:"TEND_SEND_LEASE" envDefault:"5m"`
 	// CapPerContact and CapPerAccount limit messages (every campaign and
 	// channel together) per contact and per account in CapWindow; 0 turns a
@@ -186,8 +192,12 @@ func (c Config) Validate() error {
 	if c.MaxDelay < time.Minute {
 		bad("TEND_MAX_DELAY", "want a duration of at least 1m, such as 72h")
 	}
-	if c.SendLease < 10*time.Second {
-		bad("TEND_SEND_LEASE", "want at least 10s (longer than one SMTP hand-over), such as 5m")
+	if c.SMTPTimeout < time.Second {
+		bad("TEND_SMTP_TIMEOUT", "want a duration of at least 1s, such as 15s")
+	} else if least := delivery.MinSendLease(c.SMTPTimeout); c.SendLease < least {
+		bad("TEND_SEND_LEASE", "want at least %s with TEND_SMTP_TIMEOUT=%s, got %s: a message's hand-over to SMTP, with its retry "+
+			"on a stale connection and the commits around it, can take that long, and a message still being handed over "+
+			"when its lease ends is made uncertain", least, c.SMTPTimeout, c.SendLease)
 	}
 	if _, err := time.LoadLocation(c.DefaultTimezone); err != nil || c.DefaultTimezone == "" {
 		bad("TEND_DEFAULT_TIMEZONE", "want an IANA time zone such as Europe/Paris, got %q", c.DefaultTimezone)

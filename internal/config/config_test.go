@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/tendhq/tend/internal/delivery"
 )
 
 func TestLoadDefaults(t *testing.T) {
@@ -84,5 +87,39 @@ func TestDKIMIsAllOrNothing(t *testing.T) {
 				t.Errorf("%v: the error does not name %s: %v", tt.env, name, err)
 			}
 		}
+	}
+}
+
+// The send lease must outlast a hand-over to SMTP at the SMTP timeout: a
+// shorter one would let the reaper make a message a live worker is still
+// handing over uncertain.
+func TestTheSendLeaseOutlastsAHandOver(t *testing.T) {
+	cfg, err := Load(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if least := delivery.MinSendLease(cfg.SMTPTimeout); cfg.SendLease < least || least < delivery.MaxHandOver(cfg.SMTPTimeout) {
+		t.Fatalf("the default lease %s, the least for the default SMTP timeout %s: %s", cfg.SendLease, cfg.SMTPTimeout, least)
+	}
+	for _, tt := range []struct {
+		env map[string]string
+		ok  bool
+	}{
+		{map[string]string{"TEND_SEND_LEASE": "10s"}, false},
+		{map[string]string{"TEND_SEND_LEASE": (delivery.MinSendLease(15*time.Second) - time.Second).String()}, false},
+		{map[string]string{"TEND_SEND_LEASE": delivery.MinSendLease(15 * time.Second).String()}, true},
+		{map[string]string{"TEND_SMTP_TIMEOUT": "1m", "TEND_SEND_LEASE": "5m"}, false},
+		{map[string]string{"TEND_SMTP_TIMEOUT": "2s", "TEND_SEND_LEASE": "1m"}, true},
+	} {
+		_, err := Load(tt.env)
+		switch {
+		case tt.ok && err != nil:
+			t.Errorf("%v: %v", tt.env, err)
+		case !tt.ok && (err == nil || !strings.Contains(err.Error(), "TEND_SEND_LEASE: want at least")):
+			t.Errorf("%v: want an error saying how long the lease must be, got %v", tt.env, err)
+		}
+	}
+	if _, err := Load(map[string]string{"TEND_SMTP_TIMEOUT": "100ms"}); err == nil || !strings.Contains(err.Error(), "TEND_SMTP_TIMEOUT") {
+		t.Errorf("a 100ms SMTP timeout: want an error naming TEND_SMTP_TIMEOUT, got %v", err)
 	}
 }

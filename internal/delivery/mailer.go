@@ -31,13 +31,35 @@ import (
 type MailerOptions struct {
 	// Connections is the most SMTP connections open at once (default 8).
 	Connections int
-	// Timeout bounds dialling (TCP, TLS, EHLO, AUTH) and each message's
-	// handover (default 15s).
+	// Timeout bounds each step of dialling (the TCP and TLS connect, the
+	// greeting, then EHLO, STARTTLS and AUTH together), each message's
+	// SMTP transaction, and a NOOP or RSET (default DefaultTimeout). See
+	// MaxHandOver.
 	Timeout time.Duration
 	// HELO is the name sent in EHLO (default: the host name).
 	HELO string
 	// TLSSkipVerify accepts any server certificate (self-signed test servers).
 	TLSSkipVerify bool
+}
+
+// DefaultTimeout is MailerOptions.Timeout when it is not set.
+const DefaultTimeout = mail.DefaultTimeout
+
+// handOverTimeouts is how many Timeouts one message's handover can take at
+// most (see run): a NOOP checking the idle connection it is given (1), the
+// transaction (1); when that connection turns out to be closed, a new
+// connection (3: connect, greeting, EHLO to AUTH) and the transaction again
+// (1); after a failure the server answered, RSET (1).
+const handOverTimeouts = 7
+
+// MaxHandOver is the longest one message's handover to SMTP can take, from
+// Send or a Reservation's SendRaw being called on a reserved connection to
+// its return, on a Mailer whose Timeout is timeout.
+func MaxHandOver(timeout time.Duration) time.Duration {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return handOverTimeouts * timeout
 }
 
 const (
@@ -56,9 +78,10 @@ var ErrMailerClosed = errors.New("delivery: mailer closed")
 // Mailer sends email over up to Connections reused SMTP connections. It is
 // safe for concurrent use; each connection carries one message at a time.
 type Mailer struct {
-	client  *mail.Client // configuration and dialling; connections are *smtp.Client
-	timeout time.Duration
-	slots   chan struct{} // one per connection in use; bounds the pool
+	client    *mail.Client // configuration and dialling; connections are *smtp.Client
+	timeout   time.Duration
+	idleCheck time.Duration // idleCheckAfter (tests shorten it)
+	slots     chan struct{} // one per connection in use; bounds the pool
 
 	mu     sync.Mutex
 	idle   []*conn
@@ -94,7 +117,7 @@ func NewMailer(smtpURL string, opts MailerOptions) (*Mailer, error) {
 		opts.Connections = defaultConnections
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = mail.DefaultTimeout
+		opts.Timeout = DefaultTimeout
 	}
 
 	var port int
@@ -164,9 +187,10 @@ func NewMailer(smtpURL string, opts MailerOptions) (*Mailer, error) {
 		return nil, fmt.Errorf("delivery: SMTP client for %q: %w", u.Redacted(), err)
 	}
 	return &Mailer{
-		client:  client,
-		timeout: opts.Timeout,
-		slots:   make(chan struct{}, opts.Connections),
+		client:    client,
+		timeout:   opts.Timeout,
+		idleCheck: idleCheckAfter,
+		slots:     make(chan struct{}, opts.Connections),
 	}, nil
 }
 
@@ -388,11 +412,39 @@ func (m *Mailer) get(ctx context.Context) (*conn, error) {
 		if c == nil {
 			return m.dial(ctx)
 		}
-		if time.Since(c.lastUsed) < idleCheckAfter || m.noop(c) == nil {
+		if time.Since(c.lastUsed) < m.idleCheck || m.noop(c) == nil {
 			c.reused = true
 			return c, nil
 		}
-		_ = c.smtp.Close() // gone stale while idle; try the next
+		// Gone stale while idle. The connections still idle have been so
+		// at least as long (the most recently used is taken first), so
+		// are likely gone too, and checking each could take Timeout: they
+		// are closed unchecked, and a new connection is dialled. One
+		// handover checks one connection at most (see handOverTimeouts).
+		_ = c.smtp.Close()
+		m.closeIdleSince(c.lastUsed)
+		return m.dial(ctx)
+	}
+}
+
+// closeIdleSince closes, without QUIT, the idle connections last used no
+// later than t.
+func (m *Mailer) closeIdleSince(t time.Time) {
+	m.mu.Lock()
+	var stale []*conn
+	kept := m.idle[:0]
+	for _, c := range m.idle {
+		if c.lastUsed.After(t) {
+			kept = append(kept, c)
+		} else {
+			stale = append(stale, c)
+		}
+	}
+	clear(m.idle[len(kept):])
+	m.idle = kept
+	m.mu.Unlock()
+	for _, c := range stale {
+		_ = c.smtp.Close()
 	}
 }
 

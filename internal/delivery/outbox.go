@@ -17,6 +17,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -178,32 +179,66 @@ const recordOutcomes = `
 			last_error = CASE WHEN x.status IN ('failed', 'uncertain') THEN x.reason ELSE m.last_error END
 		FROM unnest((SELECT $1::bigint[]), (SELECT $2::text[]), (SELECT $3::text[]), (SELECT $4::text[])) AS x(id, token, status, reason)
 		WHERE m.id = x.id AND m.claim_token = x.token AND m.status IN ('claimed', 'sending')
+		RETURNING m.id
 	)`
+
+// unrecordedColumn selects, after recordOutcomes, the ids of the outcomes
+// it did not record: their messages were no longer claimed or sending under
+// the batch's token (the reaper had taken them).
+const unrecordedColumn = `
+	ARRAY(SELECT x.id FROM unnest((SELECT $1::bigint[])) AS x(id)
+	      WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = x.id)) AS unrecorded`
 
 // handOverSQL records earlier outcomes and marks the next messages ($7, with
 // their claim tokens $8) as being handed to SMTP now ($6 is real time, for
-// the lease), in one statement and one commit. It returns the ids it marked.
-const handOverSQL = recordOutcomes + `
-	UPDATE message m SET status = 'sending', claimed_at = $6, attempts = m.attempts + 1, updated_at = $5
-	FROM unnest((SELECT $7::bigint[]), (SELECT $8::text[])) AS x(id, token)
-	WHERE m.id = x.id AND m.claim_token = x.token AND m.status = 'claimed'
-	RETURNING m.id`
+// the lease), in one statement and one commit. It returns the ids it marked
+// and those of the outcomes it did not record.
+const handOverSQL = recordOutcomes + `, marked AS (
+		UPDATE message m SET status = 'sending', claimed_at = $6, attempts = m.attempts + 1, updated_at = $5
+		FROM unnest((SELECT $7::bigint[]), (SELECT $8::text[])) AS x(id, token)
+		WHERE m.id = x.id AND m.claim_token = x.token AND m.status = 'claimed'
+		RETURNING m.id
+	)
+	SELECT ARRAY(SELECT id FROM marked) AS marked, ` + unrecordedColumn
 
 // settleAsyncSQL records outcomes with an asynchronous commit:
 // set_config(..., true) lasts until the end of the statement's own
-// transaction, and its commit reads synchronous_commit as it is then.
+// transaction, and its commit reads synchronous_commit as it is then. It
+// returns the ids of the outcomes it did not record.
 const settleAsyncSQL = recordOutcomes + `
-	SELECT set_config('synchronous_commit', 'off', true)`
+	SELECT set_config('synchronous_commit', 'off', true) AS sc, ` + unrecordedColumn
+
+// recorded is what handOverSQL and settleAsyncSQL return.
+type recorded struct {
+	Marked     pq.Int64Array `db:"marked"`
+	Unrecorded pq.Int64Array `db:"unrecorded"`
+	SC         string        `db:"sc"`
+}
+
+// unrecorded returns the outcomes of done whose ids are in ids.
+func unrecorded(done []Outcome, ids []int64) []Outcome {
+	if len(ids) == 0 {
+		return nil
+	}
+	var out []Outcome
+	for _, d := range done {
+		if slices.Contains(ids, d.ID) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
 
 // HandOver records earlier outcomes of the batch and marks the messages next
 // as being handed to SMTP now, durably. From here on a crash makes them
 // uncertain. It returns those it marked: one whose claim was lost (its lease
-// expired and it was released) is not.
+// expired and it was released) is not; and the outcomes it could not record
+// because the reaper had taken their messages.
 //
 // The hand-overs of a process's batches are committed together: a call
 // made while one commit runs waits for the next, which carries every call
 // made meanwhile (see handOvers).
-func (o *Outbox) HandOver(ctx context.Context, token string, done []Outcome, next []int64) (map[int64]bool, error) {
+func (o *Outbox) HandOver(ctx context.Context, token string, done []Outcome, next []int64) (marked map[int64]bool, lost []Outcome, err error) {
 	req := &handOverReq{token: token, done: done, next: next, ready: make(chan struct{})}
 	o.handOvers.mu.Lock()
 	o.handOvers.pending = append(o.handOvers.pending, req)
@@ -216,9 +251,9 @@ func (o *Outbox) HandOver(ctx context.Context, token string, done []Outcome, nex
 	// caller must know what it marked.
 	<-req.ready
 	if req.err != nil {
-		return nil, fmt.Errorf("delivery: hand over: %w", req.err)
+		return nil, nil, fmt.Errorf("delivery: hand over: %w", req.err)
 	}
-	return req.marked, nil
+	return req.marked, req.unrecorded, nil
 }
 
 // handOvers is the queue of HandOver calls waiting for a commit. Each round
@@ -232,18 +267,34 @@ type handOvers struct {
 }
 
 // handOverTimeout bounds a hand-over's commit, which no caller's context
-// does. One that times out is an error for its callers, who withdraw the
-// messages whether or not it committed: none of them was sent.
-const handOverTimeout = time.Minute
+// does, and the writes a round's outcomes call for (see Sender.outcome). A
+// commit that times out is an error for its callers, who withdraw the
+// messages whether or not it committed: none of them was sent. A commit of a
+// few rows that takes this long finds PostgreSQL in trouble.
+const handOverTimeout = 10 * time.Second
+
+// MinSendLease is the shortest lease (TEND_SEND_LEASE) under which the
+// reaper cannot take a message marked sending from a live worker, whose
+// Mailer's Timeout is smtpTimeout. The lease's clock starts when the
+// hand-over's commit does; then come that commit (handOverTimeout), the
+// handover to SMTP (MaxHandOver), the writes the outcome calls for
+// (handOverTimeout), and the commit recording it: the next hand-over's,
+// which may wait for another batch's first (twice handOverTimeout), or the
+// batch's Settle, which should be as quick. Should the database be slower,
+// the outcome is not recorded, and the worker logs it.
+func MinSendLease(smtpTimeout time.Duration) time.Duration {
+	return MaxHandOver(smtpTimeout) + 4*handOverTimeout
+}
 
 // handOverReq is one HandOver call.
 type handOverReq struct {
-	token  string
-	done   []Outcome
-	next   []int64
-	marked map[int64]bool
-	err    error
-	ready  chan struct{} // closed when marked or err is set
+	token      string
+	done       []Outcome
+	next       []int64
+	marked     map[int64]bool
+	unrecorded []Outcome
+	err        error
+	ready      chan struct{} // closed when marked or err is set
 }
 
 // commitHandOvers commits the waiting hand-overs, all in one statement,
@@ -274,13 +325,13 @@ func (o *Outbox) commitHandOvers() {
 			}
 		}
 		ids, statuses, reasons := outcomeArrays(done)
-		var marked []int64
+		var rec recorded
 		ctx, cancel := context.WithTimeout(context.Background(), handOverTimeout)
-		err := o.prepared.Select(ctx, &marked, handOverSQL,
+		err := o.prepared.Get(ctx, &rec, handOverSQL,
 			ids, pq.StringArray(tokens), statuses, reasons, o.clock.Now(), o.wall(), next, nextTokens)
 		cancel()
-		got := make(map[int64]bool, len(marked))
-		for _, id := range marked {
+		got := make(map[int64]bool, len(rec.Marked))
+		for _, id := range rec.Marked {
 			got[id] = true
 		}
 		for _, r := range reqs {
@@ -292,6 +343,7 @@ func (o *Outbox) commitHandOvers() {
 						r.marked[id] = true
 					}
 				}
+				r.unrecorded = unrecorded(r.done, rec.Unrecorded)
 			}
 			close(r.ready)
 		}
@@ -302,21 +354,23 @@ func (o *Outbox) commitHandOvers() {
 // (synchronous_commit off): should a crash of PostgreSQL lose it, a sent
 // message is still "sending" and the reaper marks it uncertain, and a
 // skipped one is still "claimed" and is decided again. Nothing is ever
-// resent; the write that must be durable is HandOver's, and it is.
-func (o *Outbox) Settle(ctx context.Context, token string, done []Outcome) error {
+// resent; the write that must be durable is HandOver's, and it is. It
+// returns the outcomes it could not record because the reaper had taken
+// their messages.
+func (o *Outbox) Settle(ctx context.Context, token string, done []Outcome) ([]Outcome, error) {
 	if len(done) == 0 {
-		return nil
+		return nil, nil
 	}
 	ids, statuses, reasons := outcomeArrays(done)
 	tokens := make(pq.StringArray, len(done))
 	for i := range tokens {
 		tokens[i] = token
 	}
-	var sc string
-	if err := o.prepared.Get(ctx, &sc, settleAsyncSQL, ids, tokens, statuses, reasons, o.clock.Now()); err != nil {
-		return fmt.Errorf("delivery: settle: %w", err)
+	var rec recorded
+	if err := o.prepared.Get(ctx, &rec, settleAsyncSQL, ids, tokens, statuses, reasons, o.clock.Now()); err != nil {
+		return nil, fmt.Errorf("delivery: settle: %w", err)
 	}
-	return nil
+	return unrecorded(done, rec.Unrecorded), nil
 }
 
 // outcomeArrays returns the columns of outcomes as arrays. A reason, which
@@ -410,7 +464,9 @@ func (o *Outbox) withdraw(ctx context.Context, ids []int64, token string) error 
 
 // Reap handles messages whose worker stopped answering: claimed ones whose
 // lease expired go back to scheduled (they never reached SMTP); sending ones
-// become uncertain (they may have been accepted) and are not resent.
+// become uncertain (they may have been accepted) and are not resent. The
+// reaper cannot tell why no outcome came (the worker died, or could not
+// write it), so the reason says only what it knows.
 func (o *Outbox) Reap(ctx context.Context, lease time.Duration) (released, uncertain int64, err error) {
 	cutoff := o.wall().Add(-lease)
 	now := o.clock.Now()
@@ -423,7 +479,7 @@ func (o *Outbox) Reap(ctx context.Context, lease time.Duration) (released, uncer
 	released, _ = res.RowsAffected()
 	res, err = o.db.ExecContext(ctx, `
 		UPDATE message SET status = 'uncertain', updated_at = $2,
-			reason = 'the worker stopped while handing the message to SMTP; it may have been delivered',
+			reason = 'no outcome was recorded within the lease after the message was marked as being handed to SMTP (its worker stopped, or could not write); it may have been delivered',
 			last_error = 'lease expired while sending'
 		WHERE status = 'sending' AND claimed_at < $1`, cutoff, now)
 	if err != nil {

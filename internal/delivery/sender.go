@@ -271,14 +271,14 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (Sent, error) {
 	handed, handErr := s.handOver(ctx, b, ready)
 	sent += handed
 	if handErr != nil {
-		s.log.Error("delivery: hand-over failed; the rest of the batch goes back to scheduled", "err", handErr)
+		s.log.Error("delivery: hand-over failed; the emails not handed over yet were not sent", "err", handErr)
 	}
 	if nudged > 0 {
 		b.tally("delivered", nudged)
 	}
 	b.tally("deferred", len(b.deferred))
 	res := Sent{Delivered: sent, Outcomes: b.outcomes}
-	if err := s.outbox.Settle(fin, token, b.done); err != nil {
+	if err := s.settle(fin, b); err != nil {
 		return res, err
 	}
 	// After Settle committed, both: the accounts emailed are marked changed
@@ -570,7 +570,14 @@ func (s *Sender) prepare(ctx context.Context, m *claimed, accounts map[int64]*ac
 		}
 		if def.Goal != "" {
 			ok, err := s.eval(def.Goal, campaign.CompileGoal, info.profile)
-			if err == nil && ok {
+			switch {
+			case err != nil:
+				// Like unless below, and a segment predicate that fails for
+				// an account: what cannot be evaluated sends nothing. The
+				// account may have converted; the step is skipped with the
+				// error, the enrollment goes on.
+				return skip("goal could not be evaluated: " + err.Error())
+			case ok:
 				// Converted with the batch's others, after the loop.
 				if m.EnrollmentID != nil {
 					b.converted = append(b.converted, *m.EnrollmentID)
@@ -671,16 +678,15 @@ func (s *Sender) handOver(ctx context.Context, b *batch, queue []*email) (int, e
 		for i, e := range round {
 			next[i] = e.m.ID
 		}
-		marked, err := s.outbox.HandOver(ctx, b.token, b.done, next)
+		marked, lost, err := s.outbox.HandOver(ctx, b.token, b.done, next)
 		if err != nil {
 			// None of these reached SMTP, whether or not the commit
 			// happened.
 			s.releaseEmails(ctx, b.token, queue, true)
-			if s.outbox.Settle(rctx, b.token, b.done) == nil {
-				b.done = nil
-			}
+			_ = s.settle(rctx, b) // else SendBatch's Settle tries again
 			return handed, err
 		}
+		s.unrecorded(lost)
 		b.done = nil
 		// The previous round's outcomes are recorded: connections beyond
 		// this round's can go.
@@ -694,22 +700,46 @@ func (s *Sender) handOver(ctx context.Context, b *batch, queue []*email) (int, e
 			}
 		}
 		wg.Wait()
+		// The writes the outcomes call for are bounded, as the commits
+		// are, so that the outcomes are recorded within the lease (see
+		// MinSendLease).
+		octx, cancel := context.WithTimeout(rctx, handOverTimeout)
 		for i, e := range round {
 			if !marked[e.m.ID] {
 				continue // its claim was lost: another worker has it
 			}
 			handed++
-			if err := s.outcome(rctx, e, errs[i], b); err != nil {
-				s.log.Error("delivery: recording an outcome failed", "message", e.m.ID, "err", err)
+			if err := s.outcome(octx, e, errs[i], b); err != nil {
+				s.log.Error("delivery: after a send", "message", e.m.ID, "err", err)
 			}
 		}
+		cancel()
 	}
 	// Recorded before the connections go back; see above.
-	if err := s.outbox.Settle(rctx, b.token, b.done); err != nil {
-		return handed, err
+	return handed, s.settle(rctx, b)
+}
+
+// settle records the batch's outcomes not recorded yet.
+func (s *Sender) settle(ctx context.Context, b *batch) error {
+	lost, err := s.outbox.Settle(ctx, b.token, b.done)
+	if err != nil {
+		return err
 	}
+	s.unrecorded(lost)
 	b.done = nil
-	return handed, nil
+	return nil
+}
+
+// unrecorded logs the outcomes that found their messages taken by the
+// reaper: the lease had ended (a lease shorter than MinSendLease, or a
+// database slower than handOverTimeout). A message that was being handed
+// over is uncertain now, and this is what became of it.
+func (s *Sender) unrecorded(lost []Outcome) {
+	for _, o := range lost {
+		s.log.Warn("delivery: an outcome could not be recorded: the lease on its message had ended and the reaper had taken it "+
+			"(released it, or made it uncertain if it was being handed to SMTP)",
+			"message", o.ID, "outcome", o.Status, "reason", o.Reason)
+	}
 }
 
 // releaseEmails puts emails never handed to SMTP back to scheduled; marked
@@ -720,16 +750,25 @@ func (s *Sender) releaseEmails(ctx context.Context, token string, queue []*email
 	for i, e := range queue {
 		ids[i] = e.m.ID
 	}
-	release := s.outbox.Release
-	if marked {
-		release = s.outbox.withdraw
+	if !marked {
+		if err := s.outbox.Release(context.WithoutCancel(ctx), ids, token); err != nil {
+			s.log.Error("delivery: release failed; the reaper releases the messages when their lease ends", "messages", ids, "err", err)
+		}
+		return
 	}
-	if err := release(context.WithoutCancel(ctx), ids, token); err != nil {
-		s.log.Error("delivery: release failed; the reaper will reclaim the messages", "err", err)
+	if err := s.outbox.withdraw(context.WithoutCancel(ctx), ids, token); err != nil {
+		// Whatever the reaper then says of them, none was sent.
+		s.log.Error("delivery: messages of a failed hand-over could not be put back; none was handed to SMTP: "+
+			"when their lease ends the reaper releases those still claimed, and makes uncertain any the hand-over did mark sending, "+
+			"which are safe to resend (POST /v1/messages/{id}/resolve {\"action\": \"resend\"})", "messages", ids, "err", err)
 	}
 }
 
-// outcome records what became of an email handed to SMTP.
+// outcome records what became of an email handed to SMTP. The outcome is
+// recorded whatever happens to its side effects (suppressing a hard-bounced
+// address, scheduling a retry): a message left sending would be made
+// uncertain by the reaper, said to be perhaps delivered when the server
+// refused it. A side effect that fails is returned.
 func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch) error {
 	m := e.m
 	if sendErr == nil {
@@ -750,15 +789,22 @@ func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch)
 	case se.Uncertain():
 		b.record(m.ID, StatusUncertain, "the SMTP server did not confirm the message: "+se.Error())
 	case IsHardBounce(se):
+		b.record(m.ID, StatusFailed, "hard bounce: "+se.Error())
 		if _, err := s.db.ExecContext(ctx, `
 			INSERT INTO suppression (email, reason, at) VALUES (lower($1), $2, $3) ON CONFLICT (email) DO NOTHING`,
 			e.to, "hard bounce: "+se.Error(), s.clock.Now()); err != nil {
-			return fmt.Errorf("delivery: suppress: %w", err)
+			return fmt.Errorf("delivery: message %d failed (hard bounce), but its address was not suppressed: %w", m.ID, err)
 		}
-		b.record(m.ID, StatusFailed, "hard bounce: "+se.Error())
 	case se.Temporary && m.Attempts+1 < s.opts.MaxAttempts:
+		if err := s.outbox.Retry(ctx, m.ID, b.token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error()); err != nil {
+			// Not delivered, and not to be retried: failed, with the
+			// server's answer. (Should the retry have been written all
+			// the same, it holds; this outcome then finds the message
+			// no longer claimed.)
+			b.record(m.ID, StatusFailed, "temporary failure, not retried (the retry could not be scheduled): "+se.Error())
+			return fmt.Errorf("delivery: message %d was refused for now, and its retry could not be scheduled: %w", m.ID, err)
+		}
 		b.tally("retry", 1)
-		return s.outbox.Retry(ctx, m.ID, b.token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error())
 	default:
 		b.record(m.ID, StatusFailed, se.Error())
 	}

@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -336,7 +338,7 @@ func TestConcurrentHandOvers(t *testing.T) {
 				if r > 0 {
 					done = []delivery.Outcome{{ID: mine[r-2], Status: "sent"}, {ID: mine[r-1], Status: "sent"}}
 				}
-				marked, err := o.outbox.HandOver(t.Context(), tok, done, mine[r:r+2])
+				marked, _, err := o.outbox.HandOver(t.Context(), tok, done, mine[r:r+2])
 				if err != nil {
 					t.Error(err)
 					return
@@ -350,7 +352,7 @@ func TestConcurrentHandOvers(t *testing.T) {
 					t.Errorf("batch %d got back messages not its own: %v", i, marked)
 				}
 			}
-			if err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: mine[8], Status: "sent"}, {ID: mine[9], Status: "sent"}}); err != nil {
+			if _, err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: mine[8], Status: "sent"}, {ID: mine[9], Status: "sent"}}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -383,10 +385,10 @@ func TestOutcomeReasonsAreStoredAsText(t *testing.T) {
 	tok := delivery.NewToken()
 	o.exec(`UPDATE message SET status = 'claimed', claim_token = $1`, tok)
 	bad := "550 \xff\xfe no\x00 such user"
-	if _, err := o.outbox.HandOver(t.Context(), tok, []delivery.Outcome{{ID: ids[0], Status: "failed", Reason: bad}}, ids[1:]); err != nil {
+	if _, _, err := o.outbox.HandOver(t.Context(), tok, []delivery.Outcome{{ID: ids[0], Status: "failed", Reason: bad}}, ids[1:]); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: ids[1], Status: "uncertain", Reason: bad}}); err != nil {
+	if _, err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: ids[1], Status: "uncertain", Reason: bad}}); err != nil {
 		t.Fatal(err)
 	}
 	var rows []struct {
@@ -467,5 +469,211 @@ func TestOutboxGauges(t *testing.T) {
 	o.exec(`UPDATE message SET status = 'uncertain' WHERE id = $1`, ids[1])
 	if g := gauges(); g != (delivery.Gauges{OldestDue: 10 * time.Minute, InFlight: 1, Uncertain: 1}) {
 		t.Errorf("one sending, one uncertain, one due: %+v", g)
+	}
+}
+
+// A goal that fails at run time (here a trait of the wrong type) decides
+// nothing: the message is skipped with the error, as one whose unless
+// fails is, and the enrollment is not converted.
+func TestAGoalThatFailsSendsNothing(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(2)
+	o.exec(`UPDATE account SET traits = '{"tier": "gold"}'`)
+	o.exec(`UPDATE campaign_version SET definition = jsonb_set(definition, '{goal}', '"traits.tier > 3"')`)
+	if _, err := o.sender.SendBatch(t.Context(), ids); err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		Status string `db:"status"`
+		Reason string `db:"reason"`
+	}
+	if err := o.db.Select(&rows, `SELECT status, reason FROM message ORDER BY id`); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rows {
+		if r.Status != "skipped" || !strings.HasPrefix(r.Reason, "goal could not be evaluated: ") {
+			t.Errorf("message %d: %s (%q), want skipped because the goal could not be evaluated", ids[i], r.Status, r.Reason)
+		}
+	}
+	if o.smtp.Count() != 0 {
+		t.Errorf("the server holds %d messages, want none", o.smtp.Count())
+	}
+	var status string
+	o.db.Get(&status, `SELECT status FROM enrollment`)
+	if status == "converted" {
+		t.Errorf("enrollment %s, want not converted", status)
+	}
+}
+
+// withLog returns a sender like o's whose log is kept in a buffer.
+func (o *outbox) withLog() (*delivery.Sender, *syncBuffer) {
+	o.t.Helper()
+	buf := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(buf, nil))
+	renderer := &render.Renderer{Signer: token.NewSigner([]byte("sender-test-secret-0123456789")), PublicURL: "http://tend.test",
+		PostalAddress: "Acme, 1 Main St"}
+	return delivery.NewSender(o.db.DB, o.clock, log, o.outbox, campaign.NewEnroller(o.db.DB, o.clock, log, time.UTC), renderer, o.mailer,
+		delivery.SenderOptions{TeamSender: "Acme <success@acme.example>", MessageIDDomain: "tend.test"}), buf
+}
+
+// syncBuffer is a bytes.Buffer for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// messages returns each message's status and reason, in id order.
+func (o *outbox) messages() []string {
+	o.t.Helper()
+	var out []string
+	if err := o.db.Select(&out, `SELECT status || ': ' || reason FROM message ORDER BY id`); err != nil {
+		o.t.Fatal(err)
+	}
+	return out
+}
+
+// The server's answer is recorded even when what it calls for cannot be
+// done: a hard bounce whose address cannot be suppressed is failed, and a
+// temporary refusal whose retry cannot be written is failed with the
+// server's answer. Neither is left sending, for the reaper to call
+// uncertain and perhaps delivered.
+func TestARefusalIsRecordedWhenItsSideEffectFails(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		fault   smtptest.FaultKind
+		trigger string // makes the side effect fail
+		want    string
+	}{
+		{"hard bounce, suppression fails", smtptest.RejectRcpt,
+			`CREATE TRIGGER refuse BEFORE INSERT ON suppression FOR EACH ROW EXECUTE FUNCTION refuse()`,
+			"failed: hard bounce: "},
+		{"temporary refusal, retry fails", smtptest.TempFailRcpt,
+			`CREATE TRIGGER refuse BEFORE UPDATE ON message FOR EACH ROW WHEN (NEW.status = 'scheduled') EXECUTE FUNCTION refuse()`,
+			"failed: temporary failure, not retried (the retry could not be scheduled): "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := newOutbox(t, 1)
+			ids := o.due(2)
+			o.exec(`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$`)
+			o.exec(tc.trigger)
+			o.smtp.SetFault(smtptest.Fault{Kind: tc.fault, Match: "c1@"})
+			sender, log := o.withLog()
+			if _, err := sender.SendBatch(t.Context(), ids); err != nil {
+				t.Fatal(err)
+			}
+			got := o.messages()
+			if !strings.HasPrefix(got[0], tc.want) || !strings.Contains(got[0], "RCPT") || got[1] != "sent: " {
+				t.Errorf("messages: %q, want the first %s with the server's answer and the second sent", got, tc.want)
+			}
+			if !strings.Contains(log.String(), "refused by the test") {
+				t.Errorf("the side effect's failure is not logged:\n%s", log)
+			}
+		})
+	}
+}
+
+// A hand-over that fails, then a withdrawal that fails too: nothing is
+// sent, and the log says so, rather than that the reaper reclaims messages
+// it may call uncertain.
+func TestAFailedHandOverThatCannotBeWithdrawnIsLoggedTruthfully(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(2)
+	o.exec(`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$`)
+	o.exec(`CREATE TRIGGER refuse BEFORE UPDATE ON message FOR EACH ROW WHEN (NEW.status IN ('sending', 'scheduled')) EXECUTE FUNCTION refuse()`)
+	sender, log := o.withLog()
+	if _, err := sender.SendBatch(t.Context(), ids); err == nil {
+		t.Fatal("the batch succeeded, want the hand-over's error")
+	}
+	if o.smtp.Count() != 0 {
+		t.Fatalf("the server holds %d messages, want none", o.smtp.Count())
+	}
+	want := fmt.Sprintf("none was handed to SMTP: when their lease ends the reaper releases those still claimed, "+
+		"and makes uncertain any the hand-over did mark sending, which are safe to resend (POST /v1/messages/{id}/resolve {\\\"action\\\": \\\"resend\\\"})\" messages=\"%v\"", ids)
+	if !strings.Contains(log.String(), want) {
+		t.Fatalf("log:\n%s\nwant it to say: %s", log, want)
+	}
+}
+
+// An outcome whose message the reaper took meanwhile (its lease ended) is
+// not recorded over what the reaper wrote; HandOver and Settle return it,
+// so that the worker can say what became of the message.
+func TestOutcomesOfReapedMessagesAreReturned(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(3)
+	tok := delivery.NewToken()
+	o.exec(`UPDATE message SET status = 'claimed', claim_token = $1, claimed_at = now()`, tok)
+	if _, _, err := o.outbox.HandOver(t.Context(), tok, nil, ids); err != nil {
+		t.Fatal(err)
+	}
+	// The first two outlive their lease while being handed over.
+	o.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour' WHERE id = ANY($1)`, pq.Array(ids[:2]))
+	if _, uncertain, err := o.outbox.Reap(t.Context(), time.Minute); err != nil || uncertain != 2 {
+		t.Fatalf("reaped %d uncertain (%v), want 2", uncertain, err)
+	}
+	_, lost, err := o.outbox.HandOver(t.Context(), tok, []delivery.Outcome{{ID: ids[0], Status: "sent"}, {ID: ids[2], Status: "sent"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []delivery.Outcome{{ID: ids[0], Status: "sent"}}; !slices.Equal(lost, want) {
+		t.Errorf("hand-over: not recorded %v, want %v", lost, want)
+	}
+	lost, err = o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: ids[1], Status: "failed", Reason: "550 no such user"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []delivery.Outcome{{ID: ids[1], Status: "failed", Reason: "550 no such user"}}; !slices.Equal(lost, want) {
+		t.Errorf("settle: not recorded %v, want %v", lost, want)
+	}
+	if got := fmt.Sprint(o.messages()); !strings.HasPrefix(got, "[uncertain: no outcome was recorded within the lease") || !strings.HasSuffix(got, " sent: ]") {
+		t.Errorf("messages: %s, want the reaped ones uncertain and the last sent", got)
+	}
+}
+
+// A send that outlasts its lease (here the server holds the message at the
+// end of DATA while the reaper runs) finds its message uncertain: the
+// worker logs what became of it.
+func TestASendThatOutlastedItsLeaseIsLogged(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(1)
+	g := startGate(t)
+	o.mailer = newMailer(t, g.url, delivery.MailerOptions{Connections: 1})
+	sender, log := o.withLog()
+	done := make(chan error, 1)
+	go func() {
+		_, err := sender.SendBatch(t.Context(), ids)
+		done <- err
+	}()
+	select {
+	case <-g.arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the message did not reach the server")
+	}
+	o.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour'`)
+	if _, uncertain, err := o.outbox.Reap(t.Context(), time.Minute); err != nil || uncertain != 1 {
+		t.Fatalf("reaped %d uncertain (%v), want 1", uncertain, err)
+	}
+	g.pass <- struct{}{}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := o.messages(); len(got) != 1 || !strings.HasPrefix(got[0], "uncertain: ") {
+		t.Fatalf("messages %q, want it left uncertain", got)
+	}
+	want := fmt.Sprintf("level=WARN msg=\"delivery: an outcome could not be recorded: the lease on its message had ended and the reaper had taken it "+
+		"(released it, or made it uncertain if it was being handed to SMTP)\" message=%d outcome=sent", ids[0])
+	if !strings.Contains(log.String(), want) {
+		t.Fatalf("log:\n%s\nwant: %s", log, want)
 	}
 }

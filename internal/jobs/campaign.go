@@ -10,6 +10,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/tendhq/tend/internal/campaign"
+	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/delivery"
 )
 
@@ -154,4 +155,55 @@ func (d *DeliverySweep) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// StalledDrips moves on drip enrollments whose current step was settled
+// without them moving on (campaign.Enroller.AdvanceStalled: the reaper made
+// a message uncertain, a hold outlasted the maximum delay, an operator
+// dropped one, a worker died before its advance), run by the Scheduler
+// every sweep: it reads the active enrollments a page of Batch at a time,
+// for about Budget of a sweep (a page at least), going on where it stopped
+// at the next sweep; once through them all, again after Every. Every
+// scheduler process runs it; Advance locks what it moves, so two never
+// advance a step twice.
+type StalledDrips struct {
+	Enroller *campaign.Enroller
+	Clock    clock.Clock
+	Log      *slog.Logger
+	Every    time.Duration
+	Batch    int
+	Budget   time.Duration
+
+	cursor campaign.StalledCursor // where the pass in progress goes on
+	next   time.Time              // when to start the next pass
+}
+
+// Run goes on with the pass in progress, or starts one when due.
+func (d *StalledDrips) Run(ctx context.Context) error {
+	now := d.Clock.Now()
+	if d.cursor == (campaign.StalledCursor{}) && now.Before(d.next) {
+		return nil
+	}
+	start := time.Now() // the budget is the process's own time, not the clock's
+	total := 0
+	defer func() {
+		if total > 0 {
+			d.Log.Info("advanced drip enrollments whose step was settled without them moving on", "enrollments", total)
+		}
+	}()
+	for {
+		cur, n, err := d.Enroller.AdvanceStalled(ctx, d.cursor, d.Batch)
+		total += n
+		if err != nil {
+			return err
+		}
+		d.cursor = cur
+		if cur == (campaign.StalledCursor{}) {
+			d.next = now.Add(d.Every)
+			return nil
+		}
+		if time.Since(start) >= d.Budget {
+			return nil // more to read: the next sweep goes on
+		}
+	}
 }
