@@ -18,7 +18,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -381,20 +380,15 @@ func outcomeArrays(done []Outcome) (ids pq.Int64Array, statuses, reasons pq.Stri
 	statuses = make(pq.StringArray, len(done))
 	reasons = make(pq.StringArray, len(done))
 	for i, d := range done {
-		ids[i], statuses[i], reasons[i] = d.ID, d.Status, pgText(d.Reason)
+		ids[i], statuses[i], reasons[i] = d.ID, d.Status, postgres.CleanText(d.Reason)
 	}
 	return ids, statuses, reasons
-}
-
-// pgText is s as text PostgreSQL stores: valid UTF-8, without NUL.
-func pgText(s string) string {
-	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
 }
 
 // Retry puts a message the server did not accept back to scheduled, due
 // again at retryAt.
 func (o *Outbox) Retry(ctx context.Context, id int64, token string, retryAt time.Time, cause string) error {
-	cause = pgText(cause)
+	cause = postgres.CleanText(cause)
 	_, err := o.db.ExecContext(ctx, `
 		UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
 			due_at = $3, last_error = $4, reason = 'retrying: ' || $4, updated_at = $5
