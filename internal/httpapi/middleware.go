@@ -4,8 +4,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/audit"
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
 )
 
 const ctxKey = "tend.key"
@@ -65,6 +68,38 @@ func (s *Server) authenticate(read credentials) echo.MiddlewareFunc {
 			return next(c)
 		}
 	}
+}
+
+// textParams refuses a request whose path parameters or query values are
+// not text (%00, or bytes that are not UTF-8 such as %FF): PostgreSQL would
+// refuse them, and nothing stored can be named by them.
+func textParams(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		for i, name := range c.ParamNames() {
+			if i < len(c.ParamValues()) {
+				if p := postgres.TextProblem(c.ParamValues()[i]); p != "" {
+					return badParameter("path", name, p)
+				}
+			}
+		}
+		query := c.QueryParams()
+		for _, name := range slices.Sorted(maps.Keys(query)) {
+			for _, v := range append([]string{name}, query[name]...) {
+				if p := postgres.TextProblem(v); p != "" {
+					return badParameter("query", name, p)
+				}
+			}
+		}
+		return next(c)
+	}
+}
+
+func badParameter(in, name, problem string) error {
+	what := fmt.Sprintf("query parameter %q", name)
+	if in == "path" {
+		what = "the path" // its parameters' names are the route's own
+	}
+	return errs.E(errs.Invalid, "invalid_parameter", "%s %s", what, problem).With("in", in).With("parameter", name)
 }
 
 func requireRole(allowed map[apikey.Role]bool) echo.MiddlewareFunc {

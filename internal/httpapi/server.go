@@ -229,13 +229,14 @@ func (s *Server) notRouted(c echo.Context) error {
 	return echo.ErrMethodNotAllowed
 }
 
-// handle registers a route that the given roles (and admin, always) may use.
+// handle registers a route that the given roles (and admin, always) may use,
+// with parameters that are text.
 func (s *Server) handle(g *echo.Group, method, path string, h echo.HandlerFunc, roles ...apikey.Role) {
 	allowed := map[apikey.Role]bool{apikey.Admin: true}
 	for _, r := range roles {
 		allowed[r] = true
 	}
-	g.Add(method, path, h, requireRole(allowed))
+	g.Add(method, path, h, requireRole(allowed), textParams)
 }
 
 func (s *Server) readyz(c echo.Context) error {
