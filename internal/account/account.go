@@ -13,7 +13,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/mail"
+	"slices"
 	"strings"
 	"time"
 
@@ -109,18 +111,27 @@ type AccountInput struct {
 	Traits   json.RawMessage `json:"traits,omitempty"`
 }
 
-func checkID(items *errs.Items, i int, field, id string) {
-	switch {
-	case strings.TrimSpace(id) == "":
-		items.Add(i, field, "is required")
-	case len(id) > maxIDLen:
-		items.Add(i, field, "is longer than %d characters", maxIDLen)
+// checkString adds a problem when s is longer than max bytes or is not text
+// PostgreSQL stores; it reports whether s is fine.
+func checkString(items *errs.Items, i int, field, s string, max int) bool {
+	if p := postgres.BoundedTextProblem(s, max); p != "" {
+		items.Add(i, field, "%s", p)
+		return false
 	}
+	return true
+}
+
+func checkID(items *errs.Items, i int, field, id string) {
+	if strings.TrimSpace(id) == "" {
+		items.Add(i, field, "is required")
+		return
+	}
+	checkString(items, i, field, id, maxIDLen)
 }
 
 func checkText(items *errs.Items, i int, field string, s *string) {
-	if s != nil && len(*s) > maxTextLen {
-		items.Add(i, field, "is longer than %d characters", maxTextLen)
+	if s != nil {
+		checkString(items, i, field, *s, maxTextLen)
 	}
 }
 
@@ -244,7 +255,7 @@ func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64,
 	}
 	var items errs.Items
 	ids := make([]string, len(in))
-	var csmEmails []string
+	csmOf := map[int]string{} // the CSM email of item i, to look up
 	for i, a := range in {
 		ids[i] = a.ID
 		checkID(&items, i, "id", a.ID)
@@ -264,24 +275,26 @@ func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64,
 		checkObject(&items, i, "traits", a.Traits)
 		if a.CSMEmail != nil && *a.CSMEmail != "" {
 			in[i].CSMEmail = ptr(strings.ToLower(strings.TrimSpace(*a.CSMEmail)))
-			csmEmails = append(csmEmails, *in[i].CSMEmail)
+			if checkString(&items, i, "csm_email", *in[i].CSMEmail, maxTextLen) {
+				csmOf[i] = *in[i].CSMEmail
+			}
 		}
 	}
 	checkDuplicates(&items, "id", ids)
 	var changed []int64
 	err := postgres.InTx(ctx, s.db, func(tx *sqlx.Tx) error {
-		if len(csmEmails) > 0 {
+		if len(csmOf) > 0 {
 			var known []string
-			if err := tx.SelectContext(ctx, &known, `SELECT email FROM csm WHERE email = ANY($1)`, pq.Array(csmEmails)); err != nil {
+			if err := tx.SelectContext(ctx, &known, `SELECT email FROM csm WHERE email = ANY($1)`, pq.Array(slices.Collect(maps.Values(csmOf)))); err != nil {
 				return fmt.Errorf("account: upsert: %w", err)
 			}
 			have := make(map[string]bool, len(known))
 			for _, e := range known {
 				have[e] = true
 			}
-			for i, a := range in {
-				if a.CSMEmail != nil && *a.CSMEmail != "" && !have[*a.CSMEmail] {
-					items.Add(i, "csm_email", "no CSM %q; create it with POST /v1/csms first", *a.CSMEmail)
+			for i := range in {
+				if e, ok := csmOf[i]; ok && !have[e] {
+					items.Add(i, "csm_email", "no CSM %q; create it with POST /v1/csms first", e)
 				}
 			}
 		}
@@ -364,13 +377,15 @@ func (s *Store) Get(ctx context.Context, externalID string) (Account, error) {
 	return a, nil
 }
 
-// ResolveIDs maps external account ids to internal ones; unknown ids are absent.
+// ResolveIDs maps external account ids to internal ones; unknown ids are
+// absent, as are ids that are not text (no account has one).
 func (s *Store) ResolveIDs(ctx context.Context, q postgres.Queryer, externalIDs []string) (map[string]int64, error) {
 	rows := []struct {
 		ID         int64  `db:"id"`
 		ExternalID string `db:"external_id"`
 	}{}
-	if err := q.SelectContext(ctx, &rows, `SELECT id, external_id FROM account WHERE external_id = ANY($1)`, pq.Array(externalIDs)); err != nil {
+	text := slices.DeleteFunc(slices.Clone(externalIDs), func(id string) bool { return postgres.TextProblem(id) != "" })
+	if err := q.SelectContext(ctx, &rows, `SELECT id, external_id FROM account WHERE external_id = ANY($1)`, pq.Array(text)); err != nil {
 		return nil, fmt.Errorf("account: resolve ids: %w", err)
 	}
 	m := make(map[string]int64, len(rows))
@@ -378,6 +393,13 @@ func (s *Store) ResolveIDs(ctx context.Context, q postgres.Queryer, externalIDs 
 		m[r.ExternalID] = r.ID
 	}
 	return m, nil
+}
+
+// unknownAccount tells whether id, given and text, names no account in
+// known (a malformed id has had its own problem reported).
+func unknownAccount(known map[string]int64, id string) bool {
+	_, ok := known[id]
+	return !ok && id != "" && postgres.TextProblem(id) == ""
 }
 
 func checkEmail(items *errs.Items, i int, field string, email *string, required bool) {

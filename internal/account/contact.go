@@ -74,8 +74,8 @@ func (s *Store) UpsertContacts(ctx context.Context, in []ContactInput) error {
 			return err
 		}
 		for i := range in {
-			id, ok := known[in[i].AccountID]
-			if !ok && in[i].AccountID != "" {
+			id := known[in[i].AccountID]
+			if unknownAccount(known, in[i].AccountID) {
 				items.Add(i, "account_id", "no account %q; create it with POST /v1/accounts first", in[i].AccountID)
 			}
 			in[i].accountID = id

@@ -55,8 +55,8 @@ func (s *Store) UpsertCSMs(ctx context.Context, in []CSMInput) ([]CSM, error) {
 		for field, v := range map[string]*string{"name": c.Name, "title": c.Title, "phone": c.Phone, "calendar_url": c.CalendarURL} {
 			checkText(&items, i, field, v)
 		}
-		if c.SignatureHTML != nil && len(*c.SignatureHTML) > maxSignatureLen {
-			items.Add(i, "signature_html", "is longer than %d characters", maxSignatureLen)
+		if c.SignatureHTML != nil {
+			checkString(&items, i, "signature_html", *c.SignatureHTML, maxSignatureLen)
 		}
 	}
 	checkDuplicates(&items, "email", emails)

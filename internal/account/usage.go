@@ -71,9 +71,7 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 	var items errs.Items
 	for i, e := range in {
 		checkID(&items, i, "account_id", e.AccountID)
-		if len(e.ContactID) > maxIDLen {
-			items.Add(i, "contact_id", "is longer than %d characters", maxIDLen)
-		}
+		checkString(&items, i, "contact_id", e.ContactID, maxIDLen)
 		checkID(&items, i, "name", e.Name)
 		if len(e.Properties) > maxPropertiesLen {
 			items.Add(i, "properties", "is larger than %d bytes", maxPropertiesLen)
@@ -86,9 +84,7 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 		if e.Timestamp != nil && e.Timestamp.After(now.Add(maxFutureSkew)) {
 			items.Add(i, "timestamp", "is more than %s in the future", maxFutureSkew)
 		}
-		if len(e.MessageID) > maxIDLen {
-			items.Add(i, "message_id", "is longer than %d characters", maxIDLen)
-		}
+		checkString(&items, i, "message_id", e.MessageID, maxIDLen)
 	}
 	if len(items) > 0 && !partial {
 		// Refused whole; the answer lists every bad item, unknown
@@ -156,7 +152,7 @@ func (s *Store) addUnknownAccounts(ctx context.Context, items *errs.Items, in []
 		return err
 	}
 	for i, e := range in {
-		if _, ok := known[e.AccountID]; !ok && e.AccountID != "" {
+		if unknownAccount(known, e.AccountID) {
 			items.Add(i, "account_id", "no account %q; create it with POST /v1/accounts first", e.AccountID)
 		}
 	}
@@ -361,7 +357,7 @@ func (s *Store) RecordMetrics(ctx context.Context, in []MetricInput) ([]int64, e
 			return err
 		}
 		for i, m := range in {
-			if _, ok := known[m.AccountID]; !ok && m.AccountID != "" {
+			if unknownAccount(known, m.AccountID) {
 				items.Add(i, "account_id", "no account %q; create it with POST /v1/accounts first", m.AccountID)
 			}
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
 )
 
 // Role is what a key may do; see DESIGN.md's role table.
@@ -76,6 +77,9 @@ func (s *Store) Create(ctx context.Context, name string, role Role) (Key, string
 	name = strings.TrimSpace(name)
 	if name == "" || len(name) > 100 {
 		return Key{}, "", errs.E(errs.Invalid, "invalid_name", "a key needs a name of 1 to 100 characters")
+	}
+	if p := postgres.TextProblem(name); p != "" {
+		return Key{}, "", errs.E(errs.Invalid, "invalid_name", "the name %s", p)
 	}
 	if _, err := ParseRole(string(role)); err != nil {
 		return Key{}, "", err

@@ -22,6 +22,7 @@ import (
 	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
 	"github.com/tendhq/tend/internal/segment"
 )
 
@@ -137,6 +138,8 @@ func (w Wait) After(t time.Time, loc *time.Location) time.Time {
 	return t.Add(w.D).UTC()
 }
 
+const maxDescriptionLen = 2000
+
 var (
 	nameRe    = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	stepIDRe  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -195,6 +198,9 @@ func Validate(d *Definition, lk Lookup, clk clock.Clock) error {
 	}
 	if !topicRe.MatchString(d.Topic) {
 		p.add("topic", "is 1 to 63 lower-case letters, digits, - or _ (got %q)", d.Topic)
+	}
+	if problem := postgres.BoundedTextProblem(d.Description, maxDescriptionLen); problem != "" {
+		p.add("description", "%s", problem)
 	}
 	if d.Sender == "" {
 		d.Sender = SenderCSM

@@ -135,6 +135,9 @@ func (s *Store) loadLookup(ctx context.Context, q postgres.Queryer, b Bundle) (l
 	for _, d := range b.Campaigns {
 		names = append(names, d.templateNames()...)
 	}
+	// A name that is not one is refused by Validate; PostgreSQL might
+	// refuse it first (a NUL).
+	names = slices.DeleteFunc(names, func(n string) bool { return !templRe.MatchString(n) })
 	var stored []Template
 	if err := q.SelectContext(ctx, &stored, `SELECT name, kind, source, hash, updated_at FROM template WHERE name = ANY($1)`, pq.Array(names)); err != nil {
 		return l, fmt.Errorf("campaign: lookup templates: %w", err)
@@ -173,6 +176,9 @@ func (s *Store) checkTemplate(t TemplateInput) (string, error) {
 	}
 	if t.Kind != TemplateEmail && t.Kind != TemplateNudge && t.Kind != TemplateLayout {
 		return "", errs.E(errs.Invalid, "invalid_template", "template %q: kind is email, nudge or layout (got %q)", t.Name, t.Kind).With("template", t.Name)
+	}
+	if p := postgres.TextProblem(t.Source); p != "" {
+		return "", errs.E(errs.Invalid, "invalid_template", "template %q: the source %s", t.Name, p).With("template", t.Name)
 	}
 	if (t.Kind == TemplateLayout) != strings.HasPrefix(t.Name, layoutPrefix) {
 		return "", errs.E(errs.Invalid, "invalid_template", "template %q: a layout is named %sNAME, and only a layout is", t.Name, layoutPrefix).With("template", t.Name)

@@ -35,8 +35,8 @@ type Hold struct {
 // they are more than the max delay late).
 func (o *Outbox) PlaceHold(ctx context.Context, accountExternalID, reason string, until *time.Time, actor string) (Hold, error) {
 	reason = strings.TrimSpace(reason)
-	if reason == "" || len(reason) > 500 {
-		return Hold{}, errs.E(errs.Invalid, "invalid_reason", "a hold needs a reason of 1 to 500 characters").With("field", "reason")
+	if err := checkReason(reason, true); err != nil {
+		return Hold{}, err
 	}
 	now := o.clock.Now()
 	if until != nil && !until.After(now) {
@@ -52,6 +52,22 @@ func (o *Outbox) PlaceHold(ctx context.Context, accountExternalID, reason string
 		return Hold{}, postgres.NotFound(err, "delivery: hold", errs.E(errs.NotFound, "account_not_found", "no account with id %q", accountExternalID))
 	}
 	return h, nil
+}
+
+// maxReasonLen bounds the reason of a hold or of the send switch.
+const maxReasonLen = 500
+
+// checkReason checks the reason given for a hold (required) or for
+// switching sending off or on.
+func checkReason(reason string, required bool) error {
+	p := postgres.BoundedTextProblem(reason, maxReasonLen)
+	if required && reason == "" {
+		p = "is required"
+	}
+	if p != "" {
+		return errs.E(errs.Invalid, "invalid_reason", "the reason %s", p).With("field", "reason")
+	}
+	return nil
 }
 
 // ReleaseHolds ends the account's holds; it reports how many were active.
@@ -114,6 +130,9 @@ func (o *Outbox) SendSwitch(ctx context.Context) (Switch, error) {
 // SetSendSwitch pauses or resumes all sending. Pausing loses nothing: due
 // messages wait, and go out when sending resumes.
 func (o *Outbox) SetSendSwitch(ctx context.Context, paused bool, reason, actor string) (Switch, error) {
+	if err := checkReason(reason, false); err != nil {
+		return Switch{}, err
+	}
 	var s Switch
 	err := o.db.GetContext(ctx, &s, `
 		INSERT INTO send_switch (id, paused, reason, changed_by, changed_at) VALUES (1, $1, $2, $3, $4)

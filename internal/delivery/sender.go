@@ -1123,14 +1123,15 @@ func (s *Sender) synthetic(ctx context.Context, campaignName, stepID, contactID 
 	var m claimed
 	err := s.db.GetContext(ctx, &m, `
 		SELECT 0 AS id, c.id AS campaign_id, c.name AS campaign, c.topic, c.current_version AS version,
-		       $2::text AS step_id, 'email' AS channel, true AS test, '' AS to_address, 0 AS attempts,
+		       '' AS step_id, 'email' AS channel, true AS test, '' AS to_address, 0 AS attempts,
 		       v.definition, v.templates
 		FROM campaign c JOIN campaign_version v ON v.campaign_id = c.id AND v.version = c.current_version
-		WHERE c.name = $1`, campaignName, stepID)
+		WHERE c.name = $1`, campaignName)
 	if err != nil {
 		return nil, campaign.Definition{}, nil, account.Contact{}, postgres.NotFound(err, "delivery: preview",
 			errs.E(errs.NotFound, "campaign_not_found", "no campaign named %q", campaignName))
 	}
+	m.StepID = stepID // checked against the definition below, never sent to SQL
 	def, err := campaign.Decode(m.RawDef)
 	if err != nil {
 		return nil, def, nil, account.Contact{}, err
@@ -1140,11 +1141,14 @@ func (s *Sender) synthetic(ctx context.Context, campaignName, stepID, contactID 
 	}
 	var c account.Contact
 	var accountID int64
+	noContact := errs.E(errs.NotFound, "contact_not_found", "no contact with id %q", contactID).With("field", "contact_id")
+	if postgres.TextProblem(contactID) != "" {
+		return nil, def, nil, c, noContact // no contact has such an id, and PostgreSQL would refuse it
+	}
 	row := s.db.QueryRowxContext(ctx, `
 		SELECT id, external_id, email, name, role, timezone, locale, traits, account_id FROM contact WHERE external_id = $1`, contactID)
 	if err := row.Scan(&c.ID, &c.ExternalID, &c.Email, &c.Name, &c.Role, &c.Timezone, &c.Locale, &c.Traits, &accountID); err != nil {
-		return nil, def, nil, c, postgres.NotFound(err, "delivery: preview",
-			errs.E(errs.NotFound, "contact_not_found", "no contact with id %q", contactID).With("field", "contact_id"))
+		return nil, def, nil, c, postgres.NotFound(err, "delivery: preview", noContact)
 	}
 	m.ContactID, m.AccountID = &c.ID, &accountID
 	accounts, err := s.loadAccounts(ctx, []int64{accountID})

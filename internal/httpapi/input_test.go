@@ -98,3 +98,70 @@ func TestBadParameters(t *testing.T) {
 	wantError(t, h.do("GET", "/v1/accounts/caf%C3%A9", admin, nil), http.StatusNotFound, "account_not_found")
 	wantError(t, h.do("GET", "/v1/nudges?contact_id=caf%C3%A9", admin, nil), http.StatusNotFound, "contact_not_found")
 }
+
+// TestTextWithNUL sends "\u0000" in every kind of text field of the API.
+func TestTextWithNUL(t *testing.T) {
+	h := newHarness(t)
+	h.campaignSetup()
+	h.must(http.StatusOK, "POST", "/v1/accounts", map[string]any{"id": "acme"})
+	h.must(http.StatusOK, "POST", "/v1/contacts", map[string]any{"id": "ann", "account_id": "acme", "email": "ann@acme.example"})
+	h.must(http.StatusOK, "POST", "/v1/csms", map[string]any{"email": "cara@vendor.example"})
+	h.must(http.StatusCreated, "POST", "/v1/segments", map[string]any{"name": "kept", "predicate": `seats >= 0`})
+	before := h.fingerprint()
+
+	broadcast := func(field, value string) string {
+		return `{"name": "b1", "kind": "broadcast", "send_at": "2026-07-01T10:00:00Z", "variants": [{"segment": "everyone", "template": "hello/one"}], "` + field + `": "` + value + `"}`
+	}
+	drip := func(template, audience string) string {
+		return `{"name": "d1", "kind": "drip", "segment": "everyone", "audience": "` + audience + `", "steps": [{"id": "one", "wait": "0h", "channel": "email", "template": "` + template + `"}]}`
+	}
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+		code                     string
+		items                    []itemWant
+	}{
+		{"account id", "POST", "/v1/accounts", `{"id": "a\u0000"}`, 422, "invalid_batch", []itemWant{{0, "id"}}},
+		{"account name", "POST", "/v1/accounts", `{"accounts": [{"id": "a1"}, {"id": "a2", "name": "A\u0000"}]}`, 422, "invalid_batch", []itemWant{{1, "name"}}},
+		{"account plan", "POST", "/v1/accounts", `{"id": "a1", "plan": "\u0000"}`, 422, "invalid_batch", []itemWant{{0, "plan"}}},
+		{"account csm_email", "POST", "/v1/accounts", `{"id": "a1", "csm_email": "cara\u0000@vendor.example"}`, 422, "invalid_batch", []itemWant{{0, "csm_email"}}},
+		{"contact id", "POST", "/v1/contacts", `{"id": "c\u0000", "account_id": "acme"}`, 422, "invalid_batch", []itemWant{{0, "id"}}},
+		{"contact account", "POST", "/v1/contacts", `{"id": "c1", "account_id": "ac\u0000me"}`, 422, "invalid_batch", []itemWant{{0, "account_id"}}},
+		{"contact name", "POST", "/v1/contacts", `{"id": "c1", "account_id": "acme", "name": "N\u0000"}`, 422, "invalid_batch", []itemWant{{0, "name"}}},
+		{"contact locale", "POST", "/v1/contacts", `{"id": "c1", "account_id": "acme", "locale": "fr\u0000"}`, 422, "invalid_batch", []itemWant{{0, "locale"}}},
+		{"csm name", "POST", "/v1/csms", `{"email": "bob@vendor.example", "name": "Bob\u0000"}`, 422, "invalid_batch", []itemWant{{0, "name"}}},
+		{"csm signature", "POST", "/v1/csms", `{"email": "bob@vendor.example", "signature_html": "<p>\u0000</p>"}`, 422, "invalid_batch", []itemWant{{0, "signature_html"}}},
+		{"event name", "POST", "/v1/events", `{"events": [{"account_id": "acme", "name": "log\u0000in"}]}`, 422, "invalid_batch", []itemWant{{0, "name"}}},
+		{"event account", "POST", "/v1/events", `{"events": [{"account_id": "acme", "name": "login"}, {"account_id": "ac\u0000me", "name": "login"}]}`, 422, "invalid_batch", []itemWant{{1, "account_id"}}},
+		{"event contact", "POST", "/v1/events", `{"events": [{"account_id": "acme", "contact_id": "u\u0000", "name": "login"}]}`, 422, "invalid_batch", []itemWant{{0, "contact_id"}}},
+		{"event message id", "POST", "/v1/events", `{"events": [{"account_id": "acme", "message_id": "m\u0000", "name": "login"}]}`, 422, "invalid_batch", []itemWant{{0, "message_id"}}},
+		{"metric account", "POST", "/v1/metrics", `{"metrics": [{"account_id": "ac\u0000me", "values": {"nps": 9}}]}`, 422, "invalid_batch", []itemWant{{0, "account_id"}}},
+		{"segment description", "POST", "/v1/segments", `{"name": "s1", "predicate": "seats > 1", "description": "d\u0000"}`, 422, "invalid_description", nil},
+		{"segment predicate", "POST", "/v1/segments", `{"name": "s1", "predicate": "plan == \"a\u0000\""}`, 422, "invalid_predicate", nil},
+		{"segment edit description", "PUT", "/v1/segments/kept", `{"predicate": "seats > 1", "description": "d\u0000"}`, 422, "invalid_description", nil},
+		{"segment edit predicate", "PUT", "/v1/segments/kept", `{"predicate": "plan == \"a\u0000\""}`, 422, "invalid_predicate", nil},
+		{"segment preview", "POST", "/v1/segments/preview", `{"predicate": "plan == \"a\u0000\""}`, 422, "invalid_predicate", nil},
+		{"campaign description", "POST", "/v1/campaigns", broadcast("description", `d\u0000`), 422, "invalid_campaign", nil},
+		{"campaign description too long", "POST", "/v1/campaigns", broadcast("description", strings.Repeat("d", 2001)), 422, "invalid_campaign", nil},
+		{"campaign template", "POST", "/v1/campaigns", drip(`hello/\u0000`, `contact.role == \"admin\"`), 422, "invalid_campaign", nil},
+		{"campaign audience", "POST", "/v1/campaigns", drip("hello/one", `contact.role == \"a\u0000\"`), 422, "invalid_campaign", nil},
+		{"template source", "PUT", "/v1/templates/hello/two", `{"kind": "email", "source": "{{define \"subject\"}}Hi\u0000{{end}}{{define \"body\"}}x{{end}}"}`, 422, "invalid_template", nil},
+		{"key name", "POST", "/v1/keys", `{"name": "k\u0000", "role": "ingest"}`, 422, "invalid_name", nil},
+		{"hold reason", "POST", "/v1/accounts/acme/hold", `{"reason": "r\u0000"}`, 422, "invalid_reason", nil},
+		{"send switch reason", "PUT", "/v1/sending", `{"paused": true, "reason": "r\u0000"}`, 422, "invalid_reason", nil},
+		{"send switch reason too long", "PUT", "/v1/sending", `{"paused": true, "reason": "` + strings.Repeat("r", 501) + `"}`, 422, "invalid_reason", nil},
+		{"preview step", "POST", "/v1/campaigns/hello/preview", `{"step": "\u0000", "contact_id": "ann"}`, 422, "unknown_step", nil},
+		{"preview step of no campaign", "POST", "/v1/campaigns/nope/preview", `{"step": "\u0000", "contact_id": "ann"}`, 404, "campaign_not_found", nil},
+		{"preview contact", "POST", "/v1/campaigns/hello/preview", `{"step": "one", "contact_id": "a\u0000"}`, 404, "contact_not_found", nil},
+		{"test step", "POST", "/v1/campaigns/hello/test", `{"step": "\u0000", "contact_id": "ann", "to": "qa@vendor.example"}`, 422, "unknown_step", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := wantError(t, h.do(c.method, c.path, h.key[apikey.Admin], c.body), c.status, c.code)
+			if c.items != nil {
+				wantItems(t, itemErrors(t, e), c.items...)
+			}
+			h.unchanged(t, before)
+		})
+	}
+}

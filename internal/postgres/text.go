@@ -24,6 +24,14 @@ func TextProblem(s string) string {
 	return ""
 }
 
+// BoundedTextProblem is TextProblem for text of at most max bytes.
+func BoundedTextProblem(s string, max int) string {
+	if len(s) > max {
+		return "is longer than " + strconv.Itoa(max) + " characters"
+	}
+	return TextProblem(s)
+}
+
 // CleanText returns s as text PostgreSQL stores: invalid UTF-8 replaced by
 // U+FFFD, NUL characters dropped.
 func CleanText(s string) string {

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/expr-lang/expr"
 	"github.com/expr-lang/expr/ast"
@@ -20,6 +21,7 @@ import (
 	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
 )
 
 // Limits on a predicate.
@@ -189,6 +191,11 @@ func CompileWith(src string, opts []expr.Option, runtime ...expr.Option) (*vm.Pr
 	if len(src) > MaxPredicateLen {
 		return nil, errs.E(errs.Invalid, "invalid_predicate", "the predicate is longer than %d characters", MaxPredicateLen).With("line", 1).With("column", 1)
 	}
+	if p := postgres.TextProblem(src); p != "" {
+		line, col := notText(src)
+		return nil, errs.E(errs.Invalid, "invalid_predicate", "the predicate %s (line %d, column %d)", p, line, col).
+			With("line", line).With("column", col)
+	}
 	// Type-check as written first, then compile with the nil-safe patch.
 	_, err := expr.Compile(src, opts...)
 	var prog *vm.Program
@@ -209,6 +216,22 @@ func CompileWith(src string, opts []expr.Option, runtime ...expr.Option) (*vm.Pr
 			With("line", line).With("column", col)
 	}
 	return prog, nil
+}
+
+// notText returns the line and column (1-based, in characters) of the first
+// NUL or byte that is not UTF-8 in src.
+func notText(src string) (line, col int) {
+	line, col = 1, 1
+	for i, r := range src {
+		if r == 0 || r == utf8.RuneError && !strings.HasPrefix(src[i:], "\uFFFD") {
+			break
+		}
+		col++
+		if r == '\n' {
+			line, col = line+1, 1
+		}
+	}
+	return line, col
 }
 
 // Matcher evaluates predicates; it reuses one expr VM and is not safe for

@@ -70,6 +70,8 @@ type Store struct {
 // NewStore returns a segment store.
 func NewStore(db *sqlx.DB, clk clock.Clock) *Store { return &Store{db: db, clock: clk} }
 
+const maxDescriptionLen = 2000
+
 var nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 func checkName(name string) error {
@@ -83,8 +85,10 @@ func (s *Store) check(in Input) error {
 	if err := checkName(in.Name); err != nil {
 		return err
 	}
-	if in.Description != nil && len(*in.Description) > 2000 {
-		return errs.E(errs.Invalid, "invalid_description", "the description is longer than 2000 characters").With("field", "description")
+	if in.Description != nil {
+		if p := postgres.BoundedTextProblem(*in.Description, maxDescriptionLen); p != "" {
+			return errs.E(errs.Invalid, "invalid_description", "the description %s", p).With("field", "description")
+		}
 	}
 	_, err := Compile(in.Predicate, s.clock)
 	return err
