@@ -78,21 +78,25 @@ func (t *Tracker) Bounces(ctx context.Context, in []Bounce) error {
 		return err
 	}
 	// Suppressions, and engagement for the bounces that name one of our
-	// messages: two statements for the whole batch, in its order.
+	// messages: two statements for the whole batch, in its order. The
+	// reason and the event id are the provider's (the reason often quotes
+	// a remote server): cleaned, not refused, or the provider would send
+	// the batch again forever.
 	var emails, why pq.StringArray
 	var msgs pq.Int64Array
 	var kinds, exts, types, reasons pq.StringArray
 	for _, b := range in {
+		reason := postgres.CleanText(b.Reason)
 		if b.Type != "soft" {
 			emails = append(emails, strings.ToLower(b.Email))
-			why = append(why, b.Type+" bounce: "+b.Reason)
+			why = append(why, b.Type+" bounce: "+reason)
 		}
 		if id := outboxID(b.MessageID); id > 0 {
 			msgs = append(msgs, id)
 			kinds = append(kinds, kindOfBounce(b.Type))
-			exts = append(exts, b.ID)
+			exts = append(exts, postgres.CleanText(b.ID))
 			types = append(types, b.Type)
-			reasons = append(reasons, b.Reason)
+			reasons = append(reasons, reason)
 		}
 	}
 	now := t.clock.Now()
@@ -192,9 +196,12 @@ func (t *Tracker) RecordReply(ctx context.Context, r Reply, fwd Forwarder) (Repl
 	}
 	res := ReplyResult{MessageID: id}
 	now := t.clock.Now()
+	// The subject, text and Message-ID are the outside sender's: cleaned,
+	// not refused, or the provider would post the reply again forever.
+	subject, body := postgres.CleanText(r.Subject), postgres.CleanText(r.Text)
 	var ext any
-	if r.MessageID != "" {
-		ext = r.MessageID
+	if mid := postgres.CleanText(r.MessageID); mid != "" {
+		ext = mid
 	}
 	// The reply is recorded and forwarded in one transaction that commits
 	// only after the forward succeeded: a failed forward records nothing, so
@@ -204,7 +211,7 @@ func (t *Tracker) RecordReply(ctx context.Context, r Reply, fwd Forwarder) (Repl
 		result, err := tx.ExecContext(ctx, `
 			INSERT INTO engagement_event (message_id, kind, at, external_id, metadata)
 			VALUES ($1, 'reply', $2, $3, jsonb_build_object('from', $4::text, 'subject', $5::text))
-			ON CONFLICT DO NOTHING`, id, now, ext, from.Address, r.Subject)
+			ON CONFLICT DO NOTHING`, id, now, ext, from.Address, subject)
 		if err != nil {
 			return fmt.Errorf("engagement: reply: %w", err)
 		}
@@ -224,11 +231,10 @@ func (t *Tracker) RecordReply(ctx context.Context, r Reply, fwd Forwarder) (Repl
 		if csm.ReplyTo != nil && *csm.ReplyTo != "" {
 			to = *csm.ReplyTo
 		}
-		subject := r.Subject
 		if subject == "" {
 			subject = "(no subject)"
 		}
-		text := fmt.Sprintf("%s replied on %s:\n\n%s", from.String(), now.Format(time.RFC1123), r.Text)
+		text := fmt.Sprintf("%s replied on %s:\n\n%s", from.String(), now.Format(time.RFC1123), body)
 		if err := fwd.ForwardReply(ctx, (&mail.Address{Name: deref(csm.Name), Address: to}).String(), from.String(), subject, text); err != nil {
 			return fmt.Errorf("engagement: forward reply: %w", err)
 		}

@@ -1,6 +1,9 @@
 package httpapi_test
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"strings"
@@ -163,5 +166,40 @@ func TestTextWithNUL(t *testing.T) {
 			}
 			h.unchanged(t, before)
 		})
+	}
+}
+
+// webhook posts a body signed as the harness's webhook secret (none) signs it.
+func (h *harness) webhook(path, body string) response {
+	h.t.Helper()
+	mac := hmac.New(sha256.New, nil)
+	mac.Write([]byte(body))
+	req := h.request("POST", path, body)
+	req.Header.Set("X-Tend-Signature", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	return h.send(req)
+}
+
+// TestWebhooksCleanOutsideText: bounce reasons and reply subjects are
+// written by outsiders; one with a NUL is recorded cleaned, not refused (the
+// provider would send it again forever).
+func TestWebhooksCleanOutsideText(t *testing.T) {
+	h := newHarness(t)
+	msgID := h.sentMessage()
+	ref := fmt.Sprintf("<tend.%d@tend.test>", msgID)
+	r := h.webhook("/v1/webhooks/bounce", `{"bounces": [
+		{"type": "soft", "email": "ann@acme.example", "message_id": "`+ref+`", "reason": "452 mailbox\u0000 full", "id": "ev\u00001"},
+		{"type": "hard", "email": "bob@acme.example", "reason": "550 no\u0000 such user"}]}`)
+	wantStatus(t, r, http.StatusOK)
+	if n := h.count(`SELECT count(*) FROM engagement_event WHERE kind = 'bounce' AND metadata->>'reason' = '452 mailbox full' AND external_id = 'ev1'`); n != 1 {
+		t.Fatalf("%d bounces recorded with the reason cleaned, want 1", n)
+	}
+	if n := h.count(`SELECT count(*) FROM suppression WHERE email = 'bob@acme.example' AND reason = 'hard bounce: 550 no such user'`); n != 1 {
+		t.Fatalf("%d suppressions with the reason cleaned, want 1", n)
+	}
+	r = h.webhook("/v1/webhooks/reply", `{"from": "Ann <ann@acme.example>", "to": ["cara@vendor.example"], "subject": "Re: hi\u0000 there",
+		"text": "ok\u0000", "in_reply_to": "`+ref+`", "message_id": "<r1\u0000@acme.example>"}`)
+	wantStatus(t, r, http.StatusOK)
+	if n := h.count(`SELECT count(*) FROM engagement_event WHERE kind = 'reply' AND metadata->>'subject' = 'Re: hi there' AND external_id = '<r1@acme.example>'`); n != 1 {
+		t.Fatalf("%d replies recorded with the subject cleaned, want 1: %s", n, r.Raw)
 	}
 }
