@@ -144,7 +144,8 @@ func checkTimezone(items *errs.Items, i int, field string, tz *string) {
 	}
 }
 
-// checkObject accepts a JSON object, or nothing (absent or null).
+// checkObject accepts a JSON object that PostgreSQL's jsonb stores, or
+// nothing (absent or null).
 func checkObject(items *errs.Items, i int, field string, raw json.RawMessage) {
 	if isAbsent(raw) {
 		return
@@ -153,6 +154,8 @@ func checkObject(items *errs.Items, i int, field string, raw json.RawMessage) {
 	// to decode it.
 	if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) == 0 || t[0] != '{' || !json.Valid(raw) {
 		items.Add(i, field, "must be a JSON object")
+	} else if p := postgres.JSONProblem(raw); p != "" {
+		items.Add(i, field, "%s", p)
 	}
 }
 

@@ -203,3 +203,44 @@ func TestWebhooksCleanOutsideText(t *testing.T) {
 		t.Fatalf("%d replies recorded with the subject cleaned, want 1: %s", n, r.Raw)
 	}
 }
+
+// TestJSONObjectsTheDatabaseRefuses sends traits and properties that are
+// valid JSON to Go but not to PostgreSQL's jsonb (or to the profile, which
+// reads numbers as float64).
+func TestJSONObjectsTheDatabaseRefuses(t *testing.T) {
+	h := newHarness(t)
+	h.must(http.StatusOK, "POST", "/v1/accounts", map[string]any{"id": "acme"})
+	before := h.fingerprint()
+	for _, bad := range []string{
+		`{"k": "\u0000"}`,
+		`{"k\u0000": 1}`,
+		`{"k": ["a", {"b": "x\u0000y"}]}`,
+		"{\"k\": \"\xff\"}",
+		"{\"k\xc3\": 1}",
+		`{"k": "\ud800"}`,
+		`{"k": "\udc00\ud800"}`,
+		`{"k": 1e400}`,
+		`{"k": 1e-20000}`,
+		`{"k": 1e99999999999999999999}`,
+		`{"k": 1` + strings.Repeat("0", 400) + `}`,
+	} {
+		t.Run(bad, func(t *testing.T) {
+			for _, c := range []struct{ path, body, field string }{
+				{"/v1/accounts", `{"id": "a1", "traits": ` + bad + `}`, "traits"},
+				{"/v1/contacts", `{"id": "c1", "account_id": "acme", "traits": ` + bad + `}`, "traits"},
+				{"/v1/events", `{"events": [{"account_id": "acme", "name": "x", "properties": ` + bad + `}]}`, "properties"},
+			} {
+				e := wantError(t, h.do("POST", c.path, h.key[apikey.Ingest], c.body), http.StatusUnprocessableEntity, "invalid_batch")
+				wantItems(t, itemErrors(t, e), itemWant{0, c.field})
+			}
+			h.unchanged(t, before)
+		})
+	}
+	// What jsonb does store is kept: an escaped backslash before u0000, a
+	// surrogate pair, text that is not ASCII, small and large numbers.
+	h.must(http.StatusOK, "POST", "/v1/accounts", `{"id": "a1", "traits": {"k": "\\u0000", "pair": "\ud83d\ude00", "café": "é", "n": 1e300, "m": -2.5e-300}}`)
+	tr := obj(t, h.getAccount("a1"), "traits")
+	if tr["k"] != `\u0000` || tr["pair"] != "😀" || tr["café"] != "é" || tr["n"] != 1e300 {
+		t.Fatalf("traits read back as %v", tr)
+	}
+}
