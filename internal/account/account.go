@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"net/mail"
 	"slices"
 	"strings"
@@ -132,6 +133,16 @@ func checkID(items *errs.Items, i int, field, id string) {
 func checkText(items *errs.Items, i int, field string, s *string) {
 	if s != nil {
 		checkString(items, i, field, *s, maxTextLen)
+	}
+}
+
+// checkTime checks a time a client sent: one PostgreSQL stores, and not
+// ahead of the clock (now) by more than maxFutureSkew.
+func checkTime(items *errs.Items, i int, field string, t, now time.Time) {
+	if p := postgres.TimeProblem(t); p != "" {
+		items.Add(i, field, "%s", p)
+	} else if t.After(now.Add(maxFutureSkew)) {
+		items.Add(i, field, "is more than %s in the future", maxFutureSkew)
 	}
 }
 
@@ -268,11 +279,11 @@ func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64,
 		if a.MRR != nil && *a.MRR < 0 {
 			items.Add(i, "mrr", "must not be negative")
 		}
-		if a.Seats != nil && *a.Seats < 0 {
-			items.Add(i, "seats", "must not be negative")
+		if a.Seats != nil && (*a.Seats < 0 || *a.Seats > math.MaxInt32) {
+			items.Add(i, "seats", "must be a whole number from 0 to %d", math.MaxInt32)
 		}
-		if a.SignupAt != nil && a.SignupAt.After(s.clock.Now().Add(maxFutureSkew)) {
-			items.Add(i, "signup_at", "is in the future")
+		if a.SignupAt != nil {
+			checkTime(&items, i, "signup_at", *a.SignupAt, s.clock.Now())
 		}
 		checkTimezone(&items, i, "timezone", a.Timezone)
 		checkObject(&items, i, "traits", a.Traits)

@@ -81,8 +81,8 @@ func (s *Store) IngestEvents(ctx context.Context, in []EventInput, partial bool)
 		if e.Name == EventFeatureUsed && !hasFeature(e.Properties) {
 			items.Add(i, "properties.feature", "a feature_used event needs properties.feature, a non-empty string")
 		}
-		if e.Timestamp != nil && e.Timestamp.After(now.Add(maxFutureSkew)) {
-			items.Add(i, "timestamp", "is more than %s in the future", maxFutureSkew)
+		if e.Timestamp != nil {
+			checkTime(&items, i, "timestamp", *e.Timestamp, now)
 		}
 		checkString(&items, i, "message_id", e.MessageID, maxIDLen)
 	}
@@ -326,8 +326,8 @@ func (s *Store) RecordMetrics(ctx context.Context, in []MetricInput) ([]int64, e
 	for i, m := range in {
 		accIDs[i] = m.AccountID
 		checkID(&items, i, "account_id", m.AccountID)
-		if m.At != nil && m.At.After(now.Add(maxFutureSkew)) {
-			items.Add(i, "at", "is in the future")
+		if m.At != nil {
+			checkTime(&items, i, "at", *m.At, now)
 		}
 		if len(m.Values) == 0 {
 			items.Add(i, "values", "give at least one of active_users, open_tickets, nps")

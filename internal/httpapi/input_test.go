@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tendhq/tend/internal/apikey"
 )
@@ -242,5 +243,35 @@ func TestJSONObjectsTheDatabaseRefuses(t *testing.T) {
 	tr := obj(t, h.getAccount("a1"), "traits")
 	if tr["k"] != `\u0000` || tr["pair"] != "😀" || tr["café"] != "é" || tr["n"] != 1e300 {
 		t.Fatalf("traits read back as %v", tr)
+	}
+}
+
+// TestOutOfRange sends numbers and times out of PostgreSQL's range.
+func TestOutOfRange(t *testing.T) {
+	h := newHarness(t)
+	h.must(http.StatusOK, "POST", "/v1/accounts", map[string]any{"id": "acme"})
+	before := h.fingerprint()
+	cases := []struct {
+		name, path, body string
+		item             itemWant
+	}{
+		{"seats over int32", "/v1/accounts", `{"id": "a4", "seats": 3000000000}`, itemWant{0, "seats"}},
+		{"signup in year 0", "/v1/accounts", `{"id": "a4", "signup_at": "0000-01-01T00:00:00Z"}`, itemWant{0, "signup_at"}},
+		{"signup in year 0 in UTC", "/v1/accounts", `{"id": "a4", "signup_at": "0001-01-01T00:30:00+01:00"}`, itemWant{0, "signup_at"}},
+		{"event in year 0", "/v1/events", `{"events": [{"account_id": "acme", "name": "login", "timestamp": "0000-01-01T00:00:00Z"}]}`, itemWant{0, "timestamp"}},
+		{"metric in year 0", "/v1/metrics", `{"metrics": [{"account_id": "acme", "at": "0000-06-01T00:00:00Z", "values": {"nps": 9}}]}`, itemWant{0, "at"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := wantError(t, h.do("POST", c.path, h.key[apikey.Ingest], c.body), http.StatusUnprocessableEntity, "invalid_batch")
+			wantItems(t, itemErrors(t, e), c.item)
+			h.unchanged(t, before)
+		})
+	}
+	// The edges are in range.
+	h.ingest(http.StatusOK, "/v1/accounts", `{"id": "a5", "seats": 2147483647, "signup_at": "0001-01-01T00:00:00Z"}`)
+	h.ingest(http.StatusAccepted, "/v1/events", `{"events": [{"account_id": "a5", "name": "login", "timestamp": "0001-01-01T00:00:00Z"}]}`)
+	if a := h.getAccount("a5"); a["seats"] != 2147483647.0 || !timeOf(t, a, "signup_at").Equal(time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Fatalf("a5 = %v", a)
 	}
 }
