@@ -46,6 +46,12 @@ func NewTracker(db *sqlx.DB, clk clock.Clock, signer *token.Signer) *Tracker {
 	return &Tracker{db: db, clock: clk, signer: signer}
 }
 
+// What a hit's metadata keeps of its headers, in bytes.
+const (
+	maxUserAgentLen = 300
+	maxIPLen        = 64
+)
+
 // Hit is one request to a tracking link.
 type Hit struct {
 	Token     string
@@ -227,7 +233,10 @@ const recordSQL = `
 // the next batch: under load a few statements carry many hits, and each hit
 // is still durable before it is answered.
 func (t *Tracker) record(ctx context.Context, messageID int64, kind string, h Hit, v verdict) error {
-	me := &hitRow{messageID: messageID, kind: kind, v: v, ua: truncate(h.UserAgent, 300), ip: h.IP, done: make(chan hitResult, 1)}
+	// The headers are anyone's: kept as text PostgreSQL stores, cut on a
+	// character, so that no hit fails, nor the batch written with it.
+	me := &hitRow{messageID: messageID, kind: kind, v: v, ua: postgres.TruncateText(h.UserAgent, maxUserAgentLen),
+		ip: postgres.TruncateText(h.IP, maxIPLen), done: make(chan hitResult, 1)}
 	l := &t.lanes[uint64(messageID)%writeLanes]
 	l.mu.Lock()
 	l.pending = append(l.pending, me)
@@ -392,11 +401,4 @@ func (t *Tracker) Close() error {
 func connectionLost(err error) bool {
 	var pqErr *pq.Error
 	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) || errors.As(err, &pqErr) && pqErr.Code.Class() == "57" && pqErr.Code != "57014"
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }

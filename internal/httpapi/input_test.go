@@ -5,12 +5,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/tendhq/tend/internal/apikey"
+	"github.com/tendhq/tend/internal/token"
 )
 
 // Input PostgreSQL cannot store — text with a NUL or invalid UTF-8, jsonb
@@ -273,5 +276,66 @@ func TestOutOfRange(t *testing.T) {
 	h.ingest(http.StatusAccepted, "/v1/events", `{"events": [{"account_id": "a5", "name": "login", "timestamp": "0001-01-01T00:00:00Z"}]}`)
 	if a := h.getAccount("a5"); a["seats"] != 2147483647.0 || !timeOf(t, a, "signup_at").Equal(time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)) {
 		t.Fatalf("a5 = %v", a)
+	}
+}
+
+// TestTrackingCleansHitText: a user agent cut mid-character, or an
+// X-Forwarded-For that is not UTF-8, still gets its pixel and redirect, and
+// the hit is recorded with clean text, as are the good hits written with it.
+func TestTrackingCleansHitText(t *testing.T) {
+	h := newHarness(t)
+	msgID := h.sentMessage()
+	signer := token.NewSigner([]byte("harness-secret-0123456789"))
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(path, ua, xff string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("GET", h.srv.URL+path, nil)
+		req.Header.Set("User-Agent", ua)
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		res, err := noRedirect.Do(req)
+		if err != nil {
+			t.Error(err)
+			return &http.Response{}
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res
+	}
+	cut := strings.Repeat("x", 299) + "é" // the 300-byte cut falls inside é
+	open, click := signer.Open(msgID), signer.Click(msgID, "https://docs.example.com/")
+
+	// Bad and good hits at once, so that some share a batch.
+	var wg sync.WaitGroup
+	for i := range 12 {
+		wg.Go(func() {
+			ua, xff := "Mozilla/5.0 (good)", "203.0.113.7"
+			if i%2 == 0 {
+				ua, xff = cut, "\xff"
+			}
+			if i%3 == 0 {
+				ua = "bad\xffagent"
+			}
+			if i%4 < 2 {
+				if res := get("/t/o/"+open, ua, xff); res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != "image/gif" {
+					t.Errorf("pixel with UA %q, X-Forwarded-For %q: %d", ua, xff, res.StatusCode)
+				}
+				return
+			}
+			if res := get("/t/c/"+click, ua, xff); res.StatusCode != http.StatusFound || res.Header.Get("Location") != "https://docs.example.com/" {
+				t.Errorf("click with UA %q, X-Forwarded-For %q: %d to %q", ua, xff, res.StatusCode, res.Header.Get("Location"))
+			}
+		})
+	}
+	wg.Wait()
+	if n := h.count(`SELECT count(*) FROM engagement_event WHERE message_id = $1`, msgID); n != 12 {
+		t.Fatalf("%d hits recorded, want 12", n)
+	}
+	if n := h.count(`SELECT count(*) FROM engagement_event WHERE metadata->>'user_agent' = $1`, strings.Repeat("x", 299)); n != 4 {
+		t.Fatalf("%d hits with the user agent cut before é, want 4", n)
+	}
+	if n := h.count(`SELECT count(*) FROM engagement_event WHERE metadata->>'ip' = '203.0.113.7'`); n != 6 {
+		t.Fatalf("%d hits with the forwarded address, want 6", n)
 	}
 }
