@@ -3,8 +3,11 @@ package account
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/lib/pq"
+
+	"github.com/tendhq/tend/internal/postgres"
 )
 
 // LinkUsers records which account each Segment user belongs to (learnt from
@@ -34,11 +37,13 @@ func (s *Store) LinkUsers(ctx context.Context, accounts map[string]string) error
 }
 
 // UserAccounts returns the account external id linked to each known user id.
+// A user id that is not text is never linked (see LinkUsers' callers).
 func (s *Store) UserAccounts(ctx context.Context, users []string) (map[string]string, error) {
 	rows := []struct {
 		User    string `db:"user_id"`
 		Account string `db:"external_id"`
 	}{}
+	users = slices.DeleteFunc(slices.Clone(users), func(u string) bool { return postgres.TextProblem(u) != "" })
 	err := s.db.SelectContext(ctx, &rows, `
 		SELECT g.user_id, a.external_id FROM segment_user_group g JOIN account a ON a.id = g.account_id
 		WHERE g.user_id = ANY($1)`, pq.Array(users))

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
 )
 
 // Segment's HTTP tracking API (https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/),
@@ -256,6 +258,11 @@ func groupToAccount(m *segmentMessage) (account.AccountInput, error) {
 	if in.ID == "" {
 		return in, errs.E(errs.Invalid, "missing_group_id", "a group call needs groupId")
 	}
+	// The user is linked to the account once it is stored: checked first,
+	// so that a bad one refuses the item whole.
+	if p := postgres.TextProblem(idString(m.UserID)); p != "" {
+		return in, errs.Items{{Field: "userId", Reason: p}}.Err("messages")
+	}
 	rest := map[string]any{}
 	for k, v := range m.Traits {
 		str, isStr := v.(string)
@@ -268,7 +275,9 @@ func groupToAccount(m *segmentMessage) (account.AccountInput, error) {
 		case (k == "mrr" || k == "monthly_spend") && isNum:
 			in.MRR = &num
 		case k == "seats" && isNum:
-			n := int(num)
+			// Beyond int, the conversion is undefined: kept beyond the
+			// range the account check allows.
+			n := int(max(-1, min(num, math.MaxInt32+1)))
 			in.Seats = &n
 		case (k == "created_at" || k == "createdAt" || k == "signup_at") && isStr:
 			t, err := time.Parse(time.RFC3339, str)
