@@ -306,6 +306,10 @@ func validateDrip(d *Definition, lk Lookup, clk clock.Clock, p *problems) {
 func validateBroadcast(d *Definition, lk Lookup, p *problems) {
 	if d.SendAt == nil {
 		p.add("send_at", "is required for a broadcast (an RFC 3339 time)")
+	} else if problem := postgres.TimeProblem(*d.SendAt); problem != "" {
+		// Stored, it would fail the query that finds due broadcasts, and
+		// hold up every other broadcast.
+		p.add("send_at", "%s", problem)
 	}
 	if d.Segment != "" || len(d.Steps) > 0 || d.Goal != "" || d.ReenrollAfter != "" || d.EnrollExisting || d.Exit != "" {
 		p.add("kind", "a broadcast has send_at and variants, not segment, steps, goal, exit or enrollment settings")

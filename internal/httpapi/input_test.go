@@ -1,11 +1,13 @@
 package httpapi_test
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tendhq/tend/internal/apikey"
+	"github.com/tendhq/tend/internal/campaign"
 	"github.com/tendhq/tend/internal/token"
 )
 
@@ -379,5 +382,29 @@ func TestSegmentBadItems(t *testing.T) {
 			segmentReply(t, h.segment(c.path, ingest, c.body), 0, c.item)
 			h.unchanged(t, before, "audit_log") // a 200, audited
 		})
+	}
+}
+
+// TestBroadcastSendAtRange: a send_at PostgreSQL cannot store is refused;
+// the earliest it can is accepted, and due broadcasts still run.
+func TestBroadcastSendAtRange(t *testing.T) {
+	h := newHarness(t)
+	h.campaignSetup()
+	before := h.fingerprint()
+	def := func(name, sendAt string) string {
+		return `{"name": "` + name + `", "kind": "broadcast", "send_at": "` + sendAt + `", "variants": [{"segment": "everyone", "template": "hello/one"}]}`
+	}
+	for _, at := range []string{"0000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-02:00"} {
+		e := wantError(t, h.do("POST", "/v1/campaigns", h.key[apikey.Product], def("b0", at)), http.StatusUnprocessableEntity, "invalid_campaign")
+		if !strings.Contains(fmt.Sprint(e["problems"]), "send_at") {
+			t.Fatalf("send_at %s: the problems do not name send_at: %v", at, e["problems"])
+		}
+		h.unchanged(t, before)
+	}
+	h.must(http.StatusCreated, "POST", "/v1/campaigns", def("b1", "0001-01-01T00:00:00Z"))
+	h.must(http.StatusOK, "POST", "/v1/campaigns/b1/activate", nil)
+	enroller := campaign.NewEnroller(h.db.DB, h.clock, slog.New(slog.NewTextHandler(io.Discard, nil)), time.UTC)
+	if _, err := enroller.RunDueBroadcasts(context.Background()); err != nil {
+		t.Fatalf("due broadcasts: %v", err)
 	}
 }
