@@ -184,7 +184,8 @@ func (m Model) Validate() error {
 		add("bands", "need 0 < at_risk_below < healthy_from < advocate_from <= 100")
 	}
 	between("bands.advocate_min_nps", float64(b.AdvocateMinNPS), 0, 10)
-	if b.Hysteresis < 0 || 2*b.Hysteresis > min(b.HealthyFrom-b.AtRiskBelow, b.AdvocateFrom-b.HealthyFrom) {
+	// Bounded before doubling: twice a huge value overflows to a small one.
+	if b.Hysteresis < 0 || b.Hysteresis > 50 || 2*b.Hysteresis > min(b.HealthyFrom-b.AtRiskBelow, b.AdvocateFrom-b.HealthyFrom) {
 		add("bands.hysteresis", "must be at least 0 and at most half the narrowest band")
 	}
 	if len(m.KeyFeatures) == 0 && w.Adoption > 0 {

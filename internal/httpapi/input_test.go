@@ -17,6 +17,7 @@ import (
 
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/campaign"
+	"github.com/tendhq/tend/internal/health"
 	"github.com/tendhq/tend/internal/token"
 )
 
@@ -406,5 +407,22 @@ func TestBroadcastSendAtRange(t *testing.T) {
 	enroller := campaign.NewEnroller(h.db.DB, h.clock, slog.New(slog.NewTextHandler(io.Discard, nil)), time.UTC)
 	if _, err := enroller.RunDueBroadcasts(context.Background()); err != nil {
 		t.Fatalf("due broadcasts: %v", err)
+	}
+}
+
+// TestHealthModelHysteresisOverflow: a hysteresis so large that twice it
+// overflows is refused, not taken for a small one.
+func TestHealthModelHysteresisOverflow(t *testing.T) {
+	h := newHarness(t)
+	m := health.Default()
+	for _, hy := range []int{1 << 62, 1<<63 - 1, 51} {
+		m.Bands.Hysteresis = hy
+		e := wantError(t, h.do("PUT", "/v1/health/model", h.key[apikey.Admin], m), http.StatusUnprocessableEntity, "invalid_model")
+		if !strings.Contains(fmt.Sprint(e["problems"]), "bands.hysteresis") {
+			t.Fatalf("hysteresis %d: problems %v", hy, e["problems"])
+		}
+	}
+	if n := h.count(`SELECT count(*) FROM health_model`); n != 0 {
+		t.Fatalf("refused models stored %d rows", n)
 	}
 }
