@@ -9,6 +9,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/tendhq/tend/internal/errs"
+	"github.com/tendhq/tend/internal/postgres"
 )
 
 var statusOf = map[errs.Kind]int{
@@ -79,6 +80,11 @@ func (s *Server) describe(err error, c echo.Context) (int, map[string]any) {
 		return statusOf[de.Kind], errorBody(de)
 	}
 	rid := c.Response().Header().Get(echo.HeaderXRequestID)
+	// A read sends no values but its parameters, checked before it runs: a
+	// value refused there came from the database, and is ours.
+	if m := c.Request().Method; m != http.MethodGet && m != http.MethodHead && s.valueRefused(err, rid, c.Path()) {
+		return statusOf[errInvalidValue.Kind], errorBody(errInvalidValue)
+	}
 	if c.Request().Context().Err() != nil {
 		// The client went away (or gave up waiting, say for an ingest
 		// turn): nothing failed on our side, and nobody reads the answer.
@@ -91,6 +97,21 @@ func (s *Server) describe(err error, c echo.Context) (int, map[string]any) {
 	return http.StatusInternalServerError, map[string]any{
 		"code": "internal", "message": "something went wrong on our side; quote request " + rid, "request_id": rid,
 	}
+}
+
+// errInvalidValue answers a request with a value PostgreSQL refused.
+var errInvalidValue = errs.E(errs.Invalid, "invalid_value",
+	"a value in the request cannot be stored: text with a NUL character or invalid UTF-8, or a number or time out of range")
+
+// valueRefused tells whether err is PostgreSQL refusing a value of the
+// request (postgres.ValueRefused): the client's mistake, which a validator
+// should have caught, so it is logged as a miss.
+func (s *Server) valueRefused(err error, requestID, route string) bool {
+	if !postgres.ValueRefused(err) {
+		return false
+	}
+	s.deps.Log.Warn("PostgreSQL refused a value that no check caught", "err", err, "request_id", requestID, "route", route)
+	return true
 }
 
 func errorBody(e *errs.Error) map[string]any {

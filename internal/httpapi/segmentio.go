@@ -146,7 +146,7 @@ func (s *Server) segmentIngest(c echo.Context, raw []json.RawMessage, forceType 
 			changed = append(changed, ids...)
 		}
 		if err != nil {
-			if rejectItem(&rejected, i, err) {
+			if s.rejectItem(c, &rejected, i, err) {
 				continue
 			}
 			return err
@@ -190,7 +190,7 @@ func (s *Server) segmentIngest(c echo.Context, raw []json.RawMessage, forceType 
 			err = s.deps.Accounts.UpsertContacts(ctx, []account.ContactInput{in})
 		}
 		if err != nil {
-			if rejectItem(&rejected, i, err) {
+			if s.rejectItem(c, &rejected, i, err) {
 				continue
 			}
 			return err
@@ -234,9 +234,14 @@ func (s *Server) segmentIngest(c echo.Context, raw []json.RawMessage, forceType 
 	return c.JSON(http.StatusOK, segmentReply{Success: true, Accepted: accepted, Rejected: rejected})
 }
 
-// rejectItem turns a domain validation error about one item into a rejected
-// entry at index i. It reports false for errors that are not the item's fault.
-func rejectItem(rejected *errs.Items, i int, err error) bool {
+// rejectItem turns a domain validation error about one item, or a value of
+// it PostgreSQL refused, into a rejected entry at index i. It reports false
+// for errors that are not the item's fault.
+func (s *Server) rejectItem(c echo.Context, rejected *errs.Items, i int, err error) bool {
+	if s.valueRefused(err, c.Response().Header().Get(echo.HeaderXRequestID), c.Path()) {
+		rejected.Add(i, "", "%s", errInvalidValue.Message)
+		return true
+	}
 	var de *errs.Error
 	if !errors.As(err, &de) || (de.Kind != errs.Invalid && de.Kind != errs.TooLarge) {
 		return false

@@ -1,10 +1,13 @@
 package postgres
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/lib/pq"
 )
 
 // What PostgreSQL stores. A value outside these rules fails the statement
@@ -48,6 +51,23 @@ func TruncateText(s string, n int) string {
 		s = s[:n]
 	}
 	return CleanText(s)
+}
+
+// ValueRefused tells whether err is PostgreSQL refusing a value it was given:
+// text that is not UTF-8 or holds a NUL (22021, 22P05), a time or number out
+// of range (22008, 22003), input it cannot read as its type (22P02: jsonb
+// with a lone surrogate escape, say). Checks before SQL are the defence;
+// this tells their misses apart from the server's own failures.
+func ValueRefused(err error) bool {
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) {
+		return false
+	}
+	switch pqErr.Code {
+	case "22021", "22P05", "22008", "22003", "22P02":
+		return true
+	}
+	return false
 }
 
 // The years a time may fall in, in UTC and in its own offset: PostgreSQL's
