@@ -146,3 +146,25 @@ func TestAuditPagination(t *testing.T) {
 		})
 	}
 }
+
+// A mutation is audited whatever X-Request-Id its client sends: a caller's
+// id is kept only when it looks like one, else the answer and the trail
+// carry one of ours.
+func TestAuditWhateverTheRequestID(t *testing.T) {
+	h := newHarness(t)
+	long := strings.Repeat("r", 129)
+	for i, rid := range []string{"\xff", "a\xc3", long, "has space", "client-id-1"} {
+		req := h.request("POST", "/v1/accounts", map[string]any{"id": fmt.Sprintf("acct-%d", i)})
+		req.Header.Set("Authorization", "Bearer "+h.key[apikey.Ingest])
+		req.Header.Set("X-Request-Id", rid)
+		r := h.send(req)
+		wantStatus(t, r, http.StatusOK)
+		got := r.Header.Get("X-Request-Id")
+		if (rid == "client-id-1") != (got == rid) || got == "" {
+			t.Errorf("X-Request-Id %q answered with %q", rid, got)
+		}
+		if n := h.count(`SELECT count(*) FROM audit_log WHERE target = $1 AND request_id = $2`, fmt.Sprintf("account acct-%d", i), got); n != 1 {
+			t.Errorf("X-Request-Id %q: %d audit entries for the mutation, want 1", rid, n)
+		}
+	}
+}

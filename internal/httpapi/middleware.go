@@ -195,6 +195,23 @@ func auditTarget(c echo.Context, format string, args ...any) {
 	c.Set(auditTargetKey, fmt.Sprintf(format, args...))
 }
 
+// maxRequestIDLen bounds a caller's X-Request-Id.
+const maxRequestIDLen = 128
+
+// dropOddRequestID removes a caller's X-Request-Id unless it looks like one
+// (visible ASCII, not too long), so that the request gets one of ours: the
+// id is logged, sent back, and written to the audit trail, whose insert
+// would fail on text PostgreSQL refuses and leave the mutation unaudited.
+func dropOddRequestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Request().Header
+		if rid := h.Get(echo.HeaderXRequestID); len(rid) > maxRequestIDLen || strings.ContainsFunc(rid, func(r rune) bool { return r <= ' ' || r > '~' }) {
+			h.Del(echo.HeaderXRequestID)
+		}
+		return next(c)
+	}
+}
+
 func newRequestID() string {
 	b := make([]byte, 8)
 	rand.Read(b)

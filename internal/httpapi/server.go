@@ -99,10 +99,8 @@ func New(deps Deps, opts Options) *Server {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
-	e.Use(middleware.RequestIDWithConfig(middleware.RequestIDConfig{
-		// Accept a caller's id only when it looks like one.
-		Generator: newRequestID,
-	}))
+	// Accept a caller's id only when it looks like one.
+	e.Use(dropOddRequestID, middleware.RequestIDWithConfig(middleware.RequestIDConfig{Generator: newRequestID}))
 	e.Use(s.recoverPanic, s.observe)
 	e.Use(middleware.Decompress())
 	e.Use(middleware.BodyLimit(strconv.FormatInt(opts.BodyLimit, 10)))
