@@ -34,6 +34,9 @@ const (
 	maxIDLen      = 200
 	maxTextLen    = 1000
 	maxFutureSkew = 5 * time.Minute // how far ahead of the clock an event may be stamped
+	// maxMRR keeps sums of MRR (revenue at risk) finite: PostgreSQL's sum
+	// of double precision fails on overflow.
+	maxMRR = 1e15
 )
 
 // Store reads and writes accounts and their usage.
@@ -276,8 +279,8 @@ func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64,
 		for field, v := range map[string]*string{"name": a.Name, "plan": a.Plan, "stage": a.Stage, "tier": a.Tier, "region": a.Region} {
 			checkText(&items, i, field, v)
 		}
-		if a.MRR != nil && *a.MRR < 0 {
-			items.Add(i, "mrr", "must not be negative")
+		if a.MRR != nil && (*a.MRR < 0 || *a.MRR > maxMRR) {
+			items.Add(i, "mrr", "must be from 0 to %g", maxMRR)
 		}
 		if a.Seats != nil && (*a.Seats < 0 || *a.Seats > math.MaxInt32) {
 			items.Add(i, "seats", "must be a whole number from 0 to %d", math.MaxInt32)

@@ -337,8 +337,8 @@ func (s *Store) RecordMetrics(ctx context.Context, in []MetricInput) ([]int64, e
 			switch {
 			case name != MetricActiveUsers && name != MetricOpenTickets && name != MetricNPS:
 				items.Add(i, field, "unknown metric; known: active_users, open_tickets, nps")
-			case v != math.Trunc(v) || v < 0:
-				items.Add(i, field, "must be a whole number, not negative")
+			case v != math.Trunc(v) || v < 0 || v > math.MaxInt32:
+				items.Add(i, field, "must be a whole number from 0 to %d", math.MaxInt32)
 			case name == MetricNPS && v > 10:
 				items.Add(i, field, "an NPS answer is 0 to 10")
 			}

@@ -264,6 +264,9 @@ func TestOutOfRange(t *testing.T) {
 		item             itemWant
 	}{
 		{"seats over int32", "/v1/accounts", `{"id": "a4", "seats": 3000000000}`, itemWant{0, "seats"}},
+		{"mrr whose sum overflows", "/v1/accounts", `{"id": "a4", "mrr": 1e308}`, itemWant{0, "mrr"}},
+		{"active users over int32", "/v1/metrics", `{"metrics": [{"account_id": "acme", "values": {"active_users": 1e300}}]}`, itemWant{0, "values.active_users"}},
+		{"open tickets over int32", "/v1/metrics", `{"metrics": [{"account_id": "acme", "values": {"open_tickets": 3000000000}}]}`, itemWant{0, "values.open_tickets"}},
 		{"signup in year 0", "/v1/accounts", `{"id": "a4", "signup_at": "0000-01-01T00:00:00Z"}`, itemWant{0, "signup_at"}},
 		{"signup in year 0 in UTC", "/v1/accounts", `{"id": "a4", "signup_at": "0001-01-01T00:30:00+01:00"}`, itemWant{0, "signup_at"}},
 		{"event in year 0", "/v1/events", `{"events": [{"account_id": "acme", "name": "login", "timestamp": "0000-01-01T00:00:00Z"}]}`, itemWant{0, "timestamp"}},
@@ -276,8 +279,11 @@ func TestOutOfRange(t *testing.T) {
 			h.unchanged(t, before)
 		})
 	}
-	// The edges are in range.
-	h.ingest(http.StatusOK, "/v1/accounts", `{"id": "a5", "seats": 2147483647, "signup_at": "0001-01-01T00:00:00Z"}`)
+	// The edges are in range, and what reads them works.
+	h.ingest(http.StatusOK, "/v1/accounts", `{"accounts": [{"id": "a5", "seats": 2147483647, "signup_at": "0001-01-01T00:00:00Z", "mrr": 1e15}, {"id": "a6", "mrr": 1e15}]}`)
+	h.ingest(http.StatusAccepted, "/v1/metrics", `{"metrics": [{"account_id": "a5", "values": {"active_users": 2147483647, "open_tickets": 2147483647}}]}`)
+	wantStatus(t, h.do("GET", "/v1/health/summary", h.key[apikey.Marketing], nil), http.StatusOK)
+	wantStatus(t, h.do("GET", "/v1/accounts/a5/health", h.key[apikey.Marketing], nil), http.StatusOK)
 	h.ingest(http.StatusAccepted, "/v1/events", `{"events": [{"account_id": "a5", "name": "login", "timestamp": "0001-01-01T00:00:00Z"}]}`)
 	if a := h.getAccount("a5"); a["seats"] != 2147483647.0 || !timeOf(t, a, "signup_at").Equal(time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)) {
 		t.Fatalf("a5 = %v", a)
