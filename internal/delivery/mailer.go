@@ -398,33 +398,31 @@ func (m *Mailer) send(c *conn, h handover) *SendError {
 
 // get returns an idle connection, or dials one.
 func (m *Mailer) get(ctx context.Context) (*conn, error) {
-	for {
-		m.mu.Lock()
-		if m.closed {
-			m.mu.Unlock()
-			return nil, ErrMailerClosed
-		}
-		var c *conn
-		if n := len(m.idle); n > 0 {
-			c, m.idle = m.idle[n-1], m.idle[:n-1] // most recently used first
-		}
+	m.mu.Lock()
+	if m.closed {
 		m.mu.Unlock()
-		if c == nil {
-			return m.dial(ctx)
-		}
-		if time.Since(c.lastUsed) < m.idleCheck || m.noop(c) == nil {
-			c.reused = true
-			return c, nil
-		}
-		// Gone stale while idle. The connections still idle have been so
-		// at least as long (the most recently used is taken first), so
-		// are likely gone too, and checking each could take Timeout: they
-		// are closed unchecked, and a new connection is dialled. One
-		// handover checks one connection at most (see handOverTimeouts).
-		_ = c.smtp.Close()
-		m.closeIdleSince(c.lastUsed)
+		return nil, ErrMailerClosed
+	}
+	var c *conn
+	if n := len(m.idle); n > 0 {
+		c, m.idle = m.idle[n-1], m.idle[:n-1] // most recently used first
+	}
+	m.mu.Unlock()
+	if c == nil {
 		return m.dial(ctx)
 	}
+	if time.Since(c.lastUsed) < m.idleCheck || m.noop(c) == nil {
+		c.reused = true
+		return c, nil
+	}
+	// Gone stale while idle. The connections still idle have been so
+	// at least as long (the most recently used is taken first), so
+	// are likely gone too, and checking each could take Timeout: they
+	// are closed unchecked, and a new connection is dialled. One
+	// handover checks one connection at most (see handOverTimeouts).
+	_ = c.smtp.Close()
+	m.closeIdleSince(c.lastUsed)
+	return m.dial(ctx)
 }
 
 // closeIdleSince closes, without QUIT, the idle connections last used no
