@@ -6,8 +6,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/lib/pq"
-
 	"github.com/tendhq/tend/internal/account"
 )
 
@@ -30,15 +28,9 @@ func (s *Service) FreshScores(ctx context.Context, now time.Time, profiles map[i
 		ids = append(ids, id)
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	var rows []stored
-	if err := s.db.SelectContext(ctx, &rows, `
-		SELECT account_id, score, band, change_30d, version, day, model_version, computed_at, valid_until
-		FROM account_health WHERE account_id = ANY($1)`, pq.Array(ids)); err != nil {
+	prev, err := storedScores(ctx, s.db, ids)
+	if err != nil {
 		return nil, fmt.Errorf("fresh scores: %w", err)
-	}
-	prev := map[int64]stored{}
-	for _, r := range rows {
-		prev[r.AccountID] = r
 	}
 	out, err := s.score(ctx, s.db, mv.Model, now, ids, func(id int64) (*account.Profile, stored, bool) {
 		r, ok := prev[id]

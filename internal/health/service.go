@@ -148,17 +148,11 @@ func (s *Service) Refresh(ctx context.Context, now time.Time, profiles map[int64
 		ids = append(ids, id)
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	var rows []stored
-	if err := s.db.SelectContext(ctx, &rows, `
-		SELECT account_id, score, band, change_30d, version, day, model_version, computed_at, valid_until
-		FROM account_health WHERE account_id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids)); err != nil {
+	prev, err := storedScores(ctx, s.db, ids)
+	if err != nil {
 		return fmt.Errorf("health: refresh: %w", err)
 	}
 	today := dayOf(now)
-	prev := make(map[int64]stored, len(rows))
-	for _, r := range rows {
-		prev[r.AccountID] = r
-	}
 	var due []int64
 	for _, id := range ids {
 		c := profiles[id]
@@ -203,6 +197,21 @@ func lowerValidity(c account.Cached, t time.Time) account.Cached {
 		c.ValidUntil = t
 	}
 	return c
+}
+
+// storedScores returns the accounts' score rows (absent: never scored).
+func storedScores(ctx context.Context, q postgres.Queryer, ids []int64) (map[int64]stored, error) {
+	var rows []stored
+	if err := q.SelectContext(ctx, &rows, `
+		SELECT account_id, score, band, change_30d, version, day, model_version, computed_at, valid_until
+		FROM account_health WHERE account_id IN (SELECT unnest($1::bigint[]))`, pq.Array(ids)); err != nil {
+		return nil, err
+	}
+	out := make(map[int64]stored, len(rows))
+	for _, r := range rows {
+		out[r.AccountID] = r
+	}
+	return out, nil
 }
 
 func setProfile(p *account.Profile, score, change int, band string) {

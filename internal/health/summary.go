@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/lib/pq"
-
 	"github.com/tendhq/tend/internal/account"
 )
 
@@ -204,15 +202,9 @@ func (s *Service) DryRun(ctx context.Context, m Model) (DryRun, error) {
 		if err != nil {
 			return DryRun{}, err
 		}
-		var rows []stored
-		if err := s.db.SelectContext(ctx, &rows, `
-			SELECT account_id, score, band, change_30d, version, day, model_version
-			FROM account_health WHERE account_id = ANY($1)`, pq.Array(ids)); err != nil {
+		prev, err := storedScores(ctx, s.db, ids)
+		if err != nil {
 			return DryRun{}, fmt.Errorf("health: dry run: %w", err)
-		}
-		prev := make(map[int64]stored, len(rows))
-		for _, r := range rows {
-			prev[r.AccountID] = r
 		}
 		scores, err := s.score(ctx, s.db, m, now, ids, func(id int64) (*account.Profile, stored, bool) {
 			r, ok := prev[id]
