@@ -330,6 +330,19 @@ func accountID(t *testing.T, db *testsvc.DB, ext string) int64 {
 	return id
 }
 
+// sameProfiles fails the test unless the cached profiles of ids are the
+// computed ones.
+func sameProfiles(t *testing.T, when string, ids []int64, want map[int64]*account.Profile, got map[int64]account.Cached) {
+	t.Helper()
+	for _, id := range ids {
+		w, _ := json.Marshal(want[id])
+		g, _ := json.Marshal(got[id].Profile)
+		if string(w) != string(g) {
+			t.Fatalf("%s: cached profile of %d differs:\n got %s\nwant %s", when, id, g, w)
+		}
+	}
+}
+
 func TestCachedProfilesAgreeWithComputed(t *testing.T) {
 	s, clk, db := newStore(t)
 	ctx := context.Background()
@@ -354,13 +367,7 @@ func TestCachedProfilesAgreeWithComputed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, id := range ids {
-			w, _ := json.Marshal(want[id])
-			g, _ := json.Marshal(got[id].Profile)
-			if string(w) != string(g) {
-				t.Fatalf("%s: cached profile of %d differs:\n got %s\nwant %s", when, id, g, w)
-			}
-		}
+		sameProfiles(t, when, ids, want, got)
 	}
 	same("cold cache")
 	same("warm cache")

@@ -127,6 +127,15 @@ func riskDrip() campaign.Definition {
 	}
 }
 
+// riskDripForEveryContact creates the risky segment and applies the risk
+// drip to every contact of an account that enters it (no audience).
+func (l *loop) riskDripForEveryContact() {
+	l.riskySegment()
+	d := riskDrip()
+	d.Audience = ""
+	l.applyDrip(d)
+}
+
 func (l *loop) riskySegment() {
 	l.t.Helper()
 	s, err := l.segments.Create(context.Background(), segment.Input{Name: "risky", Predicate: `traits.risk == "high"`})
@@ -237,10 +246,7 @@ func TestStepsAdvanceOnTheLastSendInTheContactsZone(t *testing.T) {
 	l := newLoop(t)
 	// Enter on Friday 2026-03-27 09:00 Paris: step two (2d) crosses the DST change.
 	l.clock.Set(time.Date(2026, 3, 27, 8, 0, 0, 0, time.UTC))
-	l.riskySegment()
-	d := riskDrip()
-	d.Audience = ""
-	l.applyDrip(d)
+	l.riskDripForEveryContact()
 	l.account("acme", "Europe/Paris", account.ContactInput{ID: "ann", Email: ptr("ann@acme.example")})
 	l.risk("acme", "high")
 	sent := l.clock.Now().Add(5 * time.Minute)
@@ -304,10 +310,7 @@ func TestActivationEnrollsExistingMembersOnlyWhenAsked(t *testing.T) {
 
 func TestArchiveEndsRunningEnrollments(t *testing.T) {
 	l := newLoop(t)
-	l.riskySegment()
-	d := riskDrip()
-	d.Audience = ""
-	l.applyDrip(d)
+	l.riskDripForEveryContact()
 	l.account("acme", "UTC", account.ContactInput{ID: "ann", Email: ptr("ann@acme.example")})
 	l.risk("acme", "high")
 	// An archive that fails half way changes nothing: the status and the
@@ -345,10 +348,7 @@ func TestArchiveEndsRunningEnrollments(t *testing.T) {
 func TestEntriesAndExitsInBatches(t *testing.T) {
 	l := newLoop(t)
 	ctx := context.Background()
-	l.riskySegment()
-	d := riskDrip()
-	d.Audience = ""
-	l.applyDrip(d)
+	l.riskDripForEveryContact()
 	ids := []string{"a1", "a2", "a3", "a4", "a5"}
 	for _, id := range ids {
 		l.account(id, "UTC", account.ContactInput{ID: id + "-ann", Email: ptr(id + "-ann@example.com")})
@@ -458,10 +458,7 @@ func TestEnrollExistingPagesThroughTheSegment(t *testing.T) {
 func TestAdvanceStalledMovesEachStepOnce(t *testing.T) {
 	l := newLoop(t)
 	ctx := context.Background()
-	l.riskySegment()
-	d := riskDrip()
-	d.Audience = ""
-	l.applyDrip(d)
+	l.riskDripForEveryContact()
 	for _, id := range []string{"a1", "a2", "a3", "a4"} {
 		l.account(id, "UTC", account.ContactInput{ID: id + "-ann", Email: ptr(id + "-ann@example.com")})
 		l.risk(id, "high")

@@ -44,6 +44,22 @@ var t0 = time.Date(2026, 6, 15, 9, 0, 0, 0, time.UTC)
 const checkin = `{{define "subject"}}Checking in, {{.Contact.FirstName}}{{end}}
 {{define "body"}}<p>Hi {{.Contact.FirstName}}, how is {{.Account.Name}} getting on?</p>{{end}}`
 
+// messageOutcome is a message's status and reason.
+type messageOutcome struct {
+	Status string `db:"status"`
+	Reason string `db:"reason"`
+}
+
+// outcomes returns every message's status and reason, in id order.
+func (o *outbox) outcomes() []messageOutcome {
+	o.t.Helper()
+	var rows []messageOutcome
+	if err := o.db.Select(&rows, `SELECT status, reason FROM message ORDER BY id`); err != nil {
+		o.t.Fatal(err)
+	}
+	return rows
+}
+
 func newOutbox(t *testing.T, connections int) *outbox {
 	t.Helper()
 	t.Parallel()
@@ -391,13 +407,7 @@ func TestOutcomeReasonsAreStoredAsText(t *testing.T) {
 	if _, err := o.outbox.Settle(t.Context(), tok, []delivery.Outcome{{ID: ids[1], Status: "uncertain", Reason: bad}}); err != nil {
 		t.Fatal(err)
 	}
-	var rows []struct {
-		Status string `db:"status"`
-		Reason string `db:"reason"`
-	}
-	if err := o.db.Select(&rows, `SELECT status, reason FROM message ORDER BY id`); err != nil {
-		t.Fatal(err)
-	}
+	rows := o.outcomes()
 	for i, want := range []string{"failed", "uncertain"} {
 		if rows[i].Status != want || rows[i].Reason != "550 \uFFFD no such user" {
 			t.Errorf("message %d: %s %q, want %s with the reason made text", ids[i], rows[i].Status, rows[i].Reason, want)
@@ -483,13 +493,7 @@ func TestAGoalThatFailsSendsNothing(t *testing.T) {
 	if _, err := o.sender.SendBatch(t.Context(), ids); err != nil {
 		t.Fatal(err)
 	}
-	var rows []struct {
-		Status string `db:"status"`
-		Reason string `db:"reason"`
-	}
-	if err := o.db.Select(&rows, `SELECT status, reason FROM message ORDER BY id`); err != nil {
-		t.Fatal(err)
-	}
+	rows := o.outcomes()
 	for i, r := range rows {
 		if r.Status != "skipped" || !strings.HasPrefix(r.Reason, "goal could not be evaluated: ") {
 			t.Errorf("message %d: %s (%q), want skipped because the goal could not be evaluated", ids[i], r.Status, r.Reason)

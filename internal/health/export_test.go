@@ -3,7 +3,6 @@ package health
 import (
 	"context"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/tendhq/tend/internal/account"
@@ -23,11 +22,7 @@ func (s *Service) FreshScores(ctx context.Context, now time.Time, profiles map[i
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]int64, 0, len(profiles))
-	for id := range profiles {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	ids := sortedIDs(profiles)
 	prev, err := storedScores(ctx, s.db, ids)
 	if err != nil {
 		return nil, fmt.Errorf("fresh scores: %w", err)
