@@ -84,6 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case app.ModeServe, app.ModeWorker, app.ModeAll:
+		app.TuneGC()
 		a, err := app.New(ctx, cfg, log)
 		if err != nil {
 			return err

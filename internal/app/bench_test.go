@@ -56,6 +56,7 @@ func envInt(name string, def int) int {
 // benchmark's database, when the server runs on this machine.
 func BenchmarkSendPipeline(b *testing.B) {
 	n := envInt("TEND_BENCH_EMAILS", 20000)
+	defer app.TuneGC()() // as the tend command runs
 	perAccount := 10
 	db := testsvc.NewDB(b)
 	rd := testsvc.NewRedis(b)

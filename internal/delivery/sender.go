@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"io"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -623,12 +624,12 @@ func (s *Sender) prepare(ctx context.Context, m *claimed, accounts map[int64]*ac
 		ok, err := s.nudge(ctx, m, def, info, contact, b)
 		return nil, ok, err
 	}
-	msg, err := s.compose(m, def, info, contact, to)
+	msg, size, err := s.compose(m, def, info, contact, to)
 	if err != nil {
 		b.record(m.ID, StatusFailed, "render: "+err.Error())
 		return nil, false, nil
 	}
-	out, err := s.seal(msg)
+	out, err := s.seal(msg, size)
 	if err != nil {
 		b.record(m.ID, StatusFailed, err.Error())
 		return nil, false, nil
@@ -1025,22 +1026,23 @@ func (s *Sender) render(m *claimed, def campaign.Definition, info *accountInfo, 
 }
 
 // compose renders a message into an email with List-Unsubscribe one-click
-// (RFC 8058) and a Message-ID derived from the outbox row.
-func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (*gomail.Msg, error) {
+// (RFC 8058) and a Message-ID derived from the outbox row. It also returns
+// about how many bytes the email takes written, for seal's buffer.
+func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (*gomail.Msg, int, error) {
 	e, err := s.render(m, def, info, c, to)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	msg := gomail.NewMsg()
 	if err := msg.From(e.From); err != nil {
-		return nil, fmt.Errorf("from %q: %w", e.From, err)
+		return nil, 0, fmt.Errorf("from %q: %w", e.From, err)
 	}
 	if err := msg.To(to); err != nil {
-		return nil, fmt.Errorf("to %q: %w", to, err)
+		return nil, 0, fmt.Errorf("to %q: %w", to, err)
 	}
 	if e.ReplyTo != "" {
 		if err := msg.ReplyTo(e.ReplyTo); err != nil {
-			return nil, fmt.Errorf("reply-to %q: %w", e.ReplyTo, err)
+			return nil, 0, fmt.Errorf("reply-to %q: %w", e.ReplyTo, err)
 		}
 	}
 	msg.Subject(e.Subject)
@@ -1053,9 +1055,21 @@ func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo,
 	if m.Test {
 		msg.SetGenHeader("X-Tend-Test", "true")
 	}
-	msg.SetBodyString(gomail.TypeTextPlain, e.Text)
-	msg.AddAlternativeString(gomail.TypeTextHTML, e.HTML)
-	return msg, nil
+	// Writers rather than strings: go-mail copies a string body into a
+	// buffer of its own.
+	msg.SetBodyWriter(gomail.TypeTextPlain, stringWriter(e.Text))
+	msg.AddAlternativeWriter(gomail.TypeTextHTML, stringWriter(e.HTML))
+	// Quoted-printable spends three bytes on each "=" (frequent in HTML)
+	// and on each byte beyond ASCII, and three on each 76-byte line.
+	return msg, len(e.Text) + len(e.HTML)*5/4 + 2048, nil
+}
+
+// stringWriter is a go-mail body function writing s.
+func stringWriter(s string) func(io.Writer) (int64, error) {
+	return func(w io.Writer) (int64, error) {
+		n, err := io.WriteString(w, s)
+		return int64(n), err
+	}
 }
 
 // outgoing is a composed message ready for the transport: its bytes and
@@ -1070,7 +1084,7 @@ type outgoing struct {
 // configured. It runs before the handover, so that a message that cannot be
 // written or signed fails without being handed over, and so that the
 // connection it goes out on is not held while it is written.
-func (s *Sender) seal(msg *gomail.Msg) (outgoing, error) {
+func (s *Sender) seal(msg *gomail.Msg, size int) (outgoing, error) {
 	from, err := msg.GetSender(false)
 	if err != nil {
 		return outgoing{}, fmt.Errorf("envelope sender: %w", err)
@@ -1079,8 +1093,8 @@ func (s *Sender) seal(msg *gomail.Msg) (outgoing, error) {
 	if err != nil {
 		return outgoing{}, fmt.Errorf("envelope recipients: %w", err)
 	}
-	var buf bytes.Buffer
-	if _, err := msg.WriteTo(&buf); err != nil {
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	if _, err := msg.WriteTo(buf); err != nil {
 		return outgoing{}, fmt.Errorf("write the message: %w", err)
 	}
 	data := buf.Bytes()

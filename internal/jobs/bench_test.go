@@ -23,6 +23,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/tendhq/tend/internal/account"
+	"github.com/tendhq/tend/internal/app"
 	"github.com/tendhq/tend/internal/clock"
 	"github.com/tendhq/tend/internal/health"
 	"github.com/tendhq/tend/internal/jobs"
@@ -179,6 +180,7 @@ func BenchmarkSegmentFullPass(b *testing.B) {
 	n := testsvc.EnvInt(b, "TEND_BENCH_ACCOUNTS", benchDefaultAccounts)
 	conc := testsvc.EnvInt(b, "TEND_BENCH_CONCURRENCY", benchDefaultConcurrency)
 	withHealth := os.Getenv("TEND_BENCH_HEALTH") != "0"
+	defer app.TuneGC()() // as the tend command runs
 	ctx := context.Background()
 	day := t0.Truncate(24 * time.Hour) // midnight: cold and warm passes are on the same UTC day
 

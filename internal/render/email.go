@@ -127,7 +127,7 @@ func (r *Renderer) page(t *Template, d Data, messageID int64, opts EmailOptions,
 	}
 	in := t.inlinedFor(layout)
 
-	raw, err := t.execHTML(in.set, "subject", d)
+	raw, err := t.execHTML(in.set, "subject", d, nil)
 	if err != nil {
 		return Email{}, page{}, err
 	}
@@ -141,7 +141,7 @@ func (r *Renderer) page(t *Template, d Data, messageID int64, opts EmailOptions,
 	if opts.Test {
 		subject = "[TEST] " + subject
 	}
-	body, err := t.execHTML(in.set, "body", d)
+	body, err := t.execHTML(in.set, "body", d, &t.bodySize)
 	if err != nil {
 		return Email{}, page{}, err
 	}

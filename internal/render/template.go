@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	texttemplate "text/template"
 
 	"github.com/tendhq/tend/internal/errs"
@@ -53,7 +54,14 @@ type Template struct {
 	// premail.go), per layout.
 	mu      sync.RWMutex
 	inlined map[*Layout]*inlined
+
+	// bodySize is the largest body rendered so far (up to maxSizeHint):
+	// see execHTML.
+	bodySize atomic.Int64
 }
+
+// maxSizeHint bounds the buffer a rendering starts with.
+const maxSizeHint = 1 << 20
 
 // funcs are the functions templates may call besides the builtins.
 var funcs = map[string]any{
@@ -235,11 +243,19 @@ func templateError(name string, err error) error {
 // missingKeyRe finds "at <.Account.Traits.industry>: map has no entry for key "industry"".
 var missingKeyRe = regexp.MustCompile(`at <(\.[\w.]+)\.\w+>: map has no entry for key "(\w+)"`)
 
-// execHTML executes one block of set, a parse of email template t.
-func (t *Template) execHTML(set *htmltemplate.Template, block string, d any) (string, error) {
+// execHTML executes one block of set, a parse of email template t. With a
+// size, the output buffer starts at the largest output so far: growing one
+// from empty copies the output about as many times as it doubles.
+func (t *Template) execHTML(set *htmltemplate.Template, block string, d any, size *atomic.Int64) (string, error) {
 	var b strings.Builder
+	if size != nil {
+		b.Grow(int(size.Load()))
+	}
 	if err := set.ExecuteTemplate(&b, block, d); err != nil {
 		return "", templateError(t.Name, err)
+	}
+	if n := int64(min(b.Len(), maxSizeHint)); size != nil && n > size.Load() {
+		size.Store(n)
 	}
 	return b.String(), nil
 }
