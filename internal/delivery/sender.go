@@ -1,12 +1,12 @@
 package delivery
 
 import (
-	"io"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net/mail"
