@@ -769,6 +769,47 @@ func TestBroadcastVariants(t *testing.T) {
 	}
 }
 
+// TestABrokenBroadcastHoldsUpNothing: a broadcast whose stored definition
+// cannot be read (a row written before validation refused it) is reported
+// by name, and the other broadcasts still fan out and go.
+func TestABrokenBroadcastHoldsUpNothing(t *testing.T) {
+	tn := start(t)
+	tn.call(200, "POST", "/v1/accounts", map[string]any{"id": "acme", "plan": "pro", "seats": 10})
+	tn.call(200, "POST", "/v1/contacts", map[string]any{"contacts": []any{
+		map[string]any{"id": "p1", "account_id": "acme", "email": "p1@acme.example", "name": "Pia"},
+	}})
+	tn.call(201, "POST", "/v1/segments", map[string]any{"name": "paying", "predicate": `plan == "pro"`})
+	tn.eventually("segment built", 30*time.Second, func() bool {
+		seg := tn.call(200, "GET", "/v1/segments/paying", nil)
+		return seg["status"] == "ready" && seg["members"] == 1.0
+	})
+	tn.call(200, "PUT", "/v1/templates/releases/pro", map[string]any{"kind": "email", "source": `{{define "subject"}}New for pro teams{{end}}{{define "body"}}<p>SSO is here.</p>{{end}}`})
+	sendAt := t0.Add(time.Hour)
+	for _, name := range []string{"broken", "release"} {
+		tn.call(201, "POST", "/v1/campaigns", map[string]any{"name": name, "kind": "broadcast", "send_at": sendAt,
+			"variants": []any{map[string]any{"segment": "paying", "template": "releases/pro"}}})
+		tn.call(200, "POST", "/v1/campaigns/"+name+"/activate", nil)
+	}
+	// "broken" was created first: it comes first in every sweep.
+	if _, err := tn.db.Exec(`
+		UPDATE campaign_version v SET definition = jsonb_set(v.definition, '{send_at}', '"next tuesday"')
+		FROM campaign c WHERE c.id = v.campaign_id AND c.name = 'broken'`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := tn.app.Enroller.RunDueBroadcasts(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "broadcast broken") || strings.Contains(err.Error(), "release") {
+		t.Fatalf("due broadcasts before send_at: error %v, want one naming the broken broadcast only", err)
+	}
+	tn.clock.Set(sendAt)
+	if !tn.smtp.WaitFor(1, 30*time.Second) {
+		t.Fatalf("the broadcast after the broken one did not go: %v", tn.messages("p1"))
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := tn.smtp.Count(); n != 1 {
+		t.Fatalf("%d emails, want the one of release", n)
+	}
+}
+
 // TestCapsPastMaxDelayAndTopics: a message the cap cannot fit within the
 // maximum delay is skipped with a reason; unsubscribing from one topic stops
 // that topic only.

@@ -25,33 +25,53 @@ const BroadcastBatch = 2000
 // returns how many messages it scheduled. A broadcast waits while one of its
 // variants' segments is still building: fanned out then, it would reach only
 // the members found so far.
+//
+// A broadcast that fails (a definition stored before validation refused
+// what it holds, say) does not hold up the others: they go on, and the
+// failures come back together, each naming its broadcast.
 func (e *Enroller) RunDueBroadcasts(ctx context.Context) (int, error) {
-	var due []string
-	if err := e.db.SelectContext(ctx, &due, `
-		SELECT c.name FROM campaign c JOIN campaign_version v ON v.campaign_id = c.id AND v.version = c.current_version
+	// send_at is read in Go: cast in SQL, one unreadable value would fail
+	// the query, and with it every broadcast.
+	var candidates []struct {
+		Name   string `db:"name"`
+		SendAt string `db:"send_at"`
+	}
+	if err := e.db.SelectContext(ctx, &candidates, `
+		SELECT c.name, coalesce(v.definition->>'send_at', '') AS send_at
+		FROM campaign c JOIN campaign_version v ON v.campaign_id = c.id AND v.version = c.current_version
 		WHERE c.kind = 'broadcast' AND c.status = 'active' AND c.broadcast_finished_at IS NULL
-		  AND (v.definition->>'send_at')::timestamptz <= $1
 		  AND (c.broadcast_started_at IS NOT NULL OR NOT EXISTS (
 		      SELECT 1 FROM jsonb_array_elements(v.definition->'variants') AS var
 		      JOIN segment s ON s.name = var->>'segment' AND s.deleted_at IS NULL
 		      WHERE s.built_generation < s.generation))
-		ORDER BY c.id`, e.clock.Now()); err != nil {
+		ORDER BY c.id`); err != nil {
 		return 0, fmt.Errorf("campaign: due broadcasts: %w", err)
 	}
+	now := e.clock.Now()
 	total := 0
-	for _, name := range due {
+	var failed []error
+	for _, c := range candidates {
+		at, err := time.Parse(time.RFC3339Nano, c.SendAt)
+		if err != nil {
+			failed = append(failed, fmt.Errorf("campaign: broadcast %s: send_at %q: %w", c.Name, c.SendAt, err))
+			continue
+		}
+		if at.After(now) {
+			continue
+		}
 		for {
-			n, done, err := e.broadcastBatch(ctx, name)
+			n, done, err := e.broadcastBatch(ctx, c.Name)
 			total += n
-			if err != nil || done {
-				if err != nil {
-					return total, err
-				}
+			if err != nil {
+				failed = append(failed, fmt.Errorf("campaign: broadcast %s: %w", c.Name, err))
+				break
+			}
+			if done {
 				break
 			}
 		}
 	}
-	return total, nil
+	return total, errors.Join(failed...)
 }
 
 type variantPlan struct {

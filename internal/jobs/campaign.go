@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -137,11 +138,17 @@ func (d *DeliverySweep) Run(ctx context.Context) error {
 	if pending {
 		d.Client.SegmentEventsWritten(ctx)
 	}
-	if n, err := d.Enroller.RunDueBroadcasts(ctx); err != nil {
-		return err
-	} else if n > 0 {
+	// A broadcast that fails is reported, and what is due still goes:
+	// one broken broadcast must not stop every message.
+	n, broadcastErr := d.Enroller.RunDueBroadcasts(ctx)
+	if n > 0 {
 		d.Log.Info("broadcast fanned out", "messages", n)
 	}
+	return errors.Join(broadcastErr, d.enqueueDue(ctx))
+}
+
+// enqueueDue hands the messages that are due to the workers.
+func (d *DeliverySweep) enqueueDue(ctx context.Context) error {
 	for round := 0; round < 20; round++ {
 		ids, err := d.Outbox.TakeDue(ctx, 5000, d.RequeueAfter)
 		if err != nil {
