@@ -198,6 +198,7 @@ func (a *App) Ready(ctx context.Context) error {
 
 // API builds the HTTP API.
 func (a *App) API() *httpapi.Server {
+	trusted, _ := a.Cfg.TrustedNets() // validated by config.Load
 	return httpapi.New(httpapi.Deps{
 		Accounts: a.Accounts, Keys: a.Keys, Audit: a.Audit, Clock: a.Clock, Log: a.Log,
 		Segments: a.Segments, Engine: a.Engine, Signals: a.Jobs,
@@ -205,7 +206,8 @@ func (a *App) API() *httpapi.Server {
 		Health: a.Health, WebhookSecret: []byte(a.Cfg.WebhookSecret),
 		Monitor: asynqmon.New(asynqmon.Options{RootPath: httpapi.MonitorPath, RedisConnOpt: a.Redis, ReadOnly: true}),
 		Ready:   a.Ready, Registry: a.Registry,
-	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst})
+	}, httpapi.Options{BodyLimit: a.Cfg.BodyLimit, RateLimit: a.Cfg.RateLimit, RateBurst: a.Cfg.RateBurst,
+		TrustedProxies: trusted})
 }
 
 // Worker builds the asynq worker with every handler.

@@ -87,6 +87,12 @@ type Config struct {
 	// RateLimit is the sustained requests per second allowed per API key; RateBurst the burst.
 	RateLimit float64 `env:"TEND_RATE_LIMIT" envDefault:"200"`
 	RateBurst int     `env:"TEND_RATE_BURST" envDefault:"400"`
+	// TrustedProxies are the networks (CIDRs) of the reverse proxies in
+	// front of the API: a request from one of them is taken to come from
+	// the address it names in X-Forwarded-For (tracking hits record it).
+	// From anywhere else the header is ignored, so that a client cannot
+	// claim another address.
+	TrustedProxies []string `env:"TEND_TRUSTED_PROXIES" envDefault:"127.0.0.0/8,::1/128" envSeparator:","`
 	// IngestConcurrency is how many event batches an API process writes to
 	// PostgreSQL at once; more wait their turn (account.IngestConcurrency).
 	IngestConcurrency int `env:"TEND_INGEST_CONCURRENCY" envDefault:"2"`
@@ -145,6 +151,9 @@ func (c Config) Validate() error {
 	}
 	if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("TEND_PUBLIC_URL", "want the absolute http(s) URL users reach the API at, got %q", c.PublicURL)
+	}
+	if _, err := c.TrustedNets(); err != nil {
+		bad("TEND_TRUSTED_PROXIES", "%v", err)
 	}
 	if len(c.Secret) < 16 {
 		bad("TEND_SECRET", "must be at least 16 characters (use `openssl rand -hex 32`)")
@@ -256,6 +265,22 @@ func dnsName(s string) bool {
 }
 
 // Warnings lists settings that work but should not reach production.
+// TrustedNets parses TrustedProxies.
+func (c Config) TrustedNets() ([]*net.IPNet, error) {
+	var nets []*net.IPNet
+	for _, s := range c.TrustedProxies {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		_, n, err := net.ParseCIDR(s)
+		if err != nil {
+			return nil, fmt.Errorf("want comma-separated CIDRs such as 10.0.0.0/8, got %q", s)
+		}
+		nets = append(nets, n)
+	}
+	return nets, nil
+}
+
 func (c Config) Warnings() []string {
 	var w []string
 	if c.Secret == DevSecret {

@@ -21,6 +21,9 @@ func TestLoadDefaults(t *testing.T) {
 	if len(cfg.Warnings()) == 0 {
 		t.Fatal("the development secret must be warned about")
 	}
+	if nets, err := cfg.TrustedNets(); err != nil || len(nets) != 2 || nets[0].String() != "127.0.0.0/8" || nets[1].String() != "::1/128" {
+		t.Fatalf("trusted proxies by default = %v, %v; want loopback only", nets, err)
+	}
 }
 
 func TestLoadReportsEveryBadVariable(t *testing.T) {
@@ -31,11 +34,12 @@ func TestLoadReportsEveryBadVariable(t *testing.T) {
 		"TEND_METRICS_ADDR":       "metrics",
 		"TEND_INGEST_CONCURRENCY": "0",
 		"TEND_EVENT_RETENTION":    "1h",
+		"TEND_TRUSTED_PROXIES":    "10.0.0.0/8,lb.internal",
 	})
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL", "TEND_METRICS_ADDR", "TEND_INGEST_CONCURRENCY", "TEND_EVENT_RETENTION"} {
+	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL", "TEND_METRICS_ADDR", "TEND_INGEST_CONCURRENCY", "TEND_EVENT_RETENTION", "TEND_TRUSTED_PROXIES"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}

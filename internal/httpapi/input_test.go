@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/tendhq/tend/internal/apikey"
 	"github.com/tendhq/tend/internal/campaign"
 	"github.com/tendhq/tend/internal/health"
+	"github.com/tendhq/tend/internal/httpapi"
 	"github.com/tendhq/tend/internal/token"
 )
 
@@ -294,7 +296,7 @@ func TestOutOfRange(t *testing.T) {
 // X-Forwarded-For that is not UTF-8, still gets its pixel and redirect, and
 // the hit is recorded with clean text, as are the good hits written with it.
 func TestTrackingCleansHitText(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, trustLoopback)
 	msgID := h.sentMessage()
 	signer := token.NewSigner([]byte("harness-secret-0123456789"))
 	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -348,6 +350,52 @@ func TestTrackingCleansHitText(t *testing.T) {
 	}
 	if n := h.count(`SELECT count(*) FROM engagement_event WHERE metadata->>'ip' = '203.0.113.7'`); n != 6 {
 		t.Fatalf("%d hits with the forwarded address, want 6", n)
+	}
+}
+
+// trustLoopback makes the harness believe X-Forwarded-For from loopback,
+// where its requests come from (as tend does by default).
+func trustLoopback(o *httpapi.Options) {
+	_, n, _ := net.ParseCIDR("127.0.0.0/8")
+	o.TrustedProxies = []*net.IPNet{n}
+}
+
+// TestForwardedForOnlyFromTrustedProxies: a hit records the address a
+// trusted proxy forwards (the last one not a proxy's); from anyone else the
+// header is ignored and the peer's address recorded.
+func TestForwardedForOnlyFromTrustedProxies(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		opts []harnessOpt
+		xff  string
+		want string
+	}{
+		{"no trusted proxy", nil, "203.0.113.7", "127.0.0.1"},
+		{"loopback trusted", []harnessOpt{trustLoopback}, "203.0.113.7", "203.0.113.7"},
+		{"a chain through proxies", []harnessOpt{trustLoopback}, "198.51.100.9, 203.0.113.7, 127.0.0.5", "203.0.113.7"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t, c.opts...)
+			msgID := h.sentMessage()
+			open := token.NewSigner([]byte("harness-secret-0123456789")).Open(msgID)
+			req, _ := http.NewRequest("GET", h.srv.URL+"/t/o/"+open, nil)
+			req.Header.Set("X-Forwarded-For", c.xff)
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != http.StatusOK {
+				t.Fatalf("pixel: %d", res.StatusCode)
+			}
+			var ip string
+			if err := h.db.Get(&ip, `SELECT metadata->>'ip' FROM engagement_event WHERE message_id = $1`, msgID); err != nil {
+				t.Fatal(err)
+			}
+			if ip != c.want {
+				t.Fatalf("X-Forwarded-For %q recorded as %q, want %q", c.xff, ip, c.want)
+			}
+		})
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -78,6 +79,10 @@ type Options struct {
 	BodyLimit int64   // bytes
 	RateLimit float64 // requests per second per key
 	RateBurst int
+	// TrustedProxies are the networks whose X-Forwarded-For is believed
+	// (see config.Config.TrustedProxies); none: the peer's address is the
+	// client's.
+	TrustedProxies []*net.IPNet
 }
 
 // Server is the HTTP API.
@@ -99,6 +104,7 @@ func New(deps Deps, opts Options) *Server {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
+	e.IPExtractor = ipExtractor(opts.TrustedProxies)
 	// Accept a caller's id only when it looks like one.
 	e.Use(dropOddRequestID, middleware.RequestIDWithConfig(middleware.RequestIDConfig{Generator: newRequestID}))
 	e.Use(s.recoverPanic, s.observe)
@@ -107,6 +113,20 @@ func New(deps Deps, opts Options) *Server {
 	s.echo = e
 	s.routes()
 	return s
+}
+
+// ipExtractor finds a request's client address: the peer's, or, from a
+// trusted proxy, the last address in X-Forwarded-For that is not a trusted
+// proxy's. echo's default believes the header from anyone.
+func ipExtractor(trusted []*net.IPNet) echo.IPExtractor {
+	if len(trusted) == 0 {
+		return echo.ExtractIPDirect()
+	}
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, n := range trusted {
+		opts = append(opts, echo.TrustIPRange(n))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
 }
 
 // Handler returns the API as an http.Handler.
