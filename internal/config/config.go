@@ -264,7 +264,6 @@ func dnsName(s string) bool {
 	return true
 }
 
-// Warnings lists settings that work but should not reach production.
 // TrustedNets parses TrustedProxies.
 func (c Config) TrustedNets() ([]*net.IPNet, error) {
 	var nets []*net.IPNet
@@ -281,6 +280,7 @@ func (c Config) TrustedNets() ([]*net.IPNet, error) {
 	return nets, nil
 }
 
+// Warnings lists settings that work but should not reach production.
 func (c Config) Warnings() []string {
 	var w []string
 	if c.Secret == DevSecret {
