@@ -1,8 +1,6 @@
 package render
 
 import (
-	"bytes"
-	"io"
 	"strings"
 
 	"golang.org/x/net/html"
@@ -35,7 +33,11 @@ type streamed struct {
 // linkTracker) and adds the pixel at src (none when src is ""), without
 // building a tree. ok is false when the page needs the parser.
 func streamPage(page string, track func(string) (string, bool), pixel string) (out streamed, ok bool) {
-	s := pageStream{z: html.NewTokenizer(strings.NewReader(page)), links: linkTracker{track: track}}
+	z, ok := newScanner(page)
+	if !ok {
+		return streamed{}, false
+	}
+	s := pageStream{z: z, links: linkTracker{track: track}}
 	s.out.Grow(len(page) + len(page)/2)
 	if !s.run(pixel) {
 		return streamed{}, false
@@ -44,14 +46,13 @@ func streamPage(page string, track func(string) (string, bool), pixel string) (o
 }
 
 type pageStream struct {
-	z     *html.Tokenizer
+	z     *scanner
 	out   strings.Builder
 	text  html2text.Converter
 	stack []atom.Atom
 	links linkTracker
 
-	pending []byte // text not yet given to the converter (the parser joins adjacent text)
-	raw     []byte // the current tag as written
+	pending strings.Builder // text not yet given to the converter (the parser joins adjacent text)
 	attrs   []html.Attribute
 	sawHTML bool
 	sawHead bool
@@ -62,7 +63,10 @@ type pageStream struct {
 
 func (s *pageStream) run(pixel string) bool {
 	for {
-		tt := s.z.Next()
+		tt, ok := s.z.next()
+		if !ok {
+			return false
+		}
 		if tt != html.TextToken {
 			s.flushText()
 		}
@@ -70,33 +74,29 @@ func (s *pageStream) run(pixel string) bool {
 		case html.ErrorToken:
 			// The page must have ended with </html>, everything closed
 			// (a body is only taken inside <html>).
-			return s.z.Err() == io.EOF && s.sawBody && len(s.stack) == 0
+			return s.sawBody && len(s.stack) == 0
 		case html.TextToken:
-			raw := s.z.Raw()
-			if bytes.IndexByte(raw, 0) >= 0 {
-				return false // the parser drops or replaces NUL by context
-			}
-			s.out.Write(raw)
-			text := s.z.Text() // after Raw: Text unescapes in place
+			s.out.WriteString(s.z.raw)
+			text := s.z.Text()
 			if !s.textAllowed(text) {
 				return false
 			}
-			s.pending = append(s.pending, text...)
+			s.pending.WriteString(text)
 		case html.CommentToken:
-			s.out.Write(s.z.Raw())
+			s.out.WriteString(s.z.raw)
 			s.text.Other()
 		case html.DoctypeToken:
 			if s.sawHTML || len(s.stack) > 0 {
 				return false // ignored by the parser past the start
 			}
-			s.out.Write(s.z.Raw())
+			s.out.WriteString(s.z.raw)
 		case html.StartTagToken, html.SelfClosingTagToken:
 			if !s.start(tt == html.SelfClosingTagToken) {
 				return false
 			}
 		case html.EndTagToken:
 			name, _ := s.z.TagName()
-			a := atom.Lookup(name)
+			a := atom.Lookup([]byte(name))
 			n := len(s.stack)
 			if n == 0 || s.stack[n-1] != a {
 				return false // not the innermost open element: the parser would repair
@@ -104,7 +104,7 @@ func (s *pageStream) run(pixel string) bool {
 			if a == atom.Body && pixel != "" {
 				writeTag(&s.out, "img", pixelAttrs(pixel), true)
 			}
-			s.out.Write(s.z.Raw())
+			s.out.WriteString(s.z.raw)
 			s.pop(a)
 		}
 	}
@@ -114,43 +114,36 @@ func (s *pageStream) run(pixel string) bool {
 // body, but only white space between the elements of the document and of a
 // table (the parser moves other text out of a table, or opens the body for
 // it).
-func (s *pageStream) textAllowed(text []byte) bool {
+func (s *pageStream) textAllowed(text string) bool {
 	top := atom.Atom(0)
 	if n := len(s.stack); n > 0 {
 		top = s.stack[n-1]
 	}
 	switch top {
 	case 0, atom.Html, atom.Head, atom.Table, atom.Tbody, atom.Thead, atom.Tfoot, atom.Tr:
-		return len(bytes.TrimLeft(text, " \t\n\f\r")) == 0
+		return len(strings.TrimLeft(text, " \t\n\f\r")) == 0
 	}
 	return true
 }
 
 func (s *pageStream) flushText() {
-	if len(s.pending) > 0 {
-		s.text.Text(string(s.pending))
-		s.pending = s.pending[:0]
+	if s.pending.Len() > 0 {
+		s.text.Text(s.pending.String())
+		s.pending.Reset()
 	}
 }
 
 // start handles a start tag.
 func (s *pageStream) start(selfClosing bool) bool {
-	// Raw and the attributes are read before anything else: reading the
-	// attributes unescapes them in the tokenizer's buffer.
-	s.raw = append(s.raw[:0], s.z.Raw()...)
 	name, hasAttr := s.z.TagName()
-	a := atom.Lookup(name)
+	a := atom.Lookup([]byte(name))
 	void := voidElements[a]
 	if a == 0 || selfClosing && !void || !s.allowed(a) {
 		return false
 	}
 	s.attrs = s.attrs[:0]
 	if hasAttr && (a == atom.A || a == atom.Area || a == atom.Img) {
-		for more := true; more; {
-			var k, v []byte
-			k, v, more = s.z.TagAttr()
-			s.attrs = append(s.attrs, html.Attribute{Key: string(k), Val: string(v)})
-		}
+		s.attrs = s.z.Attrs(s.attrs)
 	}
 	rewritten := false
 	if a == atom.A || a == atom.Area {
@@ -162,14 +155,14 @@ func (s *pageStream) start(selfClosing bool) bool {
 				// A copy: the text part reads the original href from s.attrs.
 				attrs := append([]html.Attribute(nil), s.attrs...)
 				attrs[i].Val = to
-				writeTag(&s.out, string(name), attrs, selfClosing)
+				writeTag(&s.out, name, attrs, selfClosing)
 				rewritten = true
 			}
 			break
 		}
 	}
 	if !rewritten {
-		s.out.Write(s.raw)
+		s.out.WriteString(s.z.raw)
 	}
 
 	s.text.Open(a, func(key string) string {

@@ -27,6 +27,19 @@ var streamCorpus = []struct {
 	{`<html><body><table><tbody><tr><th>h</th><td>d</td></tr></tbody><tfoot><tr><td>f</td></tr></tfoot></table><center>c</center><ol><li>1</li></ol></body></html>`, true},
 	{`<html><body><p>Ünïcödé ✓ &nbsp; &#43; &lt;tag&gt;</p><p>` + "tab\tand\r\nCRLF" + `</p></body></html>`, true},
 	{`<html><body><style>.x{}</style><p>a</p></body></html>` + "\n\n", true},
+	// Markup the scanner reads as the tokenizer does.
+	{"<HTML><Head><TITLE>a &lt; b</Title><STYLE>p{}</style ></HEAD><BODY><P CLASS='x' Id=\"y\">Hi <A HREF='https://a.example/?x=1&amp;y=&#39;2&#39;' title=\"t\"target=\"_blank\">a</A></P ></BODY></HTML>", true},
+	{"<html><body><p>\r\nx\ry</p><a href=\"https://a.example/\" href=\"https://b.example/\" data-x  =  \"1\" hidden>dup</a><br/><img src=\"i.png\" alt=\"a&amp;b\"/></body></html>", true},
+	{"<html><body><a href=\"https://a.example/\r\nx\">crlf</a><!----><!-- a -- b --></body></html>", true},
+	// Markup the tokenizer reads by rules of its own: left to the parser.
+	{`<html><body><a href=https://a.example/>unquoted</a></body></html>`, false},
+	{`<html><body><a href="https://a.example/?a=1&copy=2">legacy reference</a></body></html>`, false},
+	{`<html><body><a href="https://a.example/?a=1&notit;">reference</a></body></html>`, false},
+	{`<?xml version="1.0"?><html><body>x</body></html>`, false},
+	{`<html><body>a < b</body></html>`, false},
+	{`<html><body><p>x</ p></p></body></html>`, false},
+	{`<html><body><!--x--!>y</body></html>`, false},
+	{`<html><body><!-->x</body></html>`, false},
 	// Repaired by the parser: refused.
 	{`<html><body><p>one<p>two</body></html>`, false},         // an implied </p>
 	{`<html><body><p>a<div>b</div></p></body></html>`, false}, // a div closes the p
@@ -62,6 +75,7 @@ func testRewrite(u string) (string, bool) {
 // parsePage does: the same text, the same links, the same document.
 func sameAsParsed(t *testing.T, pg page) (accepted bool) {
 	t.Helper()
+	sameTokens(t, pg.html)
 	want, err := parsePage(pg.html, pg.rewrite, pg.pixel)
 	if err != nil {
 		t.Fatal(err)
@@ -289,6 +303,64 @@ func genFlow(r *rand.Rand, b *strings.Builder, depth int, inP, inA bool) {
 			b.WriteString("\n</table>")
 		default:
 			b.WriteString("<hr>")
+		}
+	}
+}
+
+// sameTokens checks that, where the scanner reads the whole of page, it
+// reads every token as html.Tokenizer does: its type, its text as written,
+// its text, the tag's name and attributes.
+func sameTokens(t *testing.T, page string) {
+	t.Helper()
+	z, ok := newScanner(page)
+	if !ok {
+		return
+	}
+	type tok struct {
+		tt        html.TokenType
+		raw, text string
+		name      string
+		attrs     []html.Attribute
+	}
+	var got []tok
+	for {
+		tt, ok := z.next()
+		if !ok {
+			return // refused: the page is the parser's
+		}
+		k := tok{tt: tt, raw: z.raw}
+		switch tt {
+		case html.TextToken:
+			k.text = z.Text()
+		case html.StartTagToken, html.SelfClosingTagToken, html.EndTagToken:
+			k.name, _ = z.TagName()
+			if tt != html.EndTagToken {
+				k.attrs = z.Attrs(nil)
+			}
+		}
+		got = append(got, k)
+		if tt == html.ErrorToken {
+			break
+		}
+	}
+	tz := html.NewTokenizer(strings.NewReader(page))
+	for i, g := range got {
+		tt := tz.Next()
+		w := tok{tt: tt, raw: string(tz.Raw())}
+		switch tt {
+		case html.TextToken:
+			w.text = string(tz.Text())
+		case html.StartTagToken, html.SelfClosingTagToken, html.EndTagToken:
+			name, more := tz.TagName()
+			w.name = string(name)
+			for more && tt != html.EndTagToken {
+				var k, v []byte
+				k, v, more = tz.TagAttr()
+				w.attrs = append(w.attrs, html.Attribute{Key: string(k), Val: string(v)})
+			}
+		}
+		if g.tt != w.tt || g.raw != w.raw || g.text != w.text || g.name != w.name || !slices.Equal(g.attrs, w.attrs) {
+			t.Fatalf("page %q, token %d:\nscanned   %+v\ntokenized %+v", page, i, g, w)
 		}
 	}
 }
