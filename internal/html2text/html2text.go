@@ -256,30 +256,39 @@ func (ctx *textifier) emit(data string) {
 	if data == "" {
 		return
 	}
+	if ctx.blockquoteLevel == 0 {
+		ctx.emitLine(data, data) // no breaking outside blockquotes: no slice to make
+		return
+	}
 	for _, line := range ctx.breakLongLines(data) {
-		first, _ := utf8.DecodeRuneInString(line)
-		last, _ := utf8.DecodeLastRuneInString(line)
-		if !unicode.IsSpace(first) && !ctx.endsWithSpace && !strings.HasPrefix(data, ".") {
-			ctx.buf.WriteByte(' ')
-			ctx.lineLength++
+		ctx.emitLine(data, line)
+	}
+}
+
+// emitLine writes line, a line of data (see breakLongLines).
+func (ctx *textifier) emitLine(data, line string) {
+	first, _ := utf8.DecodeRuneInString(line)
+	last, _ := utf8.DecodeLastRuneInString(line)
+	if !unicode.IsSpace(first) && !ctx.endsWithSpace && !strings.HasPrefix(data, ".") {
+		ctx.buf.WriteByte(' ')
+		ctx.lineLength++
+	}
+	ctx.endsWithSpace = unicode.IsSpace(last)
+	if !utf8.ValidString(line) {
+		// Upstream wrote each invalid byte as U+FFFD.
+		line = string([]rune(line))
+	}
+	for {
+		i := strings.IndexByte(line, '\n')
+		if i < 0 {
+			ctx.buf.WriteString(line)
+			ctx.lineLength += utf8.RuneCountInString(line)
+			break
 		}
-		ctx.endsWithSpace = unicode.IsSpace(last)
-		if !utf8.ValidString(line) {
-			// Upstream wrote each invalid byte as U+FFFD.
-			line = string([]rune(line))
-		}
-		for {
-			i := strings.IndexByte(line, '\n')
-			if i < 0 {
-				ctx.buf.WriteString(line)
-				ctx.lineLength += utf8.RuneCountInString(line)
-				break
-			}
-			ctx.buf.WriteString(line[:i+1])
-			line = line[i+1:]
-			ctx.lineLength = 0
-			ctx.buf.WriteString(ctx.prefix)
-		}
+		ctx.buf.WriteString(line[:i+1])
+		line = line[i+1:]
+		ctx.lineLength = 0
+		ctx.buf.WriteString(ctx.prefix)
 	}
 }
 
