@@ -105,10 +105,7 @@ func (z *scanner) Text() string {
 func (z *scanner) startTag(start int) (html.TokenType, bool) {
 	p := z.page
 	i := start + 1
-	j := i
-	for j < len(p) && isAlnum(p[j]) {
-		j++
-	}
+	j := nameEnd(p, i)
 	name := strings.ToLower(p[i:j])
 	tt := html.StartTagToken
 	for {
@@ -194,10 +191,7 @@ func (z *scanner) Attrs(dst []html.Attribute) []html.Attribute {
 func (z *scanner) endTag(start int) (html.TokenType, bool) {
 	p := z.page
 	i := start + 2
-	j := i
-	for j < len(p) && isAlnum(p[j]) {
-		j++
-	}
+	j := nameEnd(p, i)
 	if j == i || !isLetter(p[i]) {
 		return 0, false
 	}
@@ -294,6 +288,15 @@ func convertNewlines(s string) string {
 		return s
 	}
 	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\r", "\n")
+}
+
+// nameEnd is where the tag name from p[i:] ends: the scanner's names are
+// letters and digits.
+func nameEnd(p string, i int) int {
+	for i < len(p) && isAlnum(p[i]) {
+		i++
+	}
+	return i
 }
 
 func skipSpace(p string, i int) int {
