@@ -15,7 +15,7 @@ import (
 // attribute value, a bogus comment, another raw-text element...) it stops
 // with ok false, and the page goes through the parser. That keeps it exactly
 // the tokenizer's reading of what it accepts, which the stream's tests hold
-// it to through parsePage.
+// it to token by token (sameTokens) and through parsePage.
 type scanner struct {
 	page    string
 	pos     int
