@@ -488,7 +488,7 @@ func scanHTML(src, prefix string) scan {
 		switch tt {
 		case html.StartTagToken, html.SelfClosingTagToken:
 			tok := z.Token()
-			nameLen, attrs := rawAttrs(src[start:pos])
+			nameLen, attrs, _ := rawAttrs(src[start:pos], nil)
 			tag := srcTag{start: start, end: pos, nameEnd: start + nameLen, elemEnd: pos, attrs: attrs}
 			// rawAttrs must read the attributes as the tokenizer did (which
 			// keeps the first of those of the same name), or its spans are
@@ -585,10 +585,13 @@ func (t *srcTag) attr(key string) *rawAttr {
 	return nil
 }
 
-// rawAttrs reads a start tag's text as HTML's tokenizer does (WHATWG
-// 13.2.5.8, 32-39): it returns the length of "<name" and the attributes.
-func rawAttrs(tag string) (nameEnd int, attrs []rawAttr) {
-	seen := map[string]bool{}
+// rawAttrs reads a start tag as HTML's tokenizer does (WHATWG 13.2.5.8,
+// 32-39), from its "<": it returns the length of "<name", the attributes
+// (appended to attrs) and where it stopped: at the tag's closing ">", or at
+// the end of tag when it has none. Both premail (on template source) and the
+// stream's scanner (on every start tag of every email) read tags with it.
+func rawAttrs(tag string, attrs []rawAttr) (nameEnd int, _ []rawAttr, end int) {
+	base := len(attrs)
 	i := 1
 	for i < len(tag) && !isHTMLSpace(tag[i]) && tag[i] != '/' && tag[i] != '>' {
 		i++
@@ -599,14 +602,14 @@ func rawAttrs(tag string) (nameEnd int, attrs []rawAttr) {
 			i++
 		}
 		if i >= len(tag) || tag[i] == '>' {
-			return nameEnd, attrs
+			return nameEnd, attrs, i
 		}
 		a := rawAttr{start: i}
 		i++ // a first '=' is part of the name
 		for i < len(tag) && !isHTMLSpace(tag[i]) && tag[i] != '/' && tag[i] != '>' && tag[i] != '=' {
 			i++
 		}
-		a.key = strings.ToLower(tag[a.start:i])
+		a.key = lowerASCII(tag[a.start:i])
 		a.end, a.vstart, a.vend = i, i, i
 		j := i
 		for j < len(tag) && isHTMLSpace(tag[j]) {
@@ -637,11 +640,33 @@ func rawAttrs(tag string) (nameEnd int, attrs []rawAttr) {
 			a.end = i
 		}
 		if a.start < a.end {
-			a.first = !seen[a.key]
-			seen[a.key] = true
+			a.first = true
+			for _, b := range attrs[base:] {
+				if b.key == a.key {
+					a.first = false // few attributes: a look back costs less than a map
+					break
+				}
+			}
 			attrs = append(attrs, a)
 		}
 	}
+}
+
+// lowerASCII lower-cases the ASCII letters of s, as the tokenizer does
+// (strings.ToLower would also fold others, some into ASCII: "\u212a" into
+// "k").
+func lowerASCII(s string) string {
+	i := strings.IndexFunc(s, func(r rune) bool { return 'A' <= r && r <= 'Z' })
+	if i < 0 {
+		return s
+	}
+	b := []byte(s)
+	for ; i < len(b); i++ {
+		if 'A' <= b[i] && b[i] <= 'Z' {
+			b[i] += 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 func isHTMLSpace(c byte) bool {

@@ -275,9 +275,18 @@ func TestBodyBlock(t *testing.T) {
 
 func TestRawAttrs(t *testing.T) {
 	tag := `<p a=1 B='2' c="3>" d e = "5" /x=6 a=7 =y f>`
-	nameEnd, attrs := rawAttrs(tag)
+	nameEnd, attrs, end := rawAttrs(tag, nil)
 	if nameEnd != 2 {
 		t.Errorf("name ends at %d", nameEnd)
+	}
+	if end != len(tag)-1 {
+		t.Errorf("stopped at %d, want %d (the closing >)", end, len(tag)-1)
+	}
+	if _, attrs, _ := rawAttrs("<p \u212aEY=1>", nil); len(attrs) != 1 || attrs[0].key != "\u212aey" {
+		t.Errorf("a key with a Kelvin sign read as %+v: only ASCII letters are lower-cased", attrs)
+	}
+	if _, _, end := rawAttrs(`<p a="1>`, nil); end != len(`<p a="1>`) {
+		t.Errorf("an unterminated value: stopped at %d, want the end", end)
 	}
 	var got []string
 	for _, a := range attrs {

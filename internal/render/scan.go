@@ -19,17 +19,12 @@ import (
 type scanner struct {
 	page    string
 	pos     int
-	rawTag  string // "style" or "title" after its start tag: its content is text up to its end tag
-	tt      html.TokenType
-	raw     string // the current token as written
-	data    string // a text token's text as written; a tag's lower-cased name
-	textRaw bool   // the text is <style> content: no references
-	attrs   []scanAttr
+	rawTag  string    // "style" or "title" after its start tag: its content is text up to its end tag
+	raw     string    // the current token as written
+	data    string    // a text token's text as written; a tag's lower-cased name
+	textRaw bool      // the text is <style> content: no references
+	attrs   []rawAttr // a start tag's, in raw
 }
-
-// scanAttr is an attribute as written: its key lower-cased, its value
-// between the quotes.
-type scanAttr struct{ key, val string }
 
 // newScanner returns a scanner over page, or false for a page with NUL
 // bytes, which the parser drops or replaces by context.
@@ -47,8 +42,8 @@ func (z *scanner) next() (tt html.TokenType, ok bool) {
 	z.attrs = z.attrs[:0]
 	z.textRaw = false
 	if start == len(z.page) {
-		z.tt, z.raw = html.ErrorToken, ""
-		return z.tt, true
+		z.raw = ""
+		return html.ErrorToken, true
 	}
 	if z.rawTag != "" {
 		end := rawTextEnd(z.page, start, z.rawTag)
@@ -86,9 +81,9 @@ func (z *scanner) next() (tt html.TokenType, ok bool) {
 // text makes page[start:end] the current token, a text token.
 func (z *scanner) text(start, end int) html.TokenType {
 	z.pos = end
-	z.tt, z.raw = html.TextToken, z.page[start:end]
+	z.raw = z.page[start:end]
 	z.data = z.raw
-	return z.tt
+	return html.TextToken
 }
 
 // Text is the current text token's text as the tokenizer's Text has it:
@@ -101,76 +96,36 @@ func (z *scanner) Text() string {
 	return html.UnescapeString(s)
 }
 
-// startTag reads a start tag at page[start:] ("<" and a letter).
+// startTag reads a start tag at page[start:] ("<" and a letter), through
+// rawAttrs, taking only names of letters and digits and attribute values
+// in quotes.
 func (z *scanner) startTag(start int) (html.TokenType, bool) {
-	p := z.page
-	i := start + 1
-	j := nameEnd(p, i)
-	name := strings.ToLower(p[i:j])
-	tt := html.StartTagToken
-	for {
-		k := skipSpace(p, j)
-		if k == len(p) {
-			return 0, false
-		}
-		switch c := p[k]; {
-		case c == '>':
-			j = k + 1
-		case c == '/' && k+1 < len(p) && p[k+1] == '>':
-			tt, j = html.SelfClosingTagToken, k+2
-		case isKeyStart(c) && (k > j || len(z.attrs) > 0 && k == j && (p[k-1] == '"' || p[k-1] == '\'')):
-			var ok bool
-			if j, ok = z.attr(k); !ok {
-				return 0, false
-			}
-			continue
-		default:
-			return 0, false
-		}
-		break
+	rest := z.page[start:]
+	nameEnd, attrs, end := rawAttrs(rest, z.attrs[:0])
+	z.attrs = attrs
+	if end == len(rest) || alnumLen(rest[1:nameEnd]) != nameEnd-1 {
+		return 0, false // no ">", or an odd name
 	}
-	switch name {
-	case "style", "title":
+	for _, a := range attrs {
+		val := a.value(rest)
+		if !plainKey(a.key) || a.quote == 0 && val != "" || !plainRefs(val) {
+			return 0, false // an odd name, an unquoted value, references read by attribute rules
+		}
+	}
+	name := strings.ToLower(rest[1:nameEnd])
+	tt := html.StartTagToken
+	if rest[end-1] == '/' { // not in a value: values are quoted
+		tt = html.SelfClosingTagToken
+	}
+	switch {
+	case name == "style" || name == "title":
 		z.rawTag = name
-	case "iframe", "noembed", "noframes", "noscript", "plaintext", "script", "textarea", "xmp":
+	case rawTextElements[name]:
 		return 0, false // raw text the stream does not take
 	}
-	z.pos = j
-	z.tt, z.raw, z.data = tt, p[start:j], name
+	z.pos = start + end + 1
+	z.raw, z.data = rest[:end+1], name
 	return tt, true
-}
-
-// attr reads an attribute at page[k:] and returns where it ends.
-func (z *scanner) attr(k int) (int, bool) {
-	p := z.page
-	j := k
-	for j < len(p) && isKeyByte(p[j]) {
-		j++
-	}
-	key := p[k:j]
-	val := ""
-	if e := skipSpace(p, j); e < len(p) && p[e] == '=' {
-		q := skipSpace(p, e+1)
-		if q == len(p) || p[q] != '"' && p[q] != '\'' {
-			return 0, false // unquoted
-		}
-		end := strings.IndexByte(p[q+1:], p[q])
-		if end < 0 {
-			return 0, false
-		}
-		val, j = p[q+1:q+1+end], q+1+end+1
-		if !plainRefs(val) {
-			return 0, false
-		}
-	}
-	key = lowerASCII(key)
-	for _, a := range z.attrs {
-		if a.key == key {
-			return j, true // the tokenizer keeps the first
-		}
-	}
-	z.attrs = append(z.attrs, scanAttr{key: key, val: val})
-	return j, true
 }
 
 // TagName is the lower-cased name of the current tag and whether it has
@@ -182,7 +137,9 @@ func (z *scanner) TagName() (string, bool) { return z.data, len(z.attrs) > 0 }
 // references decoded.
 func (z *scanner) Attrs(dst []html.Attribute) []html.Attribute {
 	for _, a := range z.attrs {
-		dst = append(dst, html.Attribute{Key: a.key, Val: html.UnescapeString(convertNewlines(a.val))})
+		if a.first { // the tokenizer keeps the first of a name
+			dst = append(dst, html.Attribute{Key: a.key, Val: html.UnescapeString(convertNewlines(a.value(z.raw)))})
+		}
 	}
 	return dst
 }
@@ -191,7 +148,7 @@ func (z *scanner) Attrs(dst []html.Attribute) []html.Attribute {
 func (z *scanner) endTag(start int) (html.TokenType, bool) {
 	p := z.page
 	i := start + 2
-	j := nameEnd(p, i)
+	j := i + alnumLen(p[i:])
 	if j == i || !isLetter(p[i]) {
 		return 0, false
 	}
@@ -200,8 +157,8 @@ func (z *scanner) endTag(start int) (html.TokenType, bool) {
 		return 0, false
 	}
 	z.pos = k + 1
-	z.tt, z.raw, z.data = html.EndTagToken, p[start:k+1], strings.ToLower(p[i:j])
-	return z.tt, true
+	z.raw, z.data = p[start:k+1], strings.ToLower(p[i:j])
+	return html.EndTagToken, true
 }
 
 // declaration reads a comment or a doctype at page[start:] ("<!").
@@ -220,8 +177,8 @@ func (z *scanner) declaration(start int) (html.TokenType, bool) {
 			return 0, false
 		}
 		z.pos = start + 2 + 2 + end + 3
-		z.tt, z.raw = html.CommentToken, z.page[start:z.pos]
-		return z.tt, true
+		z.raw = z.page[start:z.pos]
+		return html.CommentToken, true
 	}
 	if len(rest) >= 7 && equalFoldASCII(rest[:7], "doctype") {
 		end := strings.IndexByte(rest, '>')
@@ -229,8 +186,8 @@ func (z *scanner) declaration(start int) (html.TokenType, bool) {
 			return 0, false
 		}
 		z.pos = start + 2 + end + 1
-		z.tt, z.raw = html.DoctypeToken, z.page[start:z.pos]
-		return z.tt, true
+		z.raw = z.page[start:z.pos]
+		return html.DoctypeToken, true
 	}
 	return 0, false // CDATA, a bogus comment
 }
@@ -290,9 +247,10 @@ func convertNewlines(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\r", "\n")
 }
 
-// nameEnd is where the tag name from p[i:] ends: the scanner's names are
-// letters and digits.
-func nameEnd(p string, i int) int {
+// alnumLen is the length of the tag name p starts with: the scanner's names
+// are letters and digits.
+func alnumLen(p string) int {
+	i := 0
 	for i < len(p) && isAlnum(p[i]) {
 		i++
 	}
@@ -300,13 +258,8 @@ func nameEnd(p string, i int) int {
 }
 
 func skipSpace(p string, i int) int {
-	for i < len(p) {
-		switch p[i] {
-		case ' ', '\n', '\r', '\t', '\f':
-			i++
-		default:
-			return i
-		}
+	for i < len(p) && isHTMLSpace(p[i]) {
+		i++
 	}
 	return i
 }
@@ -325,18 +278,19 @@ func equalFoldASCII(s, lower string) bool {
 	return true
 }
 
-func lowerASCII(s string) string {
-	for i := 0; i < len(s); i++ {
-		if 'A' <= s[i] && s[i] <= 'Z' {
-			return strings.ToLower(s)
-		}
-	}
-	return s
-}
-
 func isLetter(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
 func isAlnum(c byte) bool  { return isLetter(c) || '0' <= c && c <= '9' }
 
-// isKeyStart and isKeyByte are the attribute names the scanner takes.
-func isKeyStart(c byte) bool { return isLetter(c) || c == '_' || c == ':' }
-func isKeyByte(c byte) bool  { return isAlnum(c) || c == '-' || c == '_' || c == ':' || c == '.' }
+// plainKey tells whether key (lower-cased) is an attribute name the scanner
+// takes: a letter, "_" or ":", then those, digits, "-" and ".".
+func plainKey(key string) bool {
+	if key == "" || !isLetter(key[0]) && key[0] != '_' && key[0] != ':' {
+		return false
+	}
+	for i := 1; i < len(key); i++ {
+		if c := key[i]; !isAlnum(c) && c != '-' && c != '_' && c != ':' && c != '.' {
+			return false
+		}
+	}
+	return true
+}

@@ -36,6 +36,7 @@ var streamCorpus = []struct {
 	{`<html><body><a href="https://a.example/?a=1&copy=2">legacy reference</a></body></html>`, false},
 	{`<html><body><a href="https://a.example/?a=1&notit;">reference</a></body></html>`, false},
 	{`<?xml version="1.0"?><html><body>x</body></html>`, false},
+	{"<html><body><a \u212aey=\"1\" href=\"https://a.example/\">Kelvin sign</a></body></html>", false},
 	{`<html><body>a < b</body></html>`, false},
 	{`<html><body><p>x</ p></p></body></html>`, false},
 	{`<html><body><!--x--!>y</body></html>`, false},
