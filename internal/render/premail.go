@@ -656,8 +656,11 @@ func rawAttrs(tag string, attrs []rawAttr) (nameEnd int, _ []rawAttr, end int) {
 // (strings.ToLower would also fold others, some into ASCII: "\u212a" into
 // "k").
 func lowerASCII(s string) string {
-	i := strings.IndexFunc(s, func(r rune) bool { return 'A' <= r && r <= 'Z' })
-	if i < 0 {
+	i := 0
+	for i < len(s) && !('A' <= s[i] && s[i] <= 'Z') {
+		i++
+	}
+	if i == len(s) {
 		return s
 	}
 	b := []byte(s)
