@@ -32,8 +32,14 @@ const migrationLockID int64 = 0x74656e646d696772
 // row estimates (joins through unnest'ed id arrays) often cross the JIT cost
 // threshold, and compiling took longer than running them — most of a health
 // recompute's database time in BenchmarkHealthRecompute.
+//
+// Connections always run in UTC, whatever the URL or the server's default
+// says: Tend's SQL counts whole UTC days (usage windows, rollup days,
+// timestamptz cast to date), which the session's time zone would otherwise
+// shift.
 func Open(ctx context.Context, databaseURL string) (*sqlx.DB, error) {
-	databaseURL = withDefaultParam(databaseURL, "jit", "off")
+	databaseURL = withParam(databaseURL, "jit", "off", false)
+	databaseURL = withParam(databaseURL, "timezone", "UTC", true)
 	db, err := sqlx.Open("postgres", databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
@@ -50,16 +56,21 @@ func Open(ctx context.Context, databaseURL string) (*sqlx.DB, error) {
 	return db, nil
 }
 
-// withDefaultParam adds a connection parameter to a postgres:// URL unless it
-// names it already; lib/pq sends parameters it does not know itself as
-// run-time settings. Other forms of connection string are left as they are.
-func withDefaultParam(databaseURL, name, value string) string {
+// withParam sets a connection parameter in a connection string; lib/pq sends
+// parameters it does not know itself as run-time settings. Unless override is
+// set, a string that names the parameter already keeps its own value. In a
+// key=value string the parameter is appended (lib/pq takes the last value of
+// a key given twice), and only with override.
+func withParam(databaseURL, name, value string, override bool) string {
 	u, err := url.Parse(databaseURL)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		if override {
+			return databaseURL + " " + name + "=" + value
+		}
 		return databaseURL
 	}
 	q := u.Query()
-	if q.Has(name) {
+	if q.Has(name) && !override {
 		return databaseURL
 	}
 	q.Set(name, value)

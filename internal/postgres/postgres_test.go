@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 
@@ -105,6 +106,39 @@ func TestJITOffUnlessAsked(t *testing.T) {
 		var jit string
 		if err := db.Get(&jit, `SHOW jit`); err != nil || jit != c.want {
 			t.Errorf("jit = %q (%v), want %s", jit, err, c.want)
+		}
+		db.Close()
+	}
+}
+
+// TestSessionsRunInUTC: Open's connections run in UTC whatever the URL, a
+// key=value connection string or the database's own setting says, so that a
+// timestamptz late in a UTC day casts to that day.
+func TestSessionsRunInUTC(t *testing.T) {
+	t.Parallel()
+	base := testsvc.NewDB(t)
+	if _, err := base.Exec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone = %L', current_database(), 'Asia/Tokyo'); END $$`); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(base.URL)
+	asked := *u
+	q := asked.Query()
+	q.Set("timezone", "America/New_York")
+	asked.RawQuery = q.Encode()
+	pass, _ := u.User.Password()
+	kv := fmt.Sprintf("host=%s port=%s user=%s password='%s' dbname=%s sslmode=disable timezone=America/New_York",
+		u.Hostname(), u.Port(), u.User.Username(), pass, strings.TrimPrefix(u.Path, "/"))
+	for _, c := range []string{base.URL, asked.String(), kv} {
+		db, err := postgres.Open(context.Background(), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tz, day string
+		if err := db.QueryRow(`SELECT current_setting('TimeZone'), '2026-03-01T23:30:00Z'::timestamptz::date::text`).Scan(&tz, &day); err != nil {
+			t.Fatal(err)
+		}
+		if tz != "UTC" || day != "2026-03-01" {
+			t.Errorf("%s: time zone %q, day %s; want UTC, 2026-03-01", c, tz, day)
 		}
 		db.Close()
 	}
