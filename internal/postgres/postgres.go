@@ -73,6 +73,11 @@ func withParam(databaseURL, name, value string, override bool) string {
 	if q.Has(name) && !override {
 		return databaseURL
 	}
+	for k := range q {
+		if override && strings.EqualFold(k, name) {
+			q.Del(k) // PostgreSQL's setting names ignore case: TimeZone is timezone
+		}
+	}
 	q.Set(name, value)
 	u.RawQuery = q.Encode()
 	return u.String()

@@ -125,10 +125,14 @@ func TestSessionsRunInUTC(t *testing.T) {
 	q := asked.Query()
 	q.Set("timezone", "America/New_York")
 	asked.RawQuery = q.Encode()
+	capital := *u
+	q = capital.Query()
+	q.Set("TimeZone", "Europe/Paris")
+	capital.RawQuery = q.Encode()
 	pass, _ := u.User.Password()
 	kv := fmt.Sprintf("host=%s port=%s user=%s password='%s' dbname=%s sslmode=disable timezone=America/New_York",
 		u.Hostname(), u.Port(), u.User.Username(), pass, strings.TrimPrefix(u.Path, "/"))
-	for _, c := range []string{base.URL, asked.String(), kv} {
+	for _, c := range []string{base.URL, asked.String(), capital.String(), kv} {
 		db, err := postgres.Open(context.Background(), c)
 		if err != nil {
 			t.Fatal(err)
