@@ -633,6 +633,9 @@ type StalledCursor struct {
 // with one statement a page and moves them on through Advance, which checks
 // again under lock. It returns the cursor to go on from, the zero cursor
 // once it has read the last active enrollment, and how many it advanced.
+// When the page was read, the cursor returned is past it even with an error:
+// the enrollments that could not move on are named in it, and the others
+// moved on.
 func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit int) (StalledCursor, int, error) {
 	var page []struct {
 		ID       int64 `db:"id"`
@@ -677,15 +680,31 @@ func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit 
 	if len(ids) == 0 {
 		return cur, 0, nil
 	}
-	var advanced int
-	err := postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) (err error) {
+	advanced, err := e.advanceInTx(ctx, ids)
+	if err == nil {
+		return cur, advanced, nil
+	}
+	// One enrollment that cannot move on must hold up neither the others
+	// of its page nor the pass: each goes on its own, and the failures are
+	// returned with the cursor past the page.
+	advanced = 0
+	var failed []error
+	for _, id := range ids {
+		n, err := e.advanceInTx(ctx, []int64{id})
+		advanced += n
+		if err != nil {
+			failed = append(failed, fmt.Errorf("enrollment %d: %w", id, err))
+		}
+	}
+	return cur, advanced, errors.Join(failed...)
+}
+
+func (e *Enroller) advanceInTx(ctx context.Context, ids []int64) (advanced int, err error) {
+	err = postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) (err error) {
 		advanced, err = e.advance(ctx, tx, ids)
 		return err
 	})
-	if err != nil {
-		return cur, 0, err
-	}
-	return cur, advanced, nil
+	return advanced, err
 }
 
 // PendingSegmentEvents reports whether segment entries or exits wait to be

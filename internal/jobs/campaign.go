@@ -205,13 +205,14 @@ func (d *StalledDrips) Run(ctx context.Context) error {
 	for {
 		cur, n, err := d.Enroller.AdvanceStalled(ctx, d.cursor, d.Batch)
 		total += n
-		if err != nil {
-			return err
-		}
+		// Past the page even when some of it could not move on: those
+		// wait for the next pass, and the rest of this one goes on.
 		d.cursor = cur
 		if cur == (campaign.StalledCursor{}) {
 			d.next = now.Add(d.Every)
-			return nil
+		}
+		if err != nil || cur == (campaign.StalledCursor{}) {
+			return err
 		}
 		if time.Since(start) >= d.Budget {
 			return nil // more to read: the next sweep goes on

@@ -275,6 +275,56 @@ func TestADripGoesOnAfterAHoldOutlastedTheMaximumDelay(t *testing.T) {
 	}
 }
 
+// An enrollment that cannot move on (here PostgreSQL refuses its next
+// message) holds up neither the others of its page nor the pass: they move
+// on, the failure is reported, and the next sweep reads the next page.
+func TestStalledDripsStepPastOneThatCannotMove(t *testing.T) {
+	r := newDripRig(t)
+	ctx := context.Background()
+	r.exec(`INSERT INTO account (external_id, name, signup_at, created_at, updated_at)
+		SELECT 'acc' || i, 'Account ' || i, $1, $1, $1 FROM generate_series(1, 4) i`, t0)
+	r.exec(`INSERT INTO contact (external_id, account_id, email, name, created_at, updated_at)
+		SELECT 'x' || a.external_id, a.id, a.external_id || '@example.com', 'X', $1, $1 FROM account a WHERE a.external_id LIKE 'acc%'`, t0)
+	r.exec(`INSERT INTO segment_event (segment_id, account_id, kind, reason, at)
+		SELECT s.id, a.id, 'enter', 'data', $1 FROM segment s, account a WHERE a.external_id LIKE 'acc%' ORDER BY a.id`, t0)
+	if _, err := r.enroller.ProcessSegmentEvents(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	r.exec(`UPDATE message SET status = 'failed', reason = 'test'`)
+	// The second enrollment in the pass's order cannot be given its next
+	// step.
+	var stuck int64
+	if err := r.db.Get(&stuck, `SELECT id FROM enrollment ORDER BY campaign_id, account_id OFFSET 1 LIMIT 1`); err != nil {
+		t.Fatal(err)
+	}
+	r.exec(`CREATE FUNCTION refuse_stuck() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'refused for the test'; END $$`)
+	r.exec(fmt.Sprintf(`CREATE TRIGGER refuse_stuck BEFORE INSERT ON message FOR EACH ROW
+		WHEN (NEW.enrollment_id = %d) EXECUTE FUNCTION refuse_stuck()`, stuck))
+
+	r.stalled.Batch, r.stalled.Budget = 2, 0 // one page of two a sweep
+	err := r.stalled.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("enrollment %d", stuck)) {
+		t.Fatalf("first sweep: err %v, want the stuck enrollment %d named", err, stuck)
+	}
+	for i := range 2 {
+		if err := r.stalled.Run(ctx); err != nil {
+			t.Fatalf("sweep %d: %v (the stuck page read again?)", i+2, err)
+		}
+	}
+	var moved []int64
+	if err := r.db.Select(&moved, `SELECT id FROM enrollment WHERE step = 1 ORDER BY id`); err != nil {
+		t.Fatal(err)
+	}
+	var still int
+	if err := r.db.Get(&still, `SELECT step FROM enrollment WHERE id = $1`, stuck); err != nil {
+		t.Fatal(err)
+	}
+	if len(moved) != 4 || still != 0 {
+		t.Fatalf("after three sweeps %v on step two and the stuck one at step %d, want the 4 others on step two", pq.Array(moved), still)
+	}
+}
+
 // The pass reads the active enrollments a page at a time, over as many
 // sweeps as its budget needs, and starts again only after Every: an
 // enrollment stalled behind the cursor waits for the next pass.
