@@ -284,8 +284,9 @@ func (s *Sender) SendBatch(ctx context.Context, ids []int64) (Sent, error) {
 	}
 	// After Settle committed, both: the accounts emailed are marked changed
 	// (an evaluation starting now counts the emails; should this fail,
-	// emails_30d catches up at the account's next change or the next UTC
-	// day), and the enrollments move on.
+	// emails_30d catches up at the account's next change, or when its
+	// cached profile's validity runs out: at most account.MaxValidity), and
+	// the enrollments move on.
 	var failed []error
 	if len(b.mailed) > 0 {
 		changed := slices.Collect(maps.Keys(b.mailed))
