@@ -3,6 +3,8 @@ package health
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/tendhq/tend/internal/account"
@@ -22,7 +24,7 @@ func (s *Service) FreshScores(ctx context.Context, now time.Time, profiles map[i
 	if err != nil {
 		return nil, err
 	}
-	ids := sortedIDs(profiles)
+	ids := slices.Sorted(maps.Keys(profiles))
 	prev, err := storedScores(ctx, s.db, ids)
 	if err != nil {
 		return nil, fmt.Errorf("fresh scores: %w", err)

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"time"
 
@@ -143,7 +145,7 @@ func (s *Service) Refresh(ctx context.Context, now time.Time, profiles map[int64
 	if err != nil {
 		return err
 	}
-	ids := sortedIDs(profiles)
+	ids := slices.Sorted(maps.Keys(profiles))
 	prev, err := storedScores(ctx, s.db, ids)
 	if err != nil {
 		return fmt.Errorf("health: refresh: %w", err)
@@ -193,16 +195,6 @@ func lowerValidity(c account.Cached, t time.Time) account.Cached {
 		c.ValidUntil = t
 	}
 	return c
-}
-
-// sortedIDs returns the keys of m, ascending.
-func sortedIDs[V any](m map[int64]V) []int64 {
-	ids := make([]int64, 0, len(m))
-	for id := range m {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids
 }
 
 // storedScores returns the accounts' score rows (absent: never scored).

@@ -294,12 +294,9 @@ func (ctx *textifier) emitLine(data, line string) {
 
 const maxLineLen = 74
 
-// breakLongLines breaks data into lines of at most maxLineLen runes, in
-// blockquotes only.
+// breakLongLines breaks data into lines of at most maxLineLen runes; emit
+// calls it in blockquotes only.
 func (ctx *textifier) breakLongLines(data string) []string {
-	if ctx.blockquoteLevel == 0 {
-		return []string{data}
-	}
 	var (
 		ret      = []string{}
 		runes    = []rune(data)

@@ -11,7 +11,6 @@ import (
 	"github.com/tendhq/tend/internal/token"
 )
 
-// attrs returns the value of attribute key of every element named tag.
 // dom is doc as a mail client reads it: parsed and written out again, so
 // that tests compare elements and attributes rather than how the renderer
 // happened to spell them (attribute order, character references, <br> or
@@ -39,6 +38,7 @@ func renderDoc(t *testing.T, root *html.Node) string {
 	return b.String()
 }
 
+// attrs returns the value of attribute key of every element named tag.
 func attrs(t *testing.T, doc, tag, key string) []string {
 	t.Helper()
 	root, err := html.Parse(strings.NewReader(doc))
