@@ -275,12 +275,10 @@ func TestADripGoesOnAfterAHoldOutlastedTheMaximumDelay(t *testing.T) {
 	}
 }
 
-// An enrollment that cannot move on (here PostgreSQL refuses its next
-// message) holds up neither the others of its page nor the pass: they move
-// on, the failure is reported, and the next sweep reads the next page.
-func TestStalledDripsStepPastOneThatCannotMove(t *testing.T) {
-	r := newDripRig(t)
-	ctx := context.Background()
+// enrollFourMore enrolls four more accounts, one contact each: five active
+// enrollments, all on step one.
+func (r *dripRig) enrollFourMore(ctx context.Context) {
+	r.t.Helper()
 	r.exec(`INSERT INTO account (external_id, name, signup_at, created_at, updated_at)
 		SELECT 'acc' || i, 'Account ' || i, $1, $1, $1 FROM generate_series(1, 4) i`, t0)
 	r.exec(`INSERT INTO contact (external_id, account_id, email, name, created_at, updated_at)
@@ -288,8 +286,17 @@ func TestStalledDripsStepPastOneThatCannotMove(t *testing.T) {
 	r.exec(`INSERT INTO segment_event (segment_id, account_id, kind, reason, at)
 		SELECT s.id, a.id, 'enter', 'data', $1 FROM segment s, account a WHERE a.external_id LIKE 'acc%' ORDER BY a.id`, t0)
 	if _, err := r.enroller.ProcessSegmentEvents(ctx, 10); err != nil {
-		t.Fatal(err)
+		r.t.Fatal(err)
 	}
+}
+
+// An enrollment that cannot move on (here PostgreSQL refuses its next
+// message) holds up neither the others of its page nor the pass: they move
+// on, the failure is reported, and the next sweep reads the next page.
+func TestStalledDripsStepPastOneThatCannotMove(t *testing.T) {
+	r := newDripRig(t)
+	ctx := context.Background()
+	r.enrollFourMore(ctx)
 	r.exec(`UPDATE message SET status = 'failed', reason = 'test'`)
 	// The second enrollment in the pass's order cannot be given its next
 	// step.
@@ -331,17 +338,7 @@ func TestStalledDripsStepPastOneThatCannotMove(t *testing.T) {
 func TestStalledDripsPagesAndRests(t *testing.T) {
 	r := newDripRig(t)
 	ctx := context.Background()
-	// Four more accounts enrolled, one contact each: five active
-	// enrollments, all on step one.
-	r.exec(`INSERT INTO account (external_id, name, signup_at, created_at, updated_at)
-		SELECT 'acc' || i, 'Account ' || i, $1, $1, $1 FROM generate_series(1, 4) i`, t0)
-	r.exec(`INSERT INTO contact (external_id, account_id, email, name, created_at, updated_at)
-		SELECT 'x' || a.external_id, a.id, a.external_id || '@example.com', 'X', $1, $1 FROM account a WHERE a.external_id LIKE 'acc%'`, t0)
-	r.exec(`INSERT INTO segment_event (segment_id, account_id, kind, reason, at)
-		SELECT s.id, a.id, 'enter', 'data', $1 FROM segment s, account a WHERE a.external_id LIKE 'acc%' ORDER BY a.id`, t0)
-	if _, err := r.enroller.ProcessSegmentEvents(ctx, 10); err != nil {
-		t.Fatal(err)
-	}
+	r.enrollFourMore(ctx)
 	// Every step one is settled behind the pass's back.
 	r.exec(`UPDATE message SET status = 'failed', reason = 'test'`)
 	stepped := func() int {
