@@ -264,6 +264,30 @@ func MarkChanged(ctx context.Context, q postgres.Queryer, ids []int64) error {
 	return nil
 }
 
+// Suppress records addresses no mail may go to again (hard bounces,
+// complaints), each with why, in one statement: addresses are lowercased,
+// reasons (which often quote a remote server) cleaned, and an address
+// already suppressed keeps its first reason.
+func Suppress(ctx context.Context, q postgres.Queryer, emails, reasons []string, at time.Time) error {
+	if len(emails) == 0 {
+		return nil
+	}
+	lower := make(pq.StringArray, len(emails))
+	why := make(pq.StringArray, len(emails))
+	for i := range emails {
+		lower[i], why[i] = strings.ToLower(emails[i]), postgres.CleanText(reasons[i])
+	}
+	_, err := q.ExecContext(ctx, `
+		INSERT INTO suppression (email, reason, at)
+		SELECT x.email, x.reason, $3 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(email, reason, i)
+		ORDER BY x.i
+		ON CONFLICT (email) DO NOTHING`, lower, why, at)
+	if err != nil {
+		return fmt.Errorf("account: suppress: %w", err)
+	}
+	return nil
+}
+
 // UpsertAccounts creates or updates accounts by their external id and returns
 // the internal ids of those whose data actually changed.
 func (s *Store) UpsertAccounts(ctx context.Context, in []AccountInput) ([]int64, error) {

@@ -385,25 +385,23 @@ func outcomeArrays(done []Outcome) (ids pq.Int64Array, statuses, reasons pq.Stri
 	return ids, statuses, reasons
 }
 
-// Retry puts a message the server did not accept back to scheduled, due
-// again at retryAt.
-func (o *Outbox) Retry(ctx context.Context, id int64, token string, retryAt time.Time, cause string) error {
-	cause = postgres.CleanText(cause)
-	_, err := o.db.ExecContext(ctx, `
-		UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
-			due_at = $3, last_error = $4, reason = 'retrying: ' || $4, updated_at = $5
-		WHERE id = $1 AND claim_token = $2 AND status IN ('claimed', 'sending')`, id, token, retryAt, cause, o.clock.Now())
-	if err != nil {
-		return fmt.Errorf("delivery: retry: %w", err)
-	}
-	return nil
-}
-
 // Deferral is a claimed message put back to scheduled, due later.
 type Deferral struct {
 	ID     int64
 	At     time.Time
 	Reason string // why it waits (a frequency cap, say)
+}
+
+// deferralArrays returns the columns of ds as arrays; reasons, which may
+// quote an SMTP server's reply, made text PostgreSQL accepts.
+func deferralArrays(ds []Deferral) (ids pq.Int64Array, ats any, reasons pq.StringArray) {
+	ids = make(pq.Int64Array, len(ds))
+	times := make([]time.Time, len(ds))
+	reasons = make(pq.StringArray, len(ds))
+	for i, d := range ds {
+		ids[i], times[i], reasons[i] = d.ID, d.At, postgres.CleanText(d.Reason)
+	}
+	return ids, pq.Array(times), reasons
 }
 
 // Defer puts claimed messages back to scheduled, each due at a later time
@@ -412,19 +410,33 @@ func (o *Outbox) Defer(ctx context.Context, token string, ds []Deferral) error {
 	if len(ds) == 0 {
 		return nil
 	}
-	ids := make(pq.Int64Array, len(ds))
-	ats := make([]time.Time, len(ds))
-	reasons := make(pq.StringArray, len(ds))
-	for i, d := range ds {
-		ids[i], ats[i], reasons[i] = d.ID, d.At, d.Reason
-	}
+	ids, ats, reasons := deferralArrays(ds)
 	_, err := o.db.ExecContext(ctx, `
 		UPDATE message m SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
 			due_at = x.at, reason = x.reason, updated_at = $5
 		FROM unnest($1::bigint[], $3::timestamptz[], $4::text[]) AS x(id, at, reason)
-		WHERE m.id = x.id AND m.claim_token = $2 AND m.status = 'claimed'`, ids, token, pq.Array(ats), reasons, o.clock.Now())
+		WHERE m.id = x.id AND m.claim_token = $2 AND m.status = 'claimed'`, ids, token, ats, reasons, o.clock.Now())
 	if err != nil {
 		return fmt.Errorf("delivery: defer: %w", err)
+	}
+	return nil
+}
+
+// Retry puts messages the server did not accept for now back to scheduled,
+// each due again at its time, with the server's answer as its Reason, in
+// one statement.
+func (o *Outbox) Retry(ctx context.Context, token string, ds []Deferral) error {
+	if len(ds) == 0 {
+		return nil
+	}
+	ids, ats, causes := deferralArrays(ds)
+	_, err := o.db.ExecContext(ctx, `
+		UPDATE message m SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
+			due_at = x.at, last_error = x.cause, reason = 'retrying: ' || x.cause, updated_at = $5
+		FROM unnest($1::bigint[], $3::timestamptz[], $4::text[]) AS x(id, at, cause)
+		WHERE m.id = x.id AND m.claim_token = $2 AND m.status IN ('claimed', 'sending')`, ids, token, ats, causes, o.clock.Now())
+	if err != nil {
+		return fmt.Errorf("delivery: retry: %w", err)
 	}
 	return nil
 }

@@ -504,6 +504,8 @@ type batch struct {
 	done       []Outcome
 	nudges     []pendingNudge // rendered in-app steps, delivered together
 	deferred   []Deferral     // capped messages, put back together
+	retries    []Deferral     // a round's messages refused for now (see refused)
+	bounced    []bounce       // a round's hard bounces (see refused)
 	converted  []int64        // enrollments whose goal holds
 	mailed     map[int64]bool // accounts sent an email
 	outcomes   map[string]int // see Sent.Outcomes
@@ -702,19 +704,18 @@ func (s *Sender) handOver(ctx context.Context, b *batch, queue []*email) (int, e
 			}
 		}
 		wg.Wait()
-		// The writes the outcomes call for are bounded, as the commits
-		// are, so that the outcomes are recorded within the lease (see
-		// MinSendLease).
-		octx, cancel := context.WithTimeout(rctx, handOverTimeout)
 		for i, e := range round {
 			if !marked[e.m.ID] {
 				continue // its claim was lost: another worker has it
 			}
 			handed++
-			if err := s.outcome(octx, e, errs[i], b); err != nil {
-				s.log.Error("delivery: after a send", "message", e.m.ID, "err", err)
-			}
+			s.outcome(e, errs[i], b)
 		}
+		// The writes the refusals call for are bounded, as the commits
+		// are, so that the outcomes are recorded within the lease (see
+		// MinSendLease).
+		octx, cancel := context.WithTimeout(rctx, handOverTimeout)
+		s.refused(octx, b)
 		cancel()
 	}
 	// Recorded before the connections go back; see above.
@@ -766,12 +767,11 @@ func (s *Sender) releaseEmails(ctx context.Context, token string, queue []*email
 	}
 }
 
-// outcome records what became of an email handed to SMTP. The outcome is
-// recorded whatever happens to its side effects (suppressing a hard-bounced
-// address, scheduling a retry): a message left sending would be made
-// uncertain by the reaper, said to be perhaps delivered when the server
-// refused it. A side effect that fails is returned.
-func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch) error {
+// outcome notes what became of an email handed to SMTP, to be recorded
+// with the batch's next hand-over or its Settle; a refusal's side effects
+// (suppressing a hard-bounced address, scheduling a retry) are noted for
+// refused, which writes the round's together.
+func (s *Sender) outcome(e *email, sendErr error, b *batch) {
 	m := e.m
 	if sendErr == nil {
 		b.record(m.ID, StatusSent, "")
@@ -781,7 +781,7 @@ func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch)
 			}
 			b.mailed[*m.AccountID] = true
 		}
-		return nil
+		return
 	}
 	var se *SendError
 	if !errors.As(sendErr, &se) {
@@ -792,25 +792,52 @@ func (s *Sender) outcome(ctx context.Context, e *email, sendErr error, b *batch)
 		b.record(m.ID, StatusUncertain, "the SMTP server did not confirm the message: "+se.Error())
 	case IsHardBounce(se):
 		b.record(m.ID, StatusFailed, "hard bounce: "+se.Error())
-		if _, err := s.db.ExecContext(ctx, `
-			INSERT INTO suppression (email, reason, at) VALUES (lower($1), $2, $3) ON CONFLICT (email) DO NOTHING`,
-			e.to, "hard bounce: "+se.Error(), s.clock.Now()); err != nil {
-			return fmt.Errorf("delivery: message %d failed (hard bounce), but its address was not suppressed: %w", m.ID, err)
-		}
+		b.bounced = append(b.bounced, bounce{id: m.ID, email: e.to, reason: "hard bounce: " + se.Error()})
 	case se.Temporary && m.Attempts+1 < s.opts.MaxAttempts:
-		if err := s.outbox.Retry(ctx, m.ID, b.token, s.clock.Now().Add(s.opts.Backoff(m.Attempts+1)), se.Error()); err != nil {
-			// Not delivered, and not to be retried: failed, with the
-			// server's answer. (Should the retry have been written all
-			// the same, it holds; this outcome then finds the message
-			// no longer claimed.)
-			b.record(m.ID, StatusFailed, "temporary failure, not retried (the retry could not be scheduled): "+se.Error())
-			return fmt.Errorf("delivery: message %d was refused for now, and its retry could not be scheduled: %w", m.ID, err)
-		}
-		b.tally("retry", 1)
+		b.retries = append(b.retries, Deferral{ID: m.ID, At: s.clock.Now().Add(s.opts.Backoff(m.Attempts + 1)), Reason: se.Error()})
 	default:
 		b.record(m.ID, StatusFailed, se.Error())
 	}
-	return nil
+}
+
+// bounce is a hard-bounced address to suppress, and the message it bounced.
+type bounce struct {
+	id            int64
+	email, reason string
+}
+
+// refused writes the side effects of a round's refusals, one statement
+// for each kind: the hard-bounced addresses are suppressed, and the
+// messages refused for now are scheduled again. The refusals' outcomes are
+// recorded whatever happens here: a message left sending would be made
+// uncertain by the reaper, said to be perhaps delivered when the server
+// refused it. A retry that cannot be written makes its message failed, with
+// the server's answer (should the retry have been written all the same, it
+// holds, and that outcome finds the message no longer claimed).
+func (s *Sender) refused(ctx context.Context, b *batch) {
+	if len(b.bounced) > 0 {
+		emails, reasons, ids := make([]string, len(b.bounced)), make([]string, len(b.bounced)), make([]int64, len(b.bounced))
+		for i, x := range b.bounced {
+			emails[i], reasons[i], ids[i] = x.email, x.reason, x.id
+		}
+		if err := account.Suppress(ctx, s.db, emails, reasons, s.clock.Now()); err != nil {
+			s.log.Error("delivery: messages failed (hard bounce), but their addresses were not suppressed", "messages", ids, "err", err)
+		}
+		b.bounced = b.bounced[:0]
+	}
+	if len(b.retries) > 0 {
+		if err := s.outbox.Retry(ctx, b.token, b.retries); err != nil {
+			ids := make([]int64, len(b.retries))
+			for i, r := range b.retries {
+				ids[i] = r.ID
+				b.record(r.ID, StatusFailed, "temporary failure, not retried (the retry could not be scheduled): "+r.Reason)
+			}
+			s.log.Error("delivery: messages were refused for now, and their retries could not be scheduled", "messages", ids, "err", err)
+		} else {
+			b.tally("retry", len(b.retries))
+		}
+		b.retries = b.retries[:0]
+	}
 }
 
 // nudge renders an in-app step for the contact's inbox.

@@ -588,6 +588,65 @@ func TestARefusalIsRecordedWhenItsSideEffectFails(t *testing.T) {
 	}
 }
 
+// A round's refusals cost one statement of each kind, however many
+// messages the server refused: the retries of those refused for now are
+// written together, and so are the suppressions of hard-bounced addresses.
+func TestARoundsRefusalsAreWrittenTogether(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault smtptest.FaultKind
+		table string // where the side effect is written
+		want  string // each message's status and reason, after the prefix
+	}{
+		{"temporary refusals", smtptest.TempFailRcpt, "message", "scheduled: retrying: "},
+		{"hard bounces", smtptest.RejectRcpt, "suppression", "failed: hard bounce: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := newOutbox(t, 4)
+			ids := o.due(4) // one round: a connection each
+			// Counts the statements that write the side effect: those whose
+			// rows carry a retry's or a bounce's reason.
+			o.exec(`CREATE TABLE statements (n integer NOT NULL)`)
+			o.exec(`INSERT INTO statements VALUES (0)`)
+			o.exec(`CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+				BEGIN
+					IF EXISTS (SELECT 1 FROM written WHERE reason LIKE 'retrying: %' OR reason LIKE 'hard bounce: %') THEN
+						UPDATE statements SET n = n + 1;
+					END IF;
+					RETURN NULL;
+				END $$`)
+			event := "INSERT"
+			if tc.table == "message" {
+				event = "UPDATE"
+			}
+			o.exec(`CREATE TRIGGER count_statement AFTER ` + event + ` ON ` + tc.table +
+				` REFERENCING NEW TABLE AS written FOR EACH STATEMENT EXECUTE FUNCTION count_statement()`)
+			o.smtp.SetFault(smtptest.Fault{Kind: tc.fault})
+			if _, err := o.sender.SendBatch(t.Context(), ids); err != nil {
+				t.Fatal(err)
+			}
+			for i, got := range o.messages() {
+				if !strings.HasPrefix(got, tc.want) || !strings.Contains(got, "RCPT") {
+					t.Errorf("message %d: %q, want %s with the server's answer", i+1, got, tc.want)
+				}
+			}
+			var n, suppressed int
+			if err := o.db.Get(&n, `SELECT n FROM statements`); err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 {
+				t.Errorf("%d statements wrote the side effects of 4 refusals, want 1", n)
+			}
+			if err := o.db.Get(&suppressed, `SELECT count(*) FROM suppression`); err != nil {
+				t.Fatal(err)
+			}
+			if want := map[string]int{"message": 0, "suppression": 4}[tc.table]; suppressed != want {
+				t.Errorf("%d addresses suppressed, want %d", suppressed, want)
+			}
+		})
+	}
+}
+
 // A hand-over that fails, then a withdrawal that fails too: nothing is
 // sent, and the log says so, rather than that the reaper reclaims messages
 // it may call uncertain.

@@ -82,13 +82,13 @@ func (t *Tracker) Bounces(ctx context.Context, in []Bounce) error {
 	// reason and the event id are the provider's (the reason often quotes
 	// a remote server): cleaned, not refused, or the provider would send
 	// the batch again forever.
-	var emails, why pq.StringArray
+	var emails, why []string
 	var msgs pq.Int64Array
 	var kinds, exts, types, reasons pq.StringArray
 	for _, b := range in {
 		reason := postgres.CleanText(b.Reason)
 		if b.Type != "soft" {
-			emails = append(emails, strings.ToLower(b.Email))
+			emails = append(emails, b.Email)
 			why = append(why, b.Type+" bounce: "+reason)
 		}
 		if id := outboxID(b.MessageID); id > 0 {
@@ -101,11 +101,7 @@ func (t *Tracker) Bounces(ctx context.Context, in []Bounce) error {
 	}
 	now := t.clock.Now()
 	return postgres.InTx(ctx, t.db, func(tx *sqlx.Tx) error {
-		if _, err := tx.ExecContext(ctx, `
-			INSERT INTO suppression (email, reason, at)
-			SELECT x.email, x.reason, $3 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(email, reason, i)
-			ORDER BY x.i
-			ON CONFLICT (email) DO NOTHING`, emails, why, now); err != nil {
+		if err := account.Suppress(ctx, tx, emails, why, now); err != nil {
 			return fmt.Errorf("engagement: bounce: %w", err)
 		}
 		if _, err := tx.ExecContext(ctx, `
