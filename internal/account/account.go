@@ -265,7 +265,8 @@ func MarkChanged(ctx context.Context, q postgres.Queryer, ids []int64) error {
 }
 
 // Suppress records addresses no mail may go to again (hard bounces,
-// complaints), each with why, in one statement: addresses are lowercased,
+// complaints), emails[i] because of reasons[i] (the two are as long), in
+// one statement: addresses are lowercased,
 // reasons (which often quote a remote server) cleaned, and an address
 // already suppressed keeps its first reason.
 func Suppress(ctx context.Context, q postgres.Queryer, emails, reasons []string, at time.Time) error {

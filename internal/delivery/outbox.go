@@ -385,11 +385,12 @@ func outcomeArrays(done []Outcome) (ids pq.Int64Array, statuses, reasons pq.Stri
 	return ids, statuses, reasons
 }
 
-// Deferral is a claimed message put back to scheduled, due later.
+// Deferral is a claimed or sending message put back to scheduled, due
+// later: capped (Defer), or refused for now by the SMTP server (Retry).
 type Deferral struct {
 	ID     int64
 	At     time.Time
-	Reason string // why it waits (a frequency cap, say)
+	Reason string // why it waits: a frequency cap, say, or the server's answer
 }
 
 // deferralArrays returns the columns of ds as arrays; reasons, which may

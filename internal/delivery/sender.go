@@ -813,7 +813,10 @@ type bounce struct {
 // uncertain by the reaper, said to be perhaps delivered when the server
 // refused it. A retry that cannot be written makes its message failed, with
 // the server's answer (should the retry have been written all the same, it
-// holds, and that outcome finds the message no longer claimed).
+// holds, and that outcome finds the message no longer claimed). Each write
+// is all or nothing for the round: one that fails leaves none of the
+// round's addresses suppressed, or fails every message of it refused for
+// now.
 func (s *Sender) refused(ctx context.Context, b *batch) {
 	if len(b.bounced) > 0 {
 		emails, reasons, ids := make([]string, len(b.bounced)), make([]string, len(b.bounced)), make([]int64, len(b.bounced))
