@@ -2,7 +2,9 @@ package account_test
 
 import (
 	"context"
+	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,4 +81,83 @@ func TestPruneEvents(t *testing.T) {
 
 	// A pruned event's message id is no longer a repeat.
 	send("a0", "login", "m1")
+}
+
+// Pruning rollups deletes, a batch of accounts at a time, the daily rollups
+// of days before the cutoff and the users last seen before it, and nothing a
+// profile is computed from; it refuses a cutoff that would.
+func TestPruneRollups(t *testing.T) {
+	s, clk, db := newStore(t)
+	ctx := context.Background()
+	ingestAccounts(t, s, 3)
+	send := func(id, contact, name, feature string) {
+		t.Helper()
+		at := clk.Now().Add(-time.Hour)
+		var props json.RawMessage
+		if feature != "" {
+			props = json.RawMessage(`{"feature": "` + feature + `"}`)
+		}
+		res, err := s.IngestEvents(ctx, []account.EventInput{{AccountID: id, ContactID: contact, Name: name, Properties: props, Timestamp: &at}}, false)
+		if err != nil || res.Accepted != 1 {
+			t.Fatalf("ingest %s %s: %+v, %v", id, name, res, err)
+		}
+	}
+	send("a0", "u-old", "login", "")
+	send("a1", "u-old", "feature_used", "export")
+	clk.Advance(account.MinRollupRetention + 24*time.Hour)
+	send("a0", "u-new", "login", "")
+	send("a2", "u-new", "login", "")
+	send("a1", "u-new", "feature_used", "export")
+
+	var ids []int64
+	db.Select(&ids, `SELECT id FROM account ORDER BY id`)
+	rows := func() string {
+		t.Helper()
+		var out []string
+		db.Select(&out, `
+			SELECT concat_ws(' ', a.external_id, d.day, d.kind, d.key, d.n) FROM usage_daily d JOIN account a ON a.id = d.account_id
+			UNION ALL
+			SELECT concat_ws(' ', a.external_id, u.user_key) FROM account_user_activity u JOIN account a ON a.id = u.account_id
+			ORDER BY 1`)
+		return strings.Join(out, ", ")
+	}
+	all := rows()
+	before, err := account.Profiles(ctx, db.DB, ids, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A cutoff within MinRollupRetention of now would change profiles.
+	if _, _, err := s.PruneRollups(ctx, clk.Now().Add(-account.MinRollupRetention+time.Second), 0, 10); err == nil {
+		t.Fatal("a cutoff within MinRollupRetention: want an error")
+	}
+	if got := rows(); got != all {
+		t.Fatalf("a refused prune deleted rows: %s -> %s", all, got)
+	}
+
+	cutoff := clk.Now().Add(-account.MinRollupRetention)
+	last, n, err := s.PruneRollups(ctx, cutoff, 0, 2)
+	if err != nil || last != ids[1] || n != 5 {
+		t.Fatalf("first batch: last %d, %d rows, %v; want last %d (a1), 5 rows (a0's login and user, a1's two rollups and user)", last, n, err, ids[1])
+	}
+	last, n, err = s.PruneRollups(ctx, cutoff, last, 2)
+	if err != nil || last != 0 || n != 0 {
+		t.Fatalf("second batch: last %d, %d rows, %v; want through (0), nothing (a2 has only recent rows)", last, n, err)
+	}
+	day := clk.Now().Add(-time.Hour).Format(time.DateOnly)
+	want := strings.Join([]string{"a0 " + day + " e login 1", "a0 u-new", "a1 " + day + " e feature_used 1", "a1 " + day + " f export 1",
+		"a1 u-new", "a2 " + day + " e login 1", "a2 u-new"}, ", ")
+	if got := rows(); got != want {
+		t.Fatalf("left:\n%s\nwant:\n%s\n(all before: %s)", got, want, all)
+	}
+	after, err := account.Profiles(ctx, db.DB, ids, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("profiles changed:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if last, n, err := s.PruneRollups(ctx, cutoff, 0, 10); last != 0 || n != 0 || err != nil {
+		t.Fatalf("pruning again: last %d, %d rows, %v; want through, nothing", last, n, err)
+	}
 }

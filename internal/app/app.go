@@ -230,10 +230,12 @@ func (a *App) Scheduler() *jobs.Scheduler {
 		Every: time.Minute, Batch: 1000, Budget: 500 * time.Millisecond}
 	retention := &jobs.EventRetention{Accounts: a.Accounts, Clock: a.Clock, Log: a.Log,
 		Retention: a.Cfg.EventRetention, Every: time.Hour, Batch: 10_000, Budget: time.Second}
+	rollups := &jobs.RollupRetention{Accounts: a.Accounts, Clock: a.Clock, Log: a.Log,
+		Retention: a.Cfg.RollupRetention, Every: 24 * time.Hour, Batch: 200, Budget: time.Second}
 	return &jobs.Scheduler{
 		Client: a.Jobs, Engine: a.Engine, Clock: a.Clock, Log: a.Log,
 		FullPass: a.Cfg.FullPassInterval, Sweep: a.Cfg.SweepInterval,
-		Also: []func(context.Context) error{sweep.Run, stalled.Run, retention.Run},
+		Also: []func(context.Context) error{sweep.Run, stalled.Run, retention.Run, rollups.Run},
 	}
 }
 

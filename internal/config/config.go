@@ -17,6 +17,7 @@ import (
 
 	"github.com/caarlos0/env/v11"
 
+	"github.com/tendhq/tend/internal/account"
 	"github.com/tendhq/tend/internal/delivery"
 )
 
@@ -97,8 +98,12 @@ type Config struct {
 	// PostgreSQL at once; more wait their turn (account.IngestConcurrency).
 	IngestConcurrency int `env:"TEND_INGEST_CONCURRENCY" envDefault:"2"`
 	// EventRetention is how long raw usage events are kept (0: for ever).
-	// Rollups, which profiles read, are kept regardless.
+	// Rollups, which profiles read, are kept for RollupRetention.
 	EventRetention time.Duration `env:"TEND_EVENT_RETENTION" envDefault:"2160h"`
+	// RollupRetention is how long daily usage rollups and user activity
+	// are kept (0: for ever; else at least account.MinRollupRetention, so
+	// that no profile changes): 400 days by default.
+	RollupRetention time.Duration `env:"TEND_ROLLUP_RETENTION" envDefault:"9600h"`
 
 	// WorkerConcurrency is the number of asynq tasks a worker process runs at once.
 	WorkerConcurrency int `env:"TEND_WORKER_CONCURRENCY" envDefault:"8"`
@@ -179,6 +184,10 @@ func (c Config) Validate() error {
 	}
 	if c.EventRetention != 0 && c.EventRetention < 24*time.Hour {
 		bad("TEND_EVENT_RETENTION", "want 0 (keep raw events) or at least 24h, got %s", c.EventRetention)
+	}
+	if c.RollupRetention != 0 && c.RollupRetention < account.MinRollupRetention {
+		bad("TEND_ROLLUP_RETENTION", "want 0 (keep rollups) or at least %s (twice the 30-day usage windows), got %s",
+			account.MinRollupRetention, c.RollupRetention)
 	}
 	if c.IngestConcurrency < 1 {
 		bad("TEND_INGEST_CONCURRENCY", "want at least 1, got %d", c.IngestConcurrency)

@@ -34,12 +34,13 @@ func TestLoadReportsEveryBadVariable(t *testing.T) {
 		"TEND_METRICS_ADDR":       "metrics",
 		"TEND_INGEST_CONCURRENCY": "0",
 		"TEND_EVENT_RETENTION":    "1h",
+		"TEND_ROLLUP_RETENTION":   "720h",
 		"TEND_TRUSTED_PROXIES":    "10.0.0.0/8,lb.internal",
 	})
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL", "TEND_METRICS_ADDR", "TEND_INGEST_CONCURRENCY", "TEND_EVENT_RETENTION", "TEND_TRUSTED_PROXIES"} {
+	for _, name := range []string{"TEND_DATABASE_URL", "TEND_SECRET", "TEND_LOG_LEVEL", "TEND_METRICS_ADDR", "TEND_INGEST_CONCURRENCY", "TEND_EVENT_RETENTION", "TEND_ROLLUP_RETENTION", "TEND_TRUSTED_PROXIES"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}
@@ -125,5 +126,22 @@ func TestTheSendLeaseOutlastsAHandOver(t *testing.T) {
 	}
 	if _, err := Load(map[string]string{"TEND_SMTP_TIMEOUT": "100ms"}); err == nil || !strings.Contains(err.Error(), "TEND_SMTP_TIMEOUT") {
 		t.Errorf("a 100ms SMTP timeout: want an error naming TEND_SMTP_TIMEOUT, got %v", err)
+	}
+}
+
+// Rollups are kept 400 days unless told otherwise; 0 keeps them, and the
+// shortest retention allowed is the one that changes no profile.
+func TestRollupRetention(t *testing.T) {
+	cfg, err := Load(map[string]string{})
+	if err != nil || cfg.RollupRetention != 400*24*time.Hour {
+		t.Fatalf("default rollup retention = %s, %v; want 400 days", cfg.RollupRetention, err)
+	}
+	for _, ok := range []string{"0", "1440h"} {
+		if _, err := Load(map[string]string{"TEND_ROLLUP_RETENTION": ok}); err != nil {
+			t.Errorf("TEND_ROLLUP_RETENTION=%s: %v", ok, err)
+		}
+	}
+	if _, err := Load(map[string]string{"TEND_ROLLUP_RETENTION": "1439h"}); err == nil || !strings.Contains(err.Error(), "TEND_ROLLUP_RETENTION") {
+		t.Fatalf("TEND_ROLLUP_RETENTION=1439h: want an error naming it, got %v", err)
 	}
 }

@@ -185,37 +185,25 @@ type StalledDrips struct {
 	Batch    int
 	Budget   time.Duration
 
+	pass   paced
 	cursor campaign.StalledCursor // where the pass in progress goes on
-	next   time.Time              // when to start the next pass
 }
 
 // Run goes on with the pass in progress, or starts one when due.
 func (d *StalledDrips) Run(ctx context.Context) error {
-	now := d.Clock.Now()
-	if d.cursor == (campaign.StalledCursor{}) && now.Before(d.next) {
-		return nil
-	}
-	start := time.Now() // the budget is the process's own time, not the clock's
+	d.pass.every, d.pass.budget = d.Every, d.Budget
 	total := 0
 	defer func() {
 		if total > 0 {
 			d.Log.Info("advanced drip enrollments whose step was settled without them moving on", "enrollments", total)
 		}
 	}()
-	for {
+	return d.pass.run(d.Clock.Now(), func() (bool, error) {
 		cur, n, err := d.Enroller.AdvanceStalled(ctx, d.cursor, d.Batch)
 		total += n
 		// Past the page even when some of it could not move on: those
 		// wait for the next pass, and the rest of this one goes on.
 		d.cursor = cur
-		if cur == (campaign.StalledCursor{}) {
-			d.next = now.Add(d.Every)
-		}
-		if err != nil || cur == (campaign.StalledCursor{}) {
-			return err
-		}
-		if time.Since(start) >= d.Budget {
-			return nil // more to read: the next sweep goes on
-		}
-	}
+		return cur == (campaign.StalledCursor{}), err
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,5 +86,96 @@ func TestEventRetention(t *testing.T) {
 	}
 	if got := count(); got != 3 {
 		t.Fatalf("with no retention: %d events left, want 3", got)
+	}
+}
+
+// RollupRetention walks the accounts a batch a sweep when its budget is
+// spent, then rests for Every, then prunes the days that have aged since.
+func TestRollupRetention(t *testing.T) {
+	t.Parallel()
+	db := testsvc.NewDB(t)
+	clk := clock.NewManual(t0)
+	accounts := account.NewStore(db.DB, clk)
+	ctx := context.Background()
+	if _, err := accounts.UpsertAccounts(ctx, []account.AccountInput{{ID: "a"}, {ID: "b"}, {ID: "c"}}); err != nil {
+		t.Fatal(err)
+	}
+	login := func(ids ...string) {
+		t.Helper()
+		in := make([]account.EventInput, len(ids))
+		for i, id := range ids {
+			in[i] = account.EventInput{AccountID: id, Name: account.EventLogin}
+		}
+		if _, err := accounts.IngestEvents(ctx, in, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left := func() string {
+		t.Helper()
+		var out []string
+		if err := db.Select(&out, `
+			SELECT concat_ws(' ', a.external_id, d.day) FROM usage_daily d JOIN account a ON a.id = d.account_id ORDER BY 1`); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(out, ", ")
+	}
+	day := func(ago int) string { return clk.Now().AddDate(0, 0, -ago).Format(time.DateOnly) }
+
+	login("a", "b", "c")
+	clk.Advance(24 * time.Hour)
+	login("a", "b", "c")
+	clk.Advance(24 * time.Hour)
+	login("a", "b", "c")
+	clk.Advance(account.MinRollupRetention - 24*time.Hour)
+	r := &jobs.RollupRetention{Accounts: accounts, Clock: clk, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Retention: account.MinRollupRetention, Every: 24 * time.Hour, Batch: 1, Budget: time.Nanosecond}
+
+	// The first day is before the cutoff; the budget allows one account a
+	// sweep, and the fourth finds no account left: the pass is through.
+	d0, d1, d2 := day(61), day(60), day(59)
+	for i, want := range []string{
+		"a " + d1 + ", a " + d2 + ", b " + d0 + ", b " + d1 + ", b " + d2 + ", c " + d0 + ", c " + d1 + ", c " + d2,
+		"a " + d1 + ", a " + d2 + ", b " + d1 + ", b " + d2 + ", c " + d0 + ", c " + d1 + ", c " + d2,
+		"a " + d1 + ", a " + d2 + ", b " + d1 + ", b " + d2 + ", c " + d1 + ", c " + d2,
+		"a " + d1 + ", a " + d2 + ", b " + d1 + ", b " + d2 + ", c " + d1 + ", c " + d2,
+	} {
+		if err := r.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := left(); got != want {
+			t.Fatalf("after sweep %d:\n%s\nwant\n%s", i+1, got, want)
+		}
+	}
+
+	// Through: nothing more until Every has passed, though the second day
+	// ages past the cutoff meanwhile.
+	sweeps := func(n int) {
+		t.Helper()
+		for range n {
+			if err := r.Run(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	through := left()
+	clk.Advance(12 * time.Hour)
+	sweeps(4)
+	if got := left(); got != through {
+		t.Fatalf("within Every of the last pass: %s, want %s", got, through)
+	}
+	clk.Advance(12 * time.Hour)
+	sweeps(4)
+	if got, want := left(), "a "+d2+", b "+d2+", c "+d2; got != want {
+		t.Fatalf("after Every: %s, want %s", got, want)
+	}
+
+	// Retention 0 keeps every rollup.
+	clk.Advance(1000 * time.Hour)
+	keep := &jobs.RollupRetention{Accounts: accounts, Clock: clk, Log: r.Log, Every: time.Hour, Batch: 1, Budget: time.Second}
+	if err := keep.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := left(), "a "+d2+", b "+d2+", c "+d2; got != want {
+		t.Fatalf("with no retention: %s, want %s", got, want)
 	}
 }
