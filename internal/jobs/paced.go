@@ -5,9 +5,9 @@ import "time"
 // paced runs a pass over a table in batches, spread over the Scheduler's
 // sweeps: each sweep runs batches for about budget (a batch at least) and
 // stops, the next sweep goes on where it stopped, and once a pass is
-// through, the next starts every after it started. The budget is the
-// process's own time, not the clock's: a demo clock moved ahead must not
-// make a sweep run longer.
+// through, the next starts every after the sweep that finished it (by the
+// clock). The budget is the process's own time, not the clock's: a demo
+// clock moved ahead must not make a sweep run longer.
 type paced struct {
 	every  time.Duration
 	budget time.Duration
