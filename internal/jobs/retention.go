@@ -29,22 +29,10 @@ type EventRetention struct {
 
 // Run prunes, when due.
 func (e *EventRetention) Run(ctx context.Context) error {
-	if e.Retention <= 0 {
-		return nil
-	}
 	e.pass.every, e.pass.budget = e.Every, e.Budget
-	now := e.Clock.Now()
-	cutoff := now.Add(-e.Retention)
-	total := 0
-	defer func() {
-		if total > 0 {
-			e.Log.Info("pruned raw usage events", "events", total, "received_before", cutoff)
-		}
-	}()
-	return e.pass.run(now, func() (bool, error) {
+	return prune(&e.pass, e.Clock.Now(), e.Retention, e.Log, "pruned raw usage events", func(cutoff time.Time) (int, bool, error) {
 		n, err := e.Accounts.PruneEvents(ctx, cutoff, e.Batch)
-		total += n
-		return err == nil && n < e.Batch, err
+		return n, err == nil && n < e.Batch, err
 	})
 }
 
@@ -70,25 +58,35 @@ type RollupRetention struct {
 
 // Run prunes, when due.
 func (r *RollupRetention) Run(ctx context.Context) error {
-	if r.Retention <= 0 {
+	r.pass.every, r.pass.budget = r.Every, r.Budget
+	return prune(&r.pass, r.Clock.Now(), r.Retention, r.Log, "pruned daily usage rollups and user activity", func(cutoff time.Time) (int, bool, error) {
+		last, n, err := r.Accounts.PruneRollups(ctx, cutoff, r.after, r.Batch)
+		if err != nil {
+			return n, false, err // the same accounts again at the next sweep
+		}
+		r.after = last
+		return n, last == 0, nil
+	})
+}
+
+// prune runs a retention pass at now when retention is set (not 0): paced
+// batches, each deleting what is older than retention and saying how many
+// rows it deleted and whether the pass is through; what it deleted is
+// logged as msg.
+func prune(p *paced, now time.Time, retention time.Duration, log *slog.Logger, msg string, batch func(cutoff time.Time) (int, bool, error)) error {
+	if retention <= 0 {
 		return nil
 	}
-	r.pass.every, r.pass.budget = r.Every, r.Budget
-	now := r.Clock.Now()
-	cutoff := now.Add(-r.Retention)
+	cutoff := now.Add(-retention)
 	total := 0
 	defer func() {
 		if total > 0 {
-			r.Log.Info("pruned daily usage rollups and user activity", "rows", total, "before", cutoff)
+			log.Info(msg, "rows", total, "before", cutoff)
 		}
 	}()
-	return r.pass.run(now, func() (bool, error) {
-		last, n, err := r.Accounts.PruneRollups(ctx, cutoff, r.after, r.Batch)
+	return p.run(now, func() (bool, error) {
+		n, through, err := batch(cutoff)
 		total += n
-		if err != nil {
-			return false, err // the same accounts again at the next sweep
-		}
-		r.after = last
-		return last == 0, nil
+		return through, err
 	})
 }
