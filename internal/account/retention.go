@@ -2,6 +2,7 @@ package account
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 )
@@ -32,43 +33,67 @@ func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time, limit int) (i
 }
 
 // MinRollupRetention is the shortest time daily rollups and user activity
-// may be kept: twice the longest usage window (30 days), so that pruning
-// never changes a profile, nor a health score backfilled 30 days back.
-const MinRollupRetention = 60 * 24 * time.Hour
+// may be kept: the furthest health backfill (60 days back, the demo's) plus
+// the 30-day usage windows, so that pruning never changes a profile,
+// computed now or as of a backfilled day.
+const MinRollupRetention = 90 * 24 * time.Hour
 
-// PruneRollups deletes, for the first limit accounts after the account id
-// after, their daily usage rollups of days before cutoff's (UTC) day and
-// the activity of their users last seen before cutoff, in one statement.
-// It returns the last account it read (0 once it read the last account:
-// the pass is through) and how many rows it deleted. No profile reads what
-// it deletes (see MinRollupRetention), so none changes, and nothing is
-// marked changed.
+// PruneRollups deletes, for the first accounts accounts after the account
+// id after, their daily usage rollups of days before cutoff's (UTC) day and
+// the activity of their users last seen before cutoff: at most rows of each
+// in one statement. It returns the account id the pass goes on after, how
+// many rows it deleted, and whether the pass is through (it read fewer than
+// accounts accounts, and deleted all it found). While rows remain for the
+// batch's accounts (a backlog: retention just turned on), next is after, and
+// the next call goes on with the same accounts. No profile reads what it
+// deletes (see MinRollupRetention), so none changes, and nothing is marked
+// changed.
 //
 // Rollups are found through their primary key, an index probe per account
-// for its days before cutoff: each batch reads only the rows it deletes.
-func (s *Store) PruneRollups(ctx context.Context, cutoff time.Time, after int64, limit int) (last int64, n int, err error) {
+// for its days before cutoff, and deleted by ctid; user activity, which has
+// no index on last_seen_at, is read whole for the batch's accounts.
+func (s *Store) PruneRollups(ctx context.Context, cutoff time.Time, after int64, accounts, rows int) (next int64, n int, through bool, err error) {
+	if accounts < 1 || rows < 1 {
+		return after, 0, false, fmt.Errorf("account: prune rollups: want at least 1 account and 1 row a batch, got %d and %d", accounts, rows)
+	}
 	if latest := s.clock.Now().Add(-MinRollupRetention); cutoff.After(latest) {
-		return after, 0, fmt.Errorf("account: prune rollups: cutoff %s is within %s of now; profiles read those rollups",
+		return after, 0, false, fmt.Errorf("account: prune rollups: cutoff %s is within %s of now; profiles read those rollups",
 			cutoff.UTC().Format(time.RFC3339), MinRollupRetention)
 	}
 	var out struct {
-		Last int64 `db:"last"`
-		N    int   `db:"n"`
+		Accounts int           `db:"accounts"`
+		Last     sql.NullInt64 `db:"last"`
+		Days     int           `db:"days"`
+		Users    int           `db:"users"`
 	}
 	err = s.db.GetContext(ctx, &out, `
 		WITH batch AS MATERIALIZED (
 			SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids
 			FROM (SELECT id FROM account WHERE id > $1 ORDER BY id LIMIT $4) a
+		), old_days AS MATERIALIZED (
+			SELECT ctid FROM usage_daily
+			WHERE account_id = ANY((SELECT ids FROM batch)::bigint[]) AND day < $2::date LIMIT $5
+		), old_users AS MATERIALIZED (
+			SELECT ctid FROM account_user_activity
+			WHERE account_id = ANY((SELECT ids FROM batch)::bigint[]) AND last_seen_at < $3 LIMIT $5
 		), days AS (
-			DELETE FROM usage_daily WHERE account_id = ANY((SELECT ids FROM batch)::bigint[]) AND day < $2::date RETURNING 1
+			DELETE FROM usage_daily WHERE ctid = ANY(ARRAY(SELECT ctid FROM old_days)) RETURNING 1
 		), users AS (
-			DELETE FROM account_user_activity WHERE account_id = ANY((SELECT ids FROM batch)::bigint[]) AND last_seen_at < $3 RETURNING 1
+			DELETE FROM account_user_activity WHERE ctid = ANY(ARRAY(SELECT ctid FROM old_users)) RETURNING 1
 		)
-		SELECT CASE WHEN cardinality(ids) < $4 THEN 0 ELSE ids[cardinality(ids)] END AS last,
-		       (SELECT count(*) FROM days) + (SELECT count(*) FROM users) AS n
-		FROM batch`, after, windowStart(cutoff, 1), cutoff, limit)
+		SELECT cardinality(ids) AS accounts, ids[cardinality(ids)] AS last,
+		       (SELECT count(*) FROM days) AS days, (SELECT count(*) FROM users) AS users
+		FROM batch`, after, windowStart(cutoff, 1), cutoff, accounts, rows)
 	if err != nil {
-		return after, 0, fmt.Errorf("account: prune rollups: %w", err)
+		return after, 0, false, fmt.Errorf("account: prune rollups: %w", err)
 	}
-	return out.Last, out.N, nil
+	n = out.Days + out.Users
+	switch {
+	case out.Days == rows || out.Users == rows:
+		return after, n, false, nil // perhaps more of these accounts' rows
+	case out.Accounts < accounts:
+		return 0, n, true, nil
+	default:
+		return out.Last.Int64, n, false, nil
+	}
 }

@@ -128,21 +128,31 @@ func TestPruneRollups(t *testing.T) {
 	}
 
 	// A cutoff within MinRollupRetention of now would change profiles.
-	if _, _, err := s.PruneRollups(ctx, clk.Now().Add(-account.MinRollupRetention+time.Second), 0, 10); err == nil {
+	if _, _, _, err := s.PruneRollups(ctx, clk.Now().Add(-account.MinRollupRetention+time.Second), 0, 10, 10); err == nil {
 		t.Fatal("a cutoff within MinRollupRetention: want an error")
 	}
 	if got := rows(); got != all {
 		t.Fatalf("a refused prune deleted rows: %s -> %s", all, got)
 	}
 
+	// Two accounts a statement, at most two rows of each table: a0 and a1
+	// have three old rollups and two old users, so the first statement
+	// leaves one rollup and goes on with the same accounts.
 	cutoff := clk.Now().Add(-account.MinRollupRetention)
-	last, n, err := s.PruneRollups(ctx, cutoff, 0, 2)
-	if err != nil || last != ids[1] || n != 5 {
-		t.Fatalf("first batch: last %d, %d rows, %v; want last %d (a1), 5 rows (a0's login and user, a1's two rollups and user)", last, n, err, ids[1])
-	}
-	last, n, err = s.PruneRollups(ctx, cutoff, last, 2)
-	if err != nil || last != 0 || n != 0 {
-		t.Fatalf("second batch: last %d, %d rows, %v; want through (0), nothing (a2 has only recent rows)", last, n, err)
+	for i, want := range []struct {
+		next    int64
+		n       int
+		through bool
+	}{{0, 4, false}, {ids[1], 1, false}, {0, 0, true}} {
+		var after int64
+		if i == 2 {
+			after = ids[1]
+		}
+		next, n, through, err := s.PruneRollups(ctx, cutoff, after, 2, 2)
+		if err != nil || next != want.next || n != want.n || through != want.through {
+			t.Fatalf("statement %d after %d: next %d, %d rows, through %v, %v; want next %d, %d rows, through %v",
+				i+1, after, next, n, through, err, want.next, want.n, want.through)
+		}
 	}
 	day := clk.Now().Add(-time.Hour).Format(time.DateOnly)
 	want := strings.Join([]string{"a0 " + day + " e login 1", "a0 u-new", "a1 " + day + " e feature_used 1", "a1 " + day + " f export 1",
@@ -157,7 +167,7 @@ func TestPruneRollups(t *testing.T) {
 	if !reflect.DeepEqual(before, after) {
 		t.Fatalf("profiles changed:\nbefore %+v\nafter  %+v", before, after)
 	}
-	if last, n, err := s.PruneRollups(ctx, cutoff, 0, 10); last != 0 || n != 0 || err != nil {
-		t.Fatalf("pruning again: last %d, %d rows, %v; want through, nothing", last, n, err)
+	if next, n, through, err := s.PruneRollups(ctx, cutoff, 0, 10, 10); next != 0 || n != 0 || !through || err != nil {
+		t.Fatalf("pruning again: next %d, %d rows, through %v, %v; want through, nothing", next, n, through, err)
 	}
 }

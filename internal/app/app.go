@@ -231,7 +231,7 @@ func (a *App) Scheduler() *jobs.Scheduler {
 	retention := &jobs.EventRetention{Accounts: a.Accounts, Clock: a.Clock, Log: a.Log,
 		Retention: a.Cfg.EventRetention, Every: time.Hour, Batch: 10_000, Budget: time.Second}
 	rollups := &jobs.RollupRetention{Accounts: a.Accounts, Clock: a.Clock, Log: a.Log,
-		Retention: a.Cfg.RollupRetention, Every: 24 * time.Hour, Batch: 200, Budget: time.Second}
+		Retention: a.Cfg.RollupRetention, Every: 24 * time.Hour, Batch: 200, Rows: 10_000, Budget: time.Second}
 	return &jobs.Scheduler{
 		Client: a.Jobs, Engine: a.Engine, Clock: a.Clock, Log: a.Log,
 		FullPass: a.Cfg.FullPassInterval, Sweep: a.Cfg.SweepInterval,

@@ -186,7 +186,7 @@ func (c Config) Validate() error {
 		bad("TEND_EVENT_RETENTION", "want 0 (keep raw events) or at least 24h, got %s", c.EventRetention)
 	}
 	if c.RollupRetention != 0 && c.RollupRetention < account.MinRollupRetention {
-		bad("TEND_ROLLUP_RETENTION", "want 0 (keep rollups) or at least %s (twice the 30-day usage windows), got %s",
+		bad("TEND_ROLLUP_RETENTION", "want 0 (keep rollups) or at least %s (a 60-day health backfill and the 30-day usage windows), got %s",
 			account.MinRollupRetention, c.RollupRetention)
 	}
 	if c.IngestConcurrency < 1 {

@@ -136,12 +136,12 @@ func TestRollupRetention(t *testing.T) {
 	if err != nil || cfg.RollupRetention != 400*24*time.Hour {
 		t.Fatalf("default rollup retention = %s, %v; want 400 days", cfg.RollupRetention, err)
 	}
-	for _, ok := range []string{"0", "1440h"} {
+	for _, ok := range []string{"0", "2160h"} {
 		if _, err := Load(map[string]string{"TEND_ROLLUP_RETENTION": ok}); err != nil {
 			t.Errorf("TEND_ROLLUP_RETENTION=%s: %v", ok, err)
 		}
 	}
-	if _, err := Load(map[string]string{"TEND_ROLLUP_RETENTION": "1439h"}); err == nil || !strings.Contains(err.Error(), "TEND_ROLLUP_RETENTION") {
-		t.Fatalf("TEND_ROLLUP_RETENTION=1439h: want an error naming it, got %v", err)
+	if _, err := Load(map[string]string{"TEND_ROLLUP_RETENTION": "2159h"}); err == nil || !strings.Contains(err.Error(), "TEND_ROLLUP_RETENTION") {
+		t.Fatalf("TEND_ROLLUP_RETENTION=2159h: want an error naming it, got %v", err)
 	}
 }

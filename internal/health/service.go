@@ -407,7 +407,9 @@ func idsOf(out []scored) []int64 {
 // for accounts with no score at or before then. Demo data uses it so that
 // the 30-day change means something on the first day. Usage windows and the
 // last login are as of then; active users and metrics are as they are now. It streams the
-// accounts in batches and returns how many it scored.
+// accounts in batches and returns how many it scored. A last login before
+// TEND_ROLLUP_RETENTION is no longer in the rollups: such an account is
+// scored as if it had not logged in since signing up.
 func (s *Service) Backfill(ctx context.Context, at time.Time) (int, error) {
 	mv, err := s.Model(ctx)
 	if err != nil {

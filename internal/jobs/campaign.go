@@ -191,14 +191,13 @@ type StalledDrips struct {
 
 // Run goes on with the pass in progress, or starts one when due.
 func (d *StalledDrips) Run(ctx context.Context) error {
-	d.pass.every, d.pass.budget = d.Every, d.Budget
 	total := 0
 	defer func() {
 		if total > 0 {
 			d.Log.Info("advanced drip enrollments whose step was settled without them moving on", "enrollments", total)
 		}
 	}()
-	return d.pass.run(d.Clock.Now(), func() (bool, error) {
+	return d.pass.run(d.Clock.Now(), d.Every, d.Budget, func() (bool, error) {
 		cur, n, err := d.Enroller.AdvanceStalled(ctx, d.cursor, d.Batch)
 		total += n
 		// Past the page even when some of it could not move on: those

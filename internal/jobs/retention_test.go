@@ -128,11 +128,12 @@ func TestRollupRetention(t *testing.T) {
 	login("a", "b", "c")
 	clk.Advance(account.MinRollupRetention - 24*time.Hour)
 	r := &jobs.RollupRetention{Accounts: accounts, Clock: clk, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Retention: account.MinRollupRetention, Every: 24 * time.Hour, Batch: 1, Budget: time.Nanosecond}
+		Retention: account.MinRollupRetention, Every: 24 * time.Hour, Batch: 1, Rows: 100, Budget: time.Nanosecond}
 
 	// The first day is before the cutoff; the budget allows one account a
 	// sweep, and the fourth finds no account left: the pass is through.
-	d0, d1, d2 := day(61), day(60), day(59)
+	kept := int(account.MinRollupRetention / (24 * time.Hour))
+	d0, d1, d2 := day(kept+1), day(kept), day(kept-1)
 	for i, want := range []string{
 		"a " + d1 + ", a " + d2 + ", b " + d0 + ", b " + d1 + ", b " + d2 + ", c " + d0 + ", c " + d1 + ", c " + d2,
 		"a " + d1 + ", a " + d2 + ", b " + d1 + ", b " + d2 + ", c " + d0 + ", c " + d1 + ", c " + d2,
