@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"net/mail"
@@ -627,12 +626,12 @@ func (s *Sender) prepare(ctx context.Context, m *claimed, accounts map[int64]*ac
 		ok, err := s.nudge(ctx, m, def, info, contact, b)
 		return nil, ok, err
 	}
-	msg, size, err := s.compose(m, def, info, contact, to)
+	msg, body, err := s.compose(m, def, info, contact, to)
 	if err != nil {
 		b.record(m.ID, StatusFailed, "render: "+err.Error())
 		return nil, false, nil
 	}
-	out, err := s.seal(msg, size)
+	out, err := s.seal(msg, body)
 	if err != nil {
 		b.record(m.ID, StatusFailed, err.Error())
 		return nil, false, nil
@@ -1057,23 +1056,23 @@ func (s *Sender) render(m *claimed, def campaign.Definition, info *accountInfo, 
 }
 
 // compose renders a message into an email with List-Unsubscribe one-click
-// (RFC 8058) and a Message-ID derived from the outbox row. It also returns
-// about how many bytes the email takes written, for seal's buffer.
-func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (*gomail.Msg, int, error) {
+// (RFC 8058) and a Message-ID derived from the outbox row: its headers, in a
+// go-mail Msg, and its body (see mime.go).
+func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (*gomail.Msg, alternative, error) {
 	e, err := s.render(m, def, info, c, to)
 	if err != nil {
-		return nil, 0, err
+		return nil, alternative{}, err
 	}
 	msg := gomail.NewMsg()
 	if err := msg.From(e.From); err != nil {
-		return nil, 0, fmt.Errorf("from %q: %w", e.From, err)
+		return nil, alternative{}, fmt.Errorf("from %q: %w", e.From, err)
 	}
 	if err := msg.To(to); err != nil {
-		return nil, 0, fmt.Errorf("to %q: %w", to, err)
+		return nil, alternative{}, fmt.Errorf("to %q: %w", to, err)
 	}
 	if e.ReplyTo != "" {
 		if err := msg.ReplyTo(e.ReplyTo); err != nil {
-			return nil, 0, fmt.Errorf("reply-to %q: %w", e.ReplyTo, err)
+			return nil, alternative{}, fmt.Errorf("reply-to %q: %w", e.ReplyTo, err)
 		}
 	}
 	msg.Subject(e.Subject)
@@ -1086,21 +1085,9 @@ func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo,
 	if m.Test {
 		msg.SetGenHeader("X-Tend-Test", "true")
 	}
-	// Writers rather than strings: go-mail copies a string body into a
-	// buffer of its own.
-	msg.SetBodyWriter(gomail.TypeTextPlain, stringWriter(e.Text))
-	msg.AddAlternativeWriter(gomail.TypeTextHTML, stringWriter(e.HTML))
-	// Quoted-printable spends three bytes on each "=" (frequent in HTML)
-	// and on each byte beyond ASCII, and three on each 76-byte line.
-	return msg, len(e.Text) + len(e.HTML)*5/4 + 2048, nil
-}
-
-// stringWriter is a go-mail body function writing s.
-func stringWriter(s string) func(io.Writer) (int64, error) {
-	return func(w io.Writer) (int64, error) {
-		n, err := io.WriteString(w, s)
-		return int64(n), err
-	}
+	body := newAlternative(m.ID, e.Text, e.HTML)
+	msg.SetGenHeader(gomail.HeaderContentType, body.contentType())
+	return msg, body, nil
 }
 
 // outgoing is a composed message ready for the transport: its bytes and
@@ -1115,7 +1102,7 @@ type outgoing struct {
 // configured. It runs before the handover, so that a message that cannot be
 // written or signed fails without being handed over, and so that the
 // connection it goes out on is not held while it is written.
-func (s *Sender) seal(msg *gomail.Msg, size int) (outgoing, error) {
+func (s *Sender) seal(msg *gomail.Msg, body alternative) (outgoing, error) {
 	from, err := msg.GetSender(false)
 	if err != nil {
 		return outgoing{}, fmt.Errorf("envelope sender: %w", err)
@@ -1124,11 +1111,12 @@ func (s *Sender) seal(msg *gomail.Msg, size int) (outgoing, error) {
 	if err != nil {
 		return outgoing{}, fmt.Errorf("envelope recipients: %w", err)
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size))
+	// A Msg without parts writes its headers only.
+	buf := bytes.NewBuffer(make([]byte, 0, body.size()+1024))
 	if _, err := msg.WriteTo(buf); err != nil {
 		return outgoing{}, fmt.Errorf("write the message: %w", err)
 	}
-	data := buf.Bytes()
+	data := body.appendTo(buf.Bytes())
 	if s.opts.DKIM != nil {
 		if data, err = s.opts.DKIM.Sign(data); err != nil {
 			return outgoing{}, err
