@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"strconv"
+	"strings"
 )
 
 // go-mail writes a message's headers (addresses, the encoded subject, the
@@ -79,11 +80,15 @@ var qpPlain = func() (t [256]bool) {
 // broken with soft line breaks, never inside an =XX.
 func appendQP(b []byte, s string) []byte {
 	const hex = "0123456789ABCDEF"
+	breaks := "\n"
+	if strings.IndexByte(s, '\r') >= 0 {
+		breaks = "\r\n"
+	}
 	for len(s) > 0 {
 		// The line runs to the next break.
-		end := 0
-		for end < len(s) && s[end] != '\n' && s[end] != '\r' {
-			end++
+		end := strings.IndexAny(s, breaks)
+		if end < 0 {
+			end = len(s)
 		}
 		line, broke := s[:end], end < len(s)
 		switch {
@@ -98,8 +103,9 @@ func appendQP(b []byte, s string) []byte {
 		for i := 0; i < len(line); {
 			// A run of bytes written as themselves, up to the last: a
 			// line's last byte may be a space or tab, written =XX.
+			stop := min(len(line)-1, i+qpMaxLine-1-n)
 			j := i
-			for j < len(line)-1 && qpPlain[line[j]] && n+(j-i) < qpMaxLine-1 {
+			for j < stop && qpPlain[line[j]] {
 				j++
 			}
 			if j > i {
