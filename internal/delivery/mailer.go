@@ -213,7 +213,7 @@ func (m *Mailer) Send(ctx context.Context, msg *mail.Msg) error {
 	return m.handOver(ctx, func(sc *smtp.Client) error { return m.client.SendWithSMTPClient(sc, msg) })
 }
 
-// SendRaw is Send for a message already serialised (by Msg.WriteTo, then
+// SendRaw is Send for a message already serialised (by Sender.seal, then
 // DKIM-signed, say): data, header and body with CRLF line ends, goes to the
 // server byte for byte, so that a signature over it stays valid. from is the
 // envelope sender and to the envelope recipients, each a bare address or one

@@ -34,9 +34,10 @@ func (a alternative) contentType() string {
 	return `multipart/alternative; boundary="` + a.boundary + `"`
 }
 
-// size is about how many bytes appendTo adds: quoted-printable spends
-// three bytes on each "=" (frequent in HTML) and on each byte beyond ASCII,
-// and three on each 76-byte line.
+// size is a guess at how many bytes appendTo adds, to size a buffer:
+// quoted-printable spends three bytes on each "=" (frequent in HTML) and
+// on each byte beyond ASCII, and three on each 76-byte line. Text beyond
+// ASCII takes up to three times its length; the buffer then grows.
 func (a alternative) size() int {
 	return len(a.text) + len(a.html)*5/4 + 4*len(a.boundary) + 256
 }
@@ -73,11 +74,11 @@ var qpPlain = func() (t [256]bool) {
 	return t
 }()
 
-// appendQP appends s to b quoted-printable, for text (as
-// mime/quotedprintable's Writer does when not Binary): "\r\n", "\n" and a
-// lone "\r" are each a line break, written CRLF; every byte outside printable ASCII, "=", and a
-// space or tab ending a line are written =XX; lines longer than 76 bytes are
-// broken with soft line breaks, never inside an =XX.
+// appendQP appends s to b quoted-printable, for text: "\r\n", "\n" and a
+// lone "\r" are each a line break, written CRLF; "=", every byte outside
+// printable ASCII but space and tab, and a space or tab ending a line are
+// written =XX; lines longer than 76 bytes are broken with soft line breaks,
+// never inside an =XX.
 func appendQP(b []byte, s string) []byte {
 	const hex = "0123456789ABCDEF"
 	breaks := "\n"

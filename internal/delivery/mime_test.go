@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	gomail "github.com/wneessen/go-mail"
+
 	"github.com/tendhq/tend/internal/smtptest"
 )
 
@@ -28,10 +30,13 @@ func checkQP(t *testing.T, s string) {
 			if c != ' ' && c != '\t' && (c < '!' || c > '~') {
 				t.Fatalf("appendQP(%q): line %d has byte %#x: %q", s, i, c, line)
 			}
-			if c == '=' && j+1 < len(line) && j+3 > len(line) {
-				t.Fatalf("appendQP(%q): line %d breaks an escape: %q", s, i, line)
+			if c == '=' && j+1 < len(line) && (j+3 > len(line) || !isHex(line[j+1]) || !isHex(line[j+2])) {
+				t.Fatalf("appendQP(%q): line %d has a bad escape: %q", s, i, line)
 			}
 		}
+	}
+	if strings.HasSuffix(got, "=") || strings.Contains(got, "=_") {
+		t.Fatalf("appendQP(%q) = %q ends in a soft break or holds the boundary's \"=_\"", s, got)
 	}
 	if strings.Contains(strings.ReplaceAll(got, "\r\n", ""), "\r") || strings.Count(got, "\n") != strings.Count(got, "\r\n") {
 		t.Fatalf("appendQP(%q) = %q: a line break other than CRLF", s, got)
@@ -41,12 +46,15 @@ func checkQP(t *testing.T, s string) {
 		t.Fatalf("decode appendQP(%q) = %q: %v", s, got, err)
 	}
 	// Every line break decodes as CRLF. (mime/quotedprintable's Writer is
-	// no oracle: after a lone "\r" it drops the next "\n", however far.)
+	// no oracle: after a lone "\r" and bytes it writes =XX, it drops the
+	// next "\n".)
 	want := strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\r", "\n"), "\n", "\r\n")
 	if string(decoded) != string(want) {
 		t.Fatalf("appendQP(%q) = %q decodes to %q, want %q", s, got, decoded, want)
 	}
 }
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'A' <= c && c <= 'F' }
 
 func TestAppendQP(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
@@ -89,13 +97,30 @@ func FuzzAppendQP(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) { checkQP(t, s) })
 }
 
-// TestAlternative reads the body back as a mail client would.
+// TestAlternative reads a message sealed as the Sender seals a campaign
+// email back as a mail client would.
 func TestAlternative(t *testing.T) {
 	text := "Hi Ada,\n\nYour workspace = ready. Café " + strings.Repeat("long ", 40) + "\n"
 	html := `<html><body><p style="color: red">Hi Ada, ` + strings.Repeat("é", 50) + "</p>\n</body></html>"
 	a := newAlternative(42, text, html)
-	msg := "Subject: hi\r\nContent-Type: " + a.contentType() + "\r\n"
-	msg = string(a.appendTo([]byte(msg)))
+	m := gomail.NewMsg()
+	if err := m.From("dana@acme.example"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.To("ada@globex.example"); err != nil {
+		t.Fatal(err)
+	}
+	m.Subject("Hi")
+	m.SetGenHeader(gomail.HeaderContentType, a.contentType())
+	out, err := (&Sender{}).seal(m, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := string(out.data)
+	// One blank line ends the header fields, right before the first part.
+	if i := strings.Index(msg, "\r\n\r\n"); i < 0 || !strings.HasPrefix(msg[i:], "\r\n\r\n--"+a.boundary+"\r\n") {
+		t.Fatalf("the header fields do not end right before the first part:\n%s", msg)
+	}
 	if strings.Count(msg, a.boundary) != 4 { // the header, two parts, the close
 		t.Fatalf("boundary %q appears %d times in\n%s", a.boundary, strings.Count(msg, a.boundary), msg)
 	}

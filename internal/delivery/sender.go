@@ -1098,8 +1098,8 @@ type outgoing struct {
 	data []byte
 }
 
-// seal serialises msg for the transport, DKIM-signed when a key is
-// configured. It runs before the handover, so that a message that cannot be
+// seal serialises msg (the headers) and body for the transport,
+// DKIM-signed when a key is configured. It runs before the handover, so that a message that cannot be
 // written or signed fails without being handed over, and so that the
 // connection it goes out on is not held while it is written.
 func (s *Sender) seal(msg *gomail.Msg, body alternative) (outgoing, error) {
@@ -1111,7 +1111,10 @@ func (s *Sender) seal(msg *gomail.Msg, body alternative) (outgoing, error) {
 	if err != nil {
 		return outgoing{}, fmt.Errorf("envelope recipients: %w", err)
 	}
-	// A Msg without parts writes its headers only.
+	// A Msg without parts, as compose makes it (no go-mail DKIM, S/MIME or
+	// middleware, each of which would write or sign a body of its own),
+	// writes its header fields only, without the blank line that ends
+	// them. 1 KB is room for them.
 	buf := bytes.NewBuffer(make([]byte, 0, body.size()+1024))
 	if _, err := msg.WriteTo(buf); err != nil {
 		return outgoing{}, fmt.Errorf("write the message: %w", err)
