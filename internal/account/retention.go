@@ -34,8 +34,10 @@ func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time, limit int) (i
 
 // MinRollupRetention is the shortest time daily rollups and user activity
 // may be kept: the furthest health backfill (60 days back, the demo's) plus
-// the 30-day usage windows, so that pruning never changes a profile,
-// computed now or as of a backfilled day.
+// the 30-day usage windows, so that pruning never changes a profile's usage
+// windows, computed now or as of a backfilled day. (A backfill's last login
+// as of a day is looked up in rollups of any age: one older than the
+// retention is no longer found.)
 const MinRollupRetention = 90 * 24 * time.Hour
 
 // PruneRollups deletes, for the first accounts accounts after the account
@@ -45,9 +47,9 @@ const MinRollupRetention = 90 * 24 * time.Hour
 // many rows it deleted, and whether the pass is through (it read fewer than
 // accounts accounts, and deleted all it found). While rows remain for the
 // batch's accounts (a backlog: retention just turned on), next is after, and
-// the next call goes on with the same accounts. No profile reads what it
-// deletes (see MinRollupRetention), so none changes, and nothing is marked
-// changed.
+// the next call goes on with the same accounts. No profile's usage window
+// reads what it deletes (see MinRollupRetention), so none changes, and
+// nothing is marked changed.
 //
 // Rollups are found through their primary key, an index probe per account
 // for its days before cutoff, and deleted by ctid; user activity, which has

@@ -110,15 +110,19 @@ func TestPruneRollups(t *testing.T) {
 	send("a1", "u-new", "feature_used", "export")
 
 	var ids []int64
-	db.Select(&ids, `SELECT id FROM account ORDER BY id`)
+	if err := db.Select(&ids, `SELECT id FROM account ORDER BY id`); err != nil {
+		t.Fatal(err)
+	}
 	rows := func() string {
 		t.Helper()
 		var out []string
-		db.Select(&out, `
+		if err := db.Select(&out, `
 			SELECT concat_ws(' ', a.external_id, d.day, d.kind, d.key, d.n) FROM usage_daily d JOIN account a ON a.id = d.account_id
 			UNION ALL
 			SELECT concat_ws(' ', a.external_id, u.user_key) FROM account_user_activity u JOIN account a ON a.id = u.account_id
-			ORDER BY 1`)
+			ORDER BY 1`); err != nil {
+			t.Fatal(err)
+		}
 		return strings.Join(out, ", ")
 	}
 	all := rows()

@@ -631,12 +631,13 @@ type StalledCursor struct {
 // that died and marked uncertain by the reaper, skipped past a hold, dropped
 // by an operator) and for advances that failed or never ran. It finds them
 // with one statement a page and moves them on through Advance, which checks
-// again under lock. It returns the cursor to go on from, the zero cursor
-// once it has read the last active enrollment, and how many it advanced.
-// When the page was read, the cursor returned is past it even with an error:
-// the enrollments that could not move on are named in it, and the others
-// moved on.
-func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit int) (StalledCursor, int, error) {
+// again under lock. It returns the cursor to go on from, how many it
+// advanced, and whether it has read the last active enrollment (the pass is
+// through; the cursor is then the zero one, the start). When the page was
+// read, the cursor returned is past it even with an error: the enrollments
+// that could not move on are named in it, and the others moved on. When it
+// was not, the cursor is cur, and the pass is not through.
+func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit int) (next StalledCursor, n int, through bool, err error) {
 	var page []struct {
 		ID       int64 `db:"id"`
 		Campaign int64 `db:"campaign_id"`
@@ -663,13 +664,11 @@ func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit 
 		             AND m.status IN ('scheduled', 'claimed', 'sending')) AS finished
 		FROM page p LEFT JOIN steps st ON st.campaign_id = p.campaign_id AND st.version = p.version AND st.step = p.step
 		ORDER BY p.campaign_id, p.account_id`, cur.Campaign, cur.Account, limit); err != nil {
-		return cur, 0, fmt.Errorf("campaign: stalled enrollments: %w", err)
+		return cur, 0, false, fmt.Errorf("campaign: stalled enrollments: %w", err)
 	}
-	if len(page) < limit {
-		cur = StalledCursor{}
-	} else {
+	if through = len(page) < limit; !through {
 		last := page[len(page)-1]
-		cur = StalledCursor{last.Campaign, last.Account}
+		next = StalledCursor{last.Campaign, last.Account}
 	}
 	var ids []int64
 	for _, p := range page {
@@ -678,25 +677,29 @@ func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit 
 		}
 	}
 	if len(ids) == 0 {
-		return cur, 0, nil
+		return next, 0, through, nil
 	}
-	advanced, err := e.advanceInTx(ctx, ids)
-	if err == nil {
-		return cur, advanced, nil
+	if n, err = e.advanceInTx(ctx, ids); err == nil {
+		return next, n, through, nil
 	}
 	// One enrollment that cannot move on must hold up neither the others
 	// of its page nor the pass: each goes on its own, and the failures are
-	// returned with the cursor past the page.
-	advanced = 0
+	// returned with the cursor past the page. A cancelled context fails
+	// them all: the rest of the page waits for the next pass.
+	n = 0
 	var failed []error
 	for _, id := range ids {
-		n, err := e.advanceInTx(ctx, []int64{id})
-		advanced += n
+		if ctx.Err() != nil {
+			failed = append(failed, ctx.Err())
+			break
+		}
+		advanced, err := e.advanceInTx(ctx, []int64{id})
+		n += advanced
 		if err != nil {
 			failed = append(failed, fmt.Errorf("enrollment %d: %w", id, err))
 		}
 	}
-	return cur, advanced, errors.Join(failed...)
+	return next, n, through, errors.Join(failed...)
 }
 
 func (e *Enroller) advanceInTx(ctx context.Context, ids []int64) (advanced int, err error) {

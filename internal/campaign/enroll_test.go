@@ -472,7 +472,7 @@ func TestAdvanceStalledMovesEachStepOnce(t *testing.T) {
 	errs := make(chan error, passes)
 	for range passes {
 		go func() {
-			_, n, err := l.enroller.AdvanceStalled(ctx, campaign.StalledCursor{}, 100)
+			_, n, _, err := l.enroller.AdvanceStalled(ctx, campaign.StalledCursor{}, 100)
 			moved <- n
 			errs <- err
 		}()
@@ -504,8 +504,8 @@ func TestAdvanceStalledMovesEachStepOnce(t *testing.T) {
 		t.Fatalf("after the passes:\n got %s\nwant %s", got, want)
 	}
 	// Again: nothing to move on, nothing written.
-	if _, n, err := l.enroller.AdvanceStalled(ctx, campaign.StalledCursor{}, 100); err != nil || n != 0 {
-		t.Fatalf("a second pass moved %d on (%v), want none", n, err)
+	if _, n, through, err := l.enroller.AdvanceStalled(ctx, campaign.StalledCursor{}, 100); err != nil || n != 0 || !through {
+		t.Fatalf("a second pass moved %d on (%v, through %v), want none, through", n, err, through)
 	}
 	if got := state(); got != want {
 		t.Fatalf("after a second pass:\n got %s\nwant %s", got, want)

@@ -198,11 +198,12 @@ func (d *StalledDrips) Run(ctx context.Context) error {
 		}
 	}()
 	return d.pass.run(d.Clock.Now(), d.Every, d.Budget, func() (bool, error) {
-		cur, n, err := d.Enroller.AdvanceStalled(ctx, d.cursor, d.Batch)
+		cur, n, through, err := d.Enroller.AdvanceStalled(ctx, d.cursor, d.Batch)
 		total += n
 		// Past the page even when some of it could not move on: those
-		// wait for the next pass, and the rest of this one goes on.
+		// wait for the next pass, and the rest of this one goes on. A page
+		// that could not be read is read again at the next sweep.
 		d.cursor = cur
-		return cur == (campaign.StalledCursor{}), err
+		return through, err
 	})
 }

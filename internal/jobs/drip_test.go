@@ -332,6 +332,29 @@ func TestStalledDripsStepPastOneThatCannotMove(t *testing.T) {
 	}
 }
 
+// A pass whose first page cannot be read is not through: the next sweep,
+// within Every, reads it again.
+func TestStalledDripsRetryAPageNotRead(t *testing.T) {
+	r := newDripRig(t)
+	r.enrollFourMore(context.Background())
+	r.exec(`UPDATE message SET status = 'failed', reason = 'test'`)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.stalled.Run(cancelled); err == nil {
+		t.Fatal("a sweep with a cancelled context: no error")
+	}
+	if err := r.stalled.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := r.db.Get(&n, `SELECT count(*) FROM enrollment WHERE step = 1`); err != nil {
+		t.Fatal(err)
+	}
+	if n != 5 {
+		t.Fatalf("%d enrollments on step two after the next sweep, want all 5", n)
+	}
+}
+
 // The pass reads the active enrollments a page at a time, over as many
 // sweeps as its budget needs, and starts again only after Every: an
 // enrollment stalled behind the cursor waits for the next pass.

@@ -14,7 +14,8 @@ type paced struct {
 }
 
 // run goes on with the pass in progress, or starts one when due at now,
-// for about budget; the next pass is due every after this one is through.
+// for about budget; the next pass is due the interval every after the sweep
+// that finishes this one.
 // batch does one batch and says whether the pass is through; a failed batch
 // ends the sweep's share, and the next sweep goes on (or, when the failed
 // batch was the last, the next pass starts when due).

@@ -37,9 +37,19 @@ const migrationLockID int64 = 0x74656e646d696772
 // says: Tend's SQL counts whole UTC days (usage windows, rollup days,
 // timestamptz cast to date), which the session's time zone would otherwise
 // shift.
+//
+// databaseURL must be a postgres:// (or postgresql://) URL, as config
+// requires: a key=value connection string is refused, since the settings
+// above could not be made to win in it (lib/pq sends a run-time setting
+// spelled in two cases twice, in no set order).
 func Open(ctx context.Context, databaseURL string) (*sqlx.DB, error) {
-	databaseURL = withParam(databaseURL, "jit", "off", false)
-	databaseURL = withParam(databaseURL, "timezone", "UTC", true)
+	u, err := url.Parse(databaseURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return nil, errors.New("postgres: the database must be given as a postgres:// URL")
+	}
+	withParam(u, "jit", "off", false)
+	withParam(u, "timezone", "UTC", true)
+	databaseURL = u.String()
 	db, err := sqlx.Open("postgres", databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
@@ -56,31 +66,23 @@ func Open(ctx context.Context, databaseURL string) (*sqlx.DB, error) {
 	return db, nil
 }
 
-// withParam sets a connection parameter in a connection string; lib/pq sends
-// parameters it does not know itself as run-time settings. Unless override is
-// set, a string that names the parameter already keeps its own value. In a
-// key=value string the parameter is appended (lib/pq takes the last value of
-// a key given twice), and only with override.
-func withParam(databaseURL, name, value string, override bool) string {
-	u, err := url.Parse(databaseURL)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		if override {
-			return databaseURL + " " + name + "=" + value
-		}
-		return databaseURL
-	}
+// withParam sets a connection parameter in u's query; lib/pq sends
+// parameters it does not know itself as run-time settings. PostgreSQL's
+// setting names ignore case (TimeZone is timezone): with override, the
+// parameter replaces any spelling of it; without, a URL naming it in any
+// case keeps its own value.
+func withParam(u *url.URL, name, value string, override bool) {
 	q := u.Query()
-	if q.Has(name) && !override {
-		return databaseURL
-	}
 	for k := range q {
-		if override && strings.EqualFold(k, name) {
-			q.Del(k) // PostgreSQL's setting names ignore case: TimeZone is timezone
+		if strings.EqualFold(k, name) {
+			if !override {
+				return
+			}
+			q.Del(k)
 		}
 	}
 	q.Set(name, value)
 	u.RawQuery = q.Encode()
-	return u.String()
 }
 
 // EnsureDatabase creates the database named in databaseURL when it does not

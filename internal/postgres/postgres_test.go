@@ -90,15 +90,19 @@ func TestConcurrentStartsMigrateOnce(t *testing.T) {
 	}
 }
 
-// TestJITOffUnlessAsked: Open turns JIT off, and a URL that says jit=on keeps it.
+// TestJITOffUnlessAsked: Open turns JIT off, and a URL that says jit=on
+// (in any case) keeps it.
 func TestJITOffUnlessAsked(t *testing.T) {
 	t.Parallel()
 	base := testsvc.NewDB(t)
-	on, _ := url.Parse(base.URL)
-	q := on.Query()
-	q.Set("jit", "on")
-	on.RawQuery = q.Encode()
-	for _, c := range []struct{ url, want string }{{base.URL, "off"}, {on.String(), "on"}} {
+	withJIT := func(key string) string {
+		u, _ := url.Parse(base.URL)
+		q := u.Query()
+		q.Set(key, "on")
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	for _, c := range []struct{ url, want string }{{base.URL, "off"}, {withJIT("jit"), "on"}, {withJIT("JIT"), "on"}} {
 		db, err := postgres.Open(context.Background(), c.url)
 		if err != nil {
 			t.Fatal(err)
@@ -111,9 +115,10 @@ func TestJITOffUnlessAsked(t *testing.T) {
 	}
 }
 
-// TestSessionsRunInUTC: Open's connections run in UTC whatever the URL, a
-// key=value connection string or the database's own setting says, so that a
-// timestamptz late in a UTC day casts to that day.
+// TestSessionsRunInUTC: Open's connections run in UTC whatever the URL or
+// the database's own setting says, so that a timestamptz late in a UTC day
+// casts to that day; a key=value connection string, where that could not be
+// made sure of, is refused.
 func TestSessionsRunInUTC(t *testing.T) {
 	t.Parallel()
 	base := testsvc.NewDB(t)
@@ -132,7 +137,13 @@ func TestSessionsRunInUTC(t *testing.T) {
 	pass, _ := u.User.Password()
 	kv := fmt.Sprintf("host=%s port=%s user=%s password='%s' dbname=%s sslmode=disable timezone=America/New_York",
 		u.Hostname(), u.Port(), u.User.Username(), pass, strings.TrimPrefix(u.Path, "/"))
-	for _, c := range []string{base.URL, asked.String(), capital.String(), kv} {
+	if db, err := postgres.Open(context.Background(), kv); err == nil || !strings.Contains(err.Error(), "postgres:// URL") {
+		if db != nil {
+			db.Close()
+		}
+		t.Errorf("Open(a key=value string) = %v, want it refused for not being a URL", err)
+	}
+	for _, c := range []string{base.URL, asked.String(), capital.String()} {
 		db, err := postgres.Open(context.Background(), c)
 		if err != nil {
 			t.Fatal(err)

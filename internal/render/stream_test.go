@@ -39,8 +39,12 @@ var streamCorpus = []struct {
 	{"<html><body><a \u212aey=\"1\" href=\"https://a.example/\">Kelvin sign</a></body></html>", false},
 	{`<html><body>a < b</body></html>`, false},
 	{`<html><body><p>x</ p></p></body></html>`, false},
-	{`<html><body><!--x--!>y</body></html>`, false},
-	{`<html><body><!-->x</body></html>`, false},
+	// Comments the tokenizer ends early (each with a later "-->" that a
+	// search for the end would find).
+	{`<html><body><!--x--!>y<!--z--></body></html>`, false},
+	{`<html><body><!-->x<!--y--></body></html>`, false},
+	{`<html><body><!--->x<!--y--></body></html>`, false},
+	{`<html><body><!--a--->b<!--c--></body></html>`, false},
 	// Repaired by the parser: refused.
 	{`<html><body><p>one<p>two</body></html>`, false},         // an implied </p>
 	{`<html><body><p>a<div>b</div></p></body></html>`, false}, // a div closes the p
