@@ -266,7 +266,7 @@ type handOvers struct {
 }
 
 // handOverTimeout bounds a hand-over's commit, which no caller's context
-// does, and the writes a round's outcomes call for (see Sender.outcome). A
+// does, and the writes a round's outcomes call for (see Sender.refused). A
 // commit that times out is an error for its callers, who withdraw the
 // messages whether or not it committed: none of them was sent. A commit of a
 // few rows that takes this long finds PostgreSQL in trouble.
