@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
-	"github.com/wneessen/go-mail"
 
 	"github.com/tendhq/tend/internal/delivery"
 	"github.com/tendhq/tend/internal/smtptest"
@@ -102,21 +101,12 @@ func newDKIM(t testing.TB, key dkimKey) *delivery.DKIM {
 // Sender writes them.
 func campaignMsg(t testing.TB, text, html string) []byte {
 	t.Helper()
-	m := mail.NewMsg()
-	if err := m.From(`"Dana Reyes" <dana@acme-analytics.example>`); err != nil {
-		t.Fatal(err)
+	e := delivery.Composed{
+		From: `"Dana Reyes" <dana@acme-analytics.example>`, To: "hank@globex.example",
+		ReplyTo: `"Dana Reyes" <dana.reyes@acme-analytics.example>`, Subject: "Checking in on Globex — Hank",
+		UnsubscribeURL: "https://tend.acme-analytics.example/u/tok42", Text: text, HTML: html,
 	}
-	if err := m.To("hank@globex.example"); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.ReplyTo(`"Dana Reyes" <dana.reyes@acme-analytics.example>`); err != nil {
-		t.Fatal(err)
-	}
-	m.Subject("Checking in on Globex — Hank")
-	m.SetMessageIDWithValue("tend.42@tend.acme-analytics.example")
-	m.SetGenHeader("List-Unsubscribe", "<https://tend.acme-analytics.example/u/tok42>")
-	m.SetGenHeader("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
-	raw, err := delivery.Seal(m, 42, text, html)
+	raw, err := delivery.Seal(e, 42, time.Date(2026, 11, 25, 9, 30, 0, 0, time.UTC))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -856,7 +856,7 @@ func (m *Mailer) sendRaw(sc *smtp.Client, env envelope, data []byte) error {
 // writeData writes data as the content of DATA through w, the DotWriter of
 // the connection whose buffer is bw. The DotWriter goes byte by byte (about a
 // tenth of the CPU time of a send); data whose lines all end in CRLF, as
-// go-mail writes them, needs no more than a dot before each line that starts
+// Tend and go-mail write them, needs no more than a dot before each line that starts
 // with one (RFC 5321, 4.5.2), which writeData writes a line at a time
 // straight into bw. The last CRLF still goes through w, so that its Close
 // knows it is at the start of a line and ends DATA with ".\r\n" alone.

@@ -5,9 +5,9 @@ import (
 	"strings"
 )
 
-// go-mail writes a message's headers (addresses, the encoded subject, the
-// folding); the body, a multipart/alternative of the text and HTML parts,
-// Tend writes itself. go-mail quoted-printable-encodes every part through
+// Tend writes a campaign email's body, a multipart/alternative of the text
+// and HTML parts, itself, as it writes the header fields (header.go); go-mail
+// is the SMTP transport. go-mail quoted-printable-encodes every part through
 // mime/quotedprintable, which goes a byte at a time through a buffered
 // writer and then copies the result once more: about a tenth of the CPU a
 // campaign email costs. appendQP does the same encoding in one pass over

@@ -6,8 +6,7 @@ import (
 	"mime/quotedprintable"
 	"strings"
 	"testing"
-
-	gomail "github.com/wneessen/go-mail"
+	"time"
 
 	"github.com/tendhq/tend/internal/smtptest"
 )
@@ -103,16 +102,11 @@ func TestAlternative(t *testing.T) {
 	text := "Hi Ada,\n\nYour workspace = ready. Café " + strings.Repeat("long ", 40) + "\n"
 	html := `<html><body><p style="color: red">Hi Ada, ` + strings.Repeat("é", 50) + "</p>\n</body></html>"
 	a := newAlternative(42, text, html)
-	m := gomail.NewMsg()
-	if err := m.From("dana@acme.example"); err != nil {
+	h, err := newHeader(Composed{From: "dana@acme.example", To: "ada@globex.example", Subject: "Hi"}, 42, false, time.Now(), "tend.example", a)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.To("ada@globex.example"); err != nil {
-		t.Fatal(err)
-	}
-	m.Subject("Hi")
-	m.SetGenHeader(gomail.HeaderContentType, a.contentType())
-	out, err := (&Sender{}).seal(m, a)
+	out, err := (&Sender{}).seal(h, a)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -626,12 +625,12 @@ func (s *Sender) prepare(ctx context.Context, m *claimed, accounts map[int64]*ac
 		ok, err := s.nudge(ctx, m, def, info, contact, b)
 		return nil, ok, err
 	}
-	msg, body, err := s.compose(m, def, info, contact, to)
+	h, body, err := s.compose(m, def, info, contact, to)
 	if err != nil {
 		b.record(m.ID, StatusFailed, "render: "+err.Error())
 		return nil, false, nil
 	}
-	out, err := s.seal(msg, body)
+	out, err := s.seal(h, body)
 	if err != nil {
 		b.record(m.ID, StatusFailed, err.Error())
 		return nil, false, nil
@@ -1056,38 +1055,16 @@ func (s *Sender) render(m *claimed, def campaign.Definition, info *accountInfo, 
 }
 
 // compose renders a message into an email with List-Unsubscribe one-click
-// (RFC 8058) and a Message-ID derived from the outbox row: its headers, in a
-// go-mail Msg, and its body (see mime.go).
-func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (*gomail.Msg, alternative, error) {
+// (RFC 8058) and a Message-ID derived from the outbox row: its header fields
+// (header.go) and its body (mime.go).
+func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (header, alternative, error) {
 	e, err := s.render(m, def, info, c, to)
 	if err != nil {
-		return nil, alternative{}, err
-	}
-	msg := gomail.NewMsg()
-	if err := msg.From(e.From); err != nil {
-		return nil, alternative{}, fmt.Errorf("from %q: %w", e.From, err)
-	}
-	if err := msg.To(to); err != nil {
-		return nil, alternative{}, fmt.Errorf("to %q: %w", to, err)
-	}
-	if e.ReplyTo != "" {
-		if err := msg.ReplyTo(e.ReplyTo); err != nil {
-			return nil, alternative{}, fmt.Errorf("reply-to %q: %w", e.ReplyTo, err)
-		}
-	}
-	msg.Subject(e.Subject)
-	msg.SetMessageIDWithValue(fmt.Sprintf("tend.%d@%s", m.ID, s.opts.MessageIDDomain))
-	if e.UnsubscribeURL != "" {
-		msg.SetGenHeader("List-Unsubscribe", "<"+e.UnsubscribeURL+">")
-		msg.SetGenHeader("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
-	}
-	msg.SetGenHeader("X-Tend-Message", fmt.Sprint(m.ID))
-	if m.Test {
-		msg.SetGenHeader("X-Tend-Test", "true")
+		return header{}, alternative{}, err
 	}
 	body := newAlternative(m.ID, e.Text, e.HTML)
-	msg.SetGenHeader(gomail.HeaderContentType, body.contentType())
-	return msg, body, nil
+	h, err := newHeader(e, m.ID, m.Test, s.clock.Now(), s.opts.MessageIDDomain, body)
+	return h, body, err
 }
 
 // outgoing is a composed message ready for the transport: its bytes and
@@ -1098,34 +1075,21 @@ type outgoing struct {
 	data []byte
 }
 
-// seal serialises msg (the headers) and body for the transport,
-// DKIM-signed when a key is configured. It runs before the handover, so that a message that cannot be
-// written or signed fails without being handed over, and so that the
-// connection it goes out on is not held while it is written.
-func (s *Sender) seal(msg *gomail.Msg, body alternative) (outgoing, error) {
-	from, err := msg.GetSender(false)
-	if err != nil {
-		return outgoing{}, fmt.Errorf("envelope sender: %w", err)
-	}
-	to, err := msg.GetRecipients()
-	if err != nil {
-		return outgoing{}, fmt.Errorf("envelope recipients: %w", err)
-	}
-	// A Msg without parts, as compose makes it (no go-mail DKIM, S/MIME or
-	// middleware, each of which would write or sign a body of its own),
-	// writes its header fields only, without the blank line that ends
-	// them. 1 KB is room for them.
-	buf := bytes.NewBuffer(make([]byte, 0, body.size()+1024))
-	if _, err := msg.WriteTo(buf); err != nil {
-		return outgoing{}, fmt.Errorf("write the message: %w", err)
-	}
-	data := body.appendTo(buf.Bytes())
+// seal serialises h and body for the transport, DKIM-signed when a key is
+// configured. It runs before the handover, so that a message that cannot be
+// signed fails without being handed over, and so that the connection it
+// goes out on is not held while it is written.
+func (s *Sender) seal(h header, body alternative) (outgoing, error) {
+	// 1 KB is room for the header fields.
+	data := h.appendTo(make([]byte, 0, body.size()+1024))
+	data = body.appendTo(data)
 	if s.opts.DKIM != nil {
+		var err error
 		if data, err = s.opts.DKIM.Sign(data); err != nil {
 			return outgoing{}, err
 		}
 	}
-	return outgoing{from: from, to: to, data: data}, nil
+	return outgoing{from: h.from.Address, to: []string{h.to.Address}, data: data}, nil
 }
 
 func (o outgoing) send(ctx context.Context, conns *Reservation) error {
