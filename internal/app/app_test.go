@@ -276,6 +276,13 @@ func TestAWholeDrip(t *testing.T) {
 	if !strings.HasPrefix(h.Get("Message-Id"), "<tend.") {
 		t.Errorf("Message-ID = %q", h.Get("Message-Id"))
 	}
+	// Dated by the injected clock, which has not moved since the send.
+	if d, err := h.Date(); err != nil || !d.Equal(tn.clock.Now().Truncate(time.Second)) {
+		t.Errorf("Date = %q (%v), want %v", h.Get("Date"), err, tn.clock.Now())
+	}
+	if ua := h.Get("User-Agent") + h.Get("X-Mailer"); ua != "" {
+		t.Errorf("the email names its mailer: %q", ua)
+	}
 	body := string(m.Data)
 	for _, want := range []string{"Dana Reyes", "Customer Success Manager", "Acme Analytics, 10 Market St, Springfield", "/t/c/", "/t/o/"} {
 		if !strings.Contains(body, want) {
