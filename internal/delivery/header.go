@@ -15,14 +15,13 @@ import (
 // write a dozen fields cost about 14 µs and most of the allocations a
 // message, and stamped Date from the wall clock, not the injected one.
 
-// header is a campaign email's header fields.
+// header is a campaign email's header fields and envelope.
 type header struct {
-	date     time.Time
-	from, to *mail.Address
-	replyTo  *mail.Address // nil: none
-	// subject is the subject's plain text, one line (render makes it so);
-	// appendTo encodes it.
-	subject string
+	date time.Time
+	// from, to, replyTo ("" for none) and subject are the fields' values
+	// as written, before folding: addresses formatted, the subject
+	// Q-encoded where it is not printable ASCII.
+	from, to, replyTo, subject string
 	// messageID is the Message-ID without its angle brackets.
 	messageID string
 	// unsubscribe is the one-click unsubscribe URL (RFC 8058); "" for none.
@@ -30,30 +29,48 @@ type header struct {
 	id          int64
 	test        bool
 	contentType string
+	// sender and recipient are the envelope's addresses.
+	sender, recipient string
 }
 
 // newHeader addresses e, the rendered email of outbox message id (a test
-// send when test), dated date, with body.
+// send when test), dated date, with body. It refuses what it cannot write
+// safely: an address that does not parse, a URL or Message-ID that is not
+// printable ASCII, a line that cannot be folded within 998 bytes.
 func newHeader(e Composed, id int64, test bool, date time.Time, messageIDDomain string, body alternative) (header, error) {
-	h := header{date: date, subject: e.Subject, messageID: "tend." + strconv.FormatInt(id, 10) + "@" + messageIDDomain,
+	h := header{date: date, messageID: "tend." + strconv.FormatInt(id, 10) + "@" + messageIDDomain,
 		unsubscribe: e.UnsubscribeURL, id: id, test: test, contentType: body.contentType()}
-	var err error
-	if h.from, err = parseHeaderAddress("from", e.From); err != nil {
+	from, err := parseHeaderAddress("from", e.From)
+	if err != nil {
 		return header{}, err
 	}
-	if h.to, err = parseHeaderAddress("to", e.To); err != nil {
+	to, err := parseHeaderAddress("to", e.To)
+	if err != nil {
 		return header{}, err
 	}
+	h.from, h.to, h.sender, h.recipient = from.String(), to.String(), from.Address, to.Address
 	if e.ReplyTo != "" {
-		if h.replyTo, err = parseHeaderAddress("reply-to", e.ReplyTo); err != nil {
+		replyTo, err := parseHeaderAddress("reply-to", e.ReplyTo)
+		if err != nil {
 			return header{}, err
 		}
+		h.replyTo = replyTo.String()
 	}
-	if err := checkToken("message-id", h.messageID); err != nil {
+	// Q-encoding leaves printable ASCII as it is and splits what it
+	// encodes into encoded-words of at most 75 bytes, between spaces.
+	h.subject = mime.QEncoding.Encode("UTF-8", e.Subject)
+	for _, f := range [...]struct{ name, value string }{{"from", h.from}, {"to", h.to}, {"reply-to", h.replyTo}, {"subject", h.subject}} {
+		for word := range strings.SplitSeq(f.value, " ") {
+			if len(word) > maxLine-1 { // a folded line: a space, the word
+				return header{}, fmt.Errorf("%s: a word of %d bytes is longer than a header line may hold", f.name, len(word))
+			}
+		}
+	}
+	if err := checkToken("message-id", "Message-ID: <>", h.messageID); err != nil {
 		return header{}, err
 	}
 	if e.UnsubscribeURL != "" {
-		if err := checkToken("unsubscribe URL", e.UnsubscribeURL); err != nil {
+		if err := checkToken("unsubscribe URL", "List-Unsubscribe: <>", e.UnsubscribeURL); err != nil {
 			return header{}, err
 		}
 	}
@@ -70,10 +87,14 @@ func parseHeaderAddress(field, s string) (*mail.Address, error) {
 }
 
 // checkToken refuses a value written into a header field as it is, which
-// must be printable ASCII without spaces: a URL, a Message-ID.
-func checkToken(field, s string) error {
+// must be printable ASCII without spaces (a URL, a Message-ID), and fit on
+// one line with frame, the rest of the line.
+func checkToken(field, frame, s string) error {
 	if s == "" {
 		return errors.New(field + " is empty")
+	}
+	if len(frame)+len(s) > maxLine {
+		return fmt.Errorf("%s: %d bytes, longer than a header line may hold", field, len(s))
 	}
 	for i := 0; i < len(s); i++ {
 		if s[i] <= ' ' || s[i] > '~' {
@@ -82,6 +103,10 @@ func checkToken(field, s string) error {
 	}
 	return nil
 }
+
+// maxLine is the longest a line of a message may be, not counting its CRLF
+// (RFC 5322 2.1.1).
+const maxLine = 998
 
 // headerLine is how long a header line may be, not counting its CRLF, where
 // the words of its value allow: RFC 2047 allows 76 on lines holding
@@ -94,14 +119,12 @@ func (h header) appendTo(b []byte) []byte {
 	b = append(b, "Date: "...)
 	b = h.date.AppendFormat(b, time.RFC1123Z)
 	b = append(b, "\r\n"...)
-	b = appendField(b, "From", h.from.String())
-	b = appendField(b, "To", h.to.String())
-	if h.replyTo != nil {
-		b = appendField(b, "Reply-To", h.replyTo.String())
+	b = appendField(b, "From", h.from)
+	b = appendField(b, "To", h.to)
+	if h.replyTo != "" {
+		b = appendField(b, "Reply-To", h.replyTo)
 	}
-	// Q-encoding leaves printable ASCII as it is and splits what it
-	// encodes into encoded-words of at most 75 bytes, between spaces.
-	b = appendField(b, "Subject", mime.QEncoding.Encode("UTF-8", h.subject))
+	b = appendField(b, "Subject", h.subject)
 	b = append(b, "Message-ID: <"...)
 	b = append(b, h.messageID...)
 	b = append(b, ">\r\nMIME-Version: 1.0\r\nContent-Type: "...)

@@ -132,12 +132,21 @@ func TestHeaderRefuses(t *testing.T) {
 		e      func(Composed) Composed
 		domain string
 	}{
-		"bad from":             {func(e Composed) Composed { e.From = "dana"; return e }, "x.example"},
-		"bad to":               {func(e Composed) Composed { e.To = "ada@"; return e }, "x.example"},
-		"bad reply-to":         {func(e Composed) Composed { e.ReplyTo = "a, b"; return e }, "x.example"},
-		"line break in URL":    {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/t\r\nBcc: e@x"; return e }, "x.example"},
-		"space in URL":         {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/a b"; return e }, "x.example"},
-		"line break in domain": {func(e Composed) Composed { return e }, "x.example\r\nBcc: e@x"},
+		"bad from":                          {func(e Composed) Composed { e.From = "dana"; return e }, "x.example"},
+		"bad to":                            {func(e Composed) Composed { e.To = "ada@"; return e }, "x.example"},
+		"bad reply-to":                      {func(e Composed) Composed { e.ReplyTo = "a, b"; return e }, "x.example"},
+		"line break in URL":                 {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/t\r\nBcc: e@x"; return e }, "x.example"},
+		"space in URL":                      {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/a b"; return e }, "x.example"},
+		"line break in domain":              {func(e Composed) Composed { return e }, "x.example\r\nBcc: e@x"},
+		"a subject word longer than a line": {func(e Composed) Composed { e.Subject = "Hi " + strings.Repeat("x", maxLine); return e }, "x.example"},
+		"a name word longer than a line": {func(e Composed) Composed {
+			e.From = (&mail.Address{Name: strings.Repeat("x", maxLine), Address: "dana@acme.example"}).String()
+			return e
+		}, "x.example"},
+		"a URL longer than a line": {func(e Composed) Composed {
+			e.UnsubscribeURL = "https://x.example/u/" + strings.Repeat("t", maxLine)
+			return e
+		}, "x.example"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := newHeader(tc.e(ok), 1, false, time.Now(), tc.domain, newAlternative(1, "", "")); err == nil {
@@ -147,6 +156,18 @@ func TestHeaderRefuses(t *testing.T) {
 	}
 	if _, err := newHeader(ok, 1, false, time.Now(), "x.example", newAlternative(1, "", "")); err != nil {
 		t.Fatalf("newHeader refused a good email: %v", err)
+	}
+	// The longest word that folds onto a line of its own is written.
+	long := ok
+	long.Subject = "Hi " + strings.Repeat("x", maxLine-1)
+	h, err := newHeader(long, 1, false, time.Now(), "x.example", newAlternative(1, "", ""))
+	if err != nil {
+		t.Fatalf("newHeader refused a subject whose word fits a line: %v", err)
+	}
+	for _, line := range strings.Split(string(h.appendTo(nil)), "\r\n") {
+		if len(line) > maxLine {
+			t.Fatalf("a line of %d bytes", len(line))
+		}
 	}
 }
 

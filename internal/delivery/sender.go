@@ -1089,7 +1089,7 @@ func (s *Sender) seal(h header, body alternative) (outgoing, error) {
 			return outgoing{}, err
 		}
 	}
-	return outgoing{from: h.from.Address, to: []string{h.to.Address}, data: data}, nil
+	return outgoing{from: h.sender, to: []string{h.recipient}, data: data}, nil
 }
 
 func (o outgoing) send(ctx context.Context, conns *Reservation) error {
