@@ -267,8 +267,11 @@ func TestAWholeDrip(t *testing.T) {
 	if got := h.Get("Reply-To"); !strings.Contains(got, "dana.reyes@acme-analytics.example") {
 		t.Errorf("Reply-To = %q", got)
 	}
-	if got := h.Get("To"); !strings.Contains(got, "hank@globex.example") || len(m.To) != 1 {
-		t.Errorf("To = %q (%v)", got, m.To)
+	if got := h.Get("To"); !strings.Contains(got, "hank@globex.example") || len(m.To) != 1 || m.To[0] != "hank@globex.example" {
+		t.Errorf("To = %q (envelope %v)", got, m.To)
+	}
+	if m.From != "dana@acme-analytics.example" {
+		t.Errorf("envelope from %q", m.From)
 	}
 	if !strings.HasPrefix(h.Get("List-Unsubscribe"), "<"+tn.url+"/u/") || h.Get("List-Unsubscribe-Post") != "List-Unsubscribe=One-Click" {
 		t.Errorf("unsubscribe headers: %q / %q", h.Get("List-Unsubscribe"), h.Get("List-Unsubscribe-Post"))

@@ -126,8 +126,8 @@ func (d *DKIM) DNSRecord() (name, value string) {
 		"v=DKIM1; k=" + d.Algorithm() + "; p=" + base64.StdEncoding.EncodeToString(p)
 }
 
-// Sign returns msg, a whole message with CRLF line ends (as Sender.seal or
-// Msg.WriteTo writes it), with a DKIM-Signature header field prepended: relaxed/relaxed
+// Sign returns msg, a whole message with CRLF line ends (as Sender.seal
+// writes it), with a DKIM-Signature header field prepended: relaxed/relaxed
 // canonicalisation, SHA-256, over those of From, To, Subject, Date,
 // Message-ID, Reply-To, MIME-Version, Content-Type, List-Unsubscribe and
 // List-Unsubscribe-Post the message has. It must have a From.

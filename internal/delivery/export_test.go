@@ -12,11 +12,6 @@ func (m *Mailer) SetIdleCheckAfter(d time.Duration) { m.idleCheck = d }
 // the Sender writes a campaign email before signing it, with Message-IDs in
 // tend.example.
 func Seal(e Composed, id int64, date time.Time) ([]byte, error) {
-	body := newAlternative(id, e.Text, e.HTML)
-	h, err := newHeader(e, id, false, date, "tend.example", body)
-	if err != nil {
-		return nil, err
-	}
-	out, err := (&Sender{}).seal(h, body)
+	out, err := sealer(date, "tend.example").seal(e, id, false)
 	return out.data, err
 }

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"mime"
@@ -20,7 +21,7 @@ type header struct {
 	date time.Time
 	// from, to, replyTo ("" for none) and subject are the fields' values
 	// as written, before folding: addresses formatted, the subject
-	// Q-encoded where it is not printable ASCII.
+	// Q-encoded as a whole when any of it is not printable ASCII.
 	from, to, replyTo, subject string
 	// messageID is the Message-ID without its angle brackets.
 	messageID string
@@ -34,12 +35,12 @@ type header struct {
 }
 
 // newHeader addresses e, the rendered email of outbox message id (a test
-// send when test), dated date, with body. It refuses what it cannot write
-// safely: an address that does not parse, a URL or Message-ID that is not
-// printable ASCII, a line that cannot be folded within 998 bytes.
-func newHeader(e Composed, id int64, test bool, date time.Time, messageIDDomain string, body alternative) (header, error) {
+// send when test), dated date, its body of type contentType. It refuses an
+// address that does not parse, and a URL or Message-ID that cannot be
+// written as it is.
+func newHeader(e Composed, id int64, test bool, date time.Time, messageIDDomain, contentType string) (header, error) {
 	h := header{date: date, messageID: "tend." + strconv.FormatInt(id, 10) + "@" + messageIDDomain,
-		unsubscribe: e.UnsubscribeURL, id: id, test: test, contentType: body.contentType()}
+		unsubscribe: e.UnsubscribeURL, id: id, test: test, contentType: contentType}
 	from, err := parseHeaderAddress("from", e.From)
 	if err != nil {
 		return header{}, err
@@ -59,18 +60,11 @@ func newHeader(e Composed, id int64, test bool, date time.Time, messageIDDomain 
 	// Q-encoding leaves printable ASCII as it is and splits what it
 	// encodes into encoded-words of at most 75 bytes, between spaces.
 	h.subject = mime.QEncoding.Encode("UTF-8", e.Subject)
-	for _, f := range [...]struct{ name, value string }{{"from", h.from}, {"to", h.to}, {"reply-to", h.replyTo}, {"subject", h.subject}} {
-		for word := range strings.SplitSeq(f.value, " ") {
-			if len(word) > maxLine-1 { // a folded line: a space, the word
-				return header{}, fmt.Errorf("%s: a word of %d bytes is longer than a header line may hold", f.name, len(word))
-			}
-		}
-	}
-	if err := checkToken("message-id", "Message-ID: <>", h.messageID); err != nil {
+	if err := checkToken("message-id", h.messageID); err != nil {
 		return header{}, err
 	}
 	if e.UnsubscribeURL != "" {
-		if err := checkToken("unsubscribe URL", "List-Unsubscribe: <>", e.UnsubscribeURL); err != nil {
+		if err := checkToken("unsubscribe URL", e.UnsubscribeURL); err != nil {
 			return header{}, err
 		}
 	}
@@ -86,19 +80,16 @@ func parseHeaderAddress(field, s string) (*mail.Address, error) {
 	return a, nil
 }
 
-// checkToken refuses a value written into a header field as it is, which
-// must be printable ASCII without spaces (a URL, a Message-ID), and fit on
-// one line with frame, the rest of the line.
-func checkToken(field, frame, s string) error {
+// checkToken refuses a value written between angle brackets as it is (a
+// URL, a Message-ID), which must be printable ASCII without spaces, angle
+// brackets or quotes.
+func checkToken(field, s string) error {
 	if s == "" {
 		return errors.New(field + " is empty")
 	}
-	if len(frame)+len(s) > maxLine {
-		return fmt.Errorf("%s: %d bytes, longer than a header line may hold", field, len(s))
-	}
 	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] > '~' {
-			return fmt.Errorf("%s %q: byte %d is not printable ASCII", field, s, i)
+		if c := s[i]; c <= ' ' || c > '~' || c == '<' || c == '>' || c == '"' {
+			return fmt.Errorf("%s %q: byte %d may not be written in a header", field, s, i)
 		}
 	}
 	return nil
@@ -107,6 +98,20 @@ func checkToken(field, frame, s string) error {
 // maxLine is the longest a line of a message may be, not counting its CRLF
 // (RFC 5322 2.1.1).
 const maxLine = 998
+
+// longestLine is the length of b's longest line, not counting its CRLF.
+func longestLine(b []byte) int {
+	longest := 0
+	for len(b) > 0 {
+		n := bytes.Index(b, []byte("\r\n"))
+		if n < 0 {
+			n = len(b)
+		}
+		longest = max(longest, n)
+		b = b[min(n+2, len(b)):]
+	}
+	return longest
+}
 
 // headerLine is how long a header line may be, not counting its CRLF, where
 // the words of its value allow: RFC 2047 allows 76 on lines holding

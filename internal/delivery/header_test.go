@@ -7,7 +7,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tendhq/tend/internal/clock"
 )
+
+// sealer is a Sender that seals emails dated date, with Message-IDs in
+// domain.
+func sealer(date time.Time, domain string) *Sender {
+	return &Sender{clock: clock.NewManual(date), opts: SenderOptions{MessageIDDomain: domain}}
+}
 
 // TestAppendField holds folding to its rules: within headerLine bytes where
 // the words allow, only before a space, never a line of white space alone,
@@ -39,15 +47,22 @@ func TestAppendField(t *testing.T) {
 			}
 		})
 	}
-	// Random words: every line but one holding a single long word fits.
+	// Random words, some with two spaces between them: every line fits.
 	for n := 1; n < 300; n += 7 {
 		var value []string
 		for i := 0; len(strings.Join(value, " ")) < 4*n; i++ {
 			value = append(value, word(1+(i*n)%23))
+			if i%5 == 4 {
+				value = append(value, "") // two spaces in a row
+			}
 		}
 		got := appendField(nil, "Subject", strings.Join(value, " "))
+		if unfolded := strings.ReplaceAll(strings.TrimSuffix(string(got), "\r\n"), "\r\n", ""); unfolded != "Subject: "+strings.Join(value, " ") {
+			t.Fatalf("%q unfolds to %q", got, unfolded)
+		}
 		for _, line := range bytes.Split(bytes.TrimSuffix(got, []byte("\r\n")), []byte("\r\n")) {
-			if len(line) > headerLine || len(bytes.TrimSpace(line)) == 0 {
+			// Spaces after a line's last word stay on it.
+			if len(bytes.TrimRight(line, " ")) > headerLine || len(bytes.TrimSpace(line)) == 0 {
 				t.Fatalf("line %q of\n%s", line, got)
 			}
 		}
@@ -67,12 +82,14 @@ func TestHeader(t *testing.T) {
 		UnsubscribeURL: "https://tend.acme.example/u/" + strings.Repeat("t", 120),
 		HTML:           "<p>Hi</p>", Text: "Hi",
 	}
-	body := newAlternative(7, e.Text, e.HTML)
-	h, err := newHeader(e, 7, true, date, "tend.acme.example", body)
+	out, err := sealer(date, "tend.acme.example").seal(e, 7, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := body.appendTo(h.appendTo(nil))
+	if out.from != "dana@acme.example" || len(out.to) != 1 || out.to[0] != "ada@globex.example" {
+		t.Errorf("envelope from %q to %q", out.from, out.to)
+	}
+	data := out.data
 	head := data[:bytes.Index(data, []byte("\r\n\r\n"))]
 	for _, line := range bytes.Split(head, []byte("\r\n")) {
 		// The unsubscribe URL is one word longer than a line.
@@ -110,7 +127,7 @@ func TestHeader(t *testing.T) {
 	for field, want := range map[string]string{
 		"Message-Id":            "<tend.7@tend.acme.example>",
 		"Mime-Version":          "1.0",
-		"Content-Type":          body.contentType(),
+		"Content-Type":          newAlternative(7, "", "").contentType(),
 		"List-Unsubscribe":      "<" + e.UnsubscribeURL + ">",
 		"List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
 		"X-Tend-Message":        "7",
@@ -125,48 +142,52 @@ func TestHeader(t *testing.T) {
 	}
 }
 
-// TestHeaderRefuses holds newHeader to refusing what it cannot write safely.
+// TestHeaderRefuses holds seal to refusing what it cannot write safely, and
+// to writing what it can, at the edges.
 func TestHeaderRefuses(t *testing.T) {
 	ok := Composed{From: "dana@acme.example", To: "ada@globex.example", Subject: "Hi"}
+	// "List-Unsubscribe: <" and ">" take 20 bytes of a line.
+	url := func(n int) string { return "https://x.example/u/" + strings.Repeat("t", n-20) }
 	for name, tc := range map[string]struct {
 		e      func(Composed) Composed
 		domain string
 	}{
-		"bad from":                          {func(e Composed) Composed { e.From = "dana"; return e }, "x.example"},
-		"bad to":                            {func(e Composed) Composed { e.To = "ada@"; return e }, "x.example"},
-		"bad reply-to":                      {func(e Composed) Composed { e.ReplyTo = "a, b"; return e }, "x.example"},
-		"line break in URL":                 {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/t\r\nBcc: e@x"; return e }, "x.example"},
-		"space in URL":                      {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/a b"; return e }, "x.example"},
-		"line break in domain":              {func(e Composed) Composed { return e }, "x.example\r\nBcc: e@x"},
-		"a subject word longer than a line": {func(e Composed) Composed { e.Subject = "Hi " + strings.Repeat("x", maxLine); return e }, "x.example"},
+		"bad from":             {func(e Composed) Composed { e.From = "dana"; return e }, "x.example"},
+		"bad to":               {func(e Composed) Composed { e.To = "ada@"; return e }, "x.example"},
+		"bad reply-to":         {func(e Composed) Composed { e.ReplyTo = "a, b"; return e }, "x.example"},
+		"line break in URL":    {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/t\r\nBcc:e@x"; return e }, "x.example"},
+		"space in URL":         {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/a b"; return e }, "x.example"},
+		"bracket in URL":       {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/a>,<mailto:e@x"; return e }, "x.example"},
+		"line break in domain": {func(e Composed) Composed { return e }, "x.example\r\nBcc:e@x"},
+		"a subject line a byte too long": {func(e Composed) Composed {
+			e.Subject = "Hi " + strings.Repeat("x", maxLine-1) + "  y" // " x…x " on a line
+			return e
+		}, "x.example"},
 		"a name word longer than a line": {func(e Composed) Composed {
 			e.From = (&mail.Address{Name: strings.Repeat("x", maxLine), Address: "dana@acme.example"}).String()
 			return e
 		}, "x.example"},
-		"a URL longer than a line": {func(e Composed) Composed {
-			e.UnsubscribeURL = "https://x.example/u/" + strings.Repeat("t", maxLine)
-			return e
-		}, "x.example"},
+		"a URL a byte too long": {func(e Composed) Composed { e.UnsubscribeURL = url(maxLine - 20 + 1); return e }, "x.example"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := newHeader(tc.e(ok), 1, false, time.Now(), tc.domain, newAlternative(1, "", "")); err == nil {
-				t.Fatal("newHeader accepted it")
+			if out, err := sealer(time.Now(), tc.domain).seal(tc.e(ok), 1, false); err == nil {
+				t.Fatalf("seal accepted it:\n%s", out.data)
 			}
 		})
 	}
-	if _, err := newHeader(ok, 1, false, time.Now(), "x.example", newAlternative(1, "", "")); err != nil {
-		t.Fatalf("newHeader refused a good email: %v", err)
-	}
-	// The longest word that folds onto a line of its own is written.
-	long := ok
-	long.Subject = "Hi " + strings.Repeat("x", maxLine-1)
-	h, err := newHeader(long, 1, false, time.Now(), "x.example", newAlternative(1, "", ""))
-	if err != nil {
-		t.Fatalf("newHeader refused a subject whose word fits a line: %v", err)
-	}
-	for _, line := range strings.Split(string(h.appendTo(nil)), "\r\n") {
-		if len(line) > maxLine {
-			t.Fatalf("a line of %d bytes", len(line))
+	// The longest lines seal allows.
+	for name, e := range map[string]Composed{
+		"good":               ok,
+		"a subject word":     {From: ok.From, To: ok.To, Subject: "Hi " + strings.Repeat("x", maxLine-1)},
+		"a word and a space": {From: ok.From, To: ok.To, Subject: "Hi " + strings.Repeat("x", maxLine-2) + "  y"},
+		"a URL":              {From: ok.From, To: ok.To, Subject: "Hi", UnsubscribeURL: url(maxLine - 20)},
+	} {
+		out, err := sealer(time.Now(), "x.example").seal(e, 1, false)
+		if err != nil {
+			t.Fatalf("%s: seal refused it: %v", name, err)
+		}
+		if n := longestLine(out.data); n > maxLine {
+			t.Fatalf("%s: a line of %d bytes", name, n)
 		}
 	}
 }
@@ -182,14 +203,9 @@ func BenchmarkSeal(b *testing.B) {
 		Subject: "Checking in on Globex — Ada", UnsubscribeURL: "https://tend.acme.example/u/abcdefghijklmnopqrstuvwxyz0123456789",
 		HTML: html, Text: strings.Repeat("Tip: schedule a weekly export so the whole team sees the numbers.\n", 30),
 	}
-	s, date := &Sender{}, time.Now()
+	s := sealer(time.Now(), "tend.acme.example")
 	for b.Loop() {
-		body := newAlternative(42, e.Text, e.HTML)
-		h, err := newHeader(e, 42, false, date, "tend.acme.example", body)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := s.seal(h, body); err != nil {
+		if _, err := s.seal(e, 42, false); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -217,7 +217,7 @@ func (m *Mailer) Send(ctx context.Context, msg *mail.Msg) error {
 // DKIM-signed, say): data, header and body with CRLF line ends, goes to the
 // server byte for byte, so that a signature over it stays valid. from is the
 // envelope sender and to the envelope recipients, each a bare address or one
-// in angle brackets (as Msg.GetSender and Msg.GetRecipients return them).
+// in angle brackets.
 //
 // The pool, the retry on a stale connection and the classification of
 // failures are Send's: every failure is a *SendError, StageBeforeData until

@@ -102,11 +102,7 @@ func TestAlternative(t *testing.T) {
 	text := "Hi Ada,\n\nYour workspace = ready. Café " + strings.Repeat("long ", 40) + "\n"
 	html := `<html><body><p style="color: red">Hi Ada, ` + strings.Repeat("é", 50) + "</p>\n</body></html>"
 	a := newAlternative(42, text, html)
-	h, err := newHeader(Composed{From: "dana@acme.example", To: "ada@globex.example", Subject: "Hi"}, 42, false, time.Now(), "tend.example", a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := (&Sender{}).seal(h, a)
+	out, err := sealer(time.Now(), "tend.example").seal(Composed{From: "dana@acme.example", To: "ada@globex.example", Subject: "Hi", Text: text, HTML: html}, 42, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,7 +55,7 @@ type SenderOptions struct {
 	// Caps limit messages per contact and per account; zero values turn
 	// them off.
 	Caps Caps
-	// DKIM, when set, signs every message (then sent with SendRaw).
+	// DKIM, when set, signs every campaign email.
 	DKIM *DKIM
 }
 
@@ -625,12 +625,12 @@ func (s *Sender) prepare(ctx context.Context, m *claimed, accounts map[int64]*ac
 		ok, err := s.nudge(ctx, m, def, info, contact, b)
 		return nil, ok, err
 	}
-	h, body, err := s.compose(m, def, info, contact, to)
+	e, err := s.render(m, def, info, contact, to)
 	if err != nil {
 		b.record(m.ID, StatusFailed, "render: "+err.Error())
 		return nil, false, nil
 	}
-	out, err := s.seal(h, body)
+	out, err := s.seal(e, m.ID, m.Test)
 	if err != nil {
 		b.record(m.ID, StatusFailed, err.Error())
 		return nil, false, nil
@@ -1054,19 +1054,6 @@ func (s *Sender) render(m *claimed, def campaign.Definition, info *accountInfo, 
 	return out, nil
 }
 
-// compose renders a message into an email with List-Unsubscribe one-click
-// (RFC 8058) and a Message-ID derived from the outbox row: its header fields
-// (header.go) and its body (mime.go).
-func (s *Sender) compose(m *claimed, def campaign.Definition, info *accountInfo, c account.Contact, to string) (header, alternative, error) {
-	e, err := s.render(m, def, info, c, to)
-	if err != nil {
-		return header{}, alternative{}, err
-	}
-	body := newAlternative(m.ID, e.Text, e.HTML)
-	h, err := newHeader(e, m.ID, m.Test, s.clock.Now(), s.opts.MessageIDDomain, body)
-	return h, body, err
-}
-
 // outgoing is a composed message ready for the transport: its bytes and
 // envelope.
 type outgoing struct {
@@ -1075,16 +1062,26 @@ type outgoing struct {
 	data []byte
 }
 
-// seal serialises h and body for the transport, DKIM-signed when a key is
-// configured. It runs before the handover, so that a message that cannot be
-// signed fails without being handed over, and so that the connection it
-// goes out on is not held while it is written.
-func (s *Sender) seal(h header, body alternative) (outgoing, error) {
+// seal writes e, the rendered email of outbox message id (a test send when
+// test), for the transport: header fields with List-Unsubscribe one-click
+// (RFC 8058) and a Message-ID derived from the outbox row (header.go), then
+// the body (mime.go), DKIM-signed when a key is configured. It runs before
+// the handover, so that a message that cannot be written or signed fails
+// without being handed over, and so that the connection it goes out on is
+// not held while it is written.
+func (s *Sender) seal(e Composed, id int64, test bool) (outgoing, error) {
+	body := newAlternative(id, e.Text, e.HTML)
+	h, err := newHeader(e, id, test, s.clock.Now(), s.opts.MessageIDDomain, body.contentType())
+	if err != nil {
+		return outgoing{}, err
+	}
 	// 1 KB is room for the header fields.
 	data := h.appendTo(make([]byte, 0, body.size()+1024))
+	if n := longestLine(data); n > maxLine {
+		return outgoing{}, fmt.Errorf("a header line of %d bytes, longer than %d: a word of the subject or a name too long, or an unsubscribe URL", n, maxLine)
+	}
 	data = body.appendTo(data)
 	if s.opts.DKIM != nil {
-		var err error
 		if data, err = s.opts.DKIM.Sign(data); err != nil {
 			return outgoing{}, err
 		}
