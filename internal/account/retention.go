@@ -11,7 +11,9 @@ import (
 // oldest first, and returns how many it deleted; fewer than limit means none
 // is left (or the oldest left arrived after cutoff). Only the raw rows go:
 // the daily rollups, user activity and last logins that profiles, segments
-// and health read were written with them and stay, so no profile changes.
+// and health read were written with them and stay (rollups and activity
+// until PruneRollups takes them, past every profile window), so no profile
+// changes.
 // A message id whose event is pruned is no longer recognised as a repeat.
 //
 // Events are taken in id order, the order they arrived, through the primary

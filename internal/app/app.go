@@ -175,14 +175,10 @@ func (a *App) wireCampaigns() error {
 	}
 	a.Mailer = mailer
 	pub, _ := url.Parse(cfg.PublicURL)
-	idDomain := pub.Hostname()
-	if strings.Contains(idDomain, ":") { // an IPv6 address, a literal in a Message-ID
-		idDomain = "[" + idDomain + "]"
-	}
 	renderer := &render.Renderer{Signer: signer, PublicURL: strings.TrimRight(cfg.PublicURL, "/"), PostalAddress: cfg.PostalAddress}
 	a.Sender = delivery.NewSender(a.DB, a.Clock, a.Log, a.Outbox, a.Enroller, renderer, mailer, delivery.SenderOptions{
 		TeamSender: cfg.TeamSender, SendingDomain: cfg.SendingDomain, InboundDomain: cfg.InboundDomain,
-		MessageIDDomain: idDomain,
+		MessageIDDomain: pub.Hostname(),
 		Caps:            delivery.Caps{PerContact: cfg.CapPerContact, PerAccount: cfg.CapPerAccount, Window: cfg.CapWindow, MaxDelay: cfg.MaxDelay},
 		DKIM:            dkim,
 	})

@@ -634,9 +634,10 @@ type StalledCursor struct {
 // again under lock. It returns the cursor to go on from, how many it
 // advanced, and whether it has read the last active enrollment (the pass is
 // through; the cursor is then the zero one, the start). When the page was
-// read, the cursor returned is past it even with an error: the enrollments
-// that could not move on are named in it, and the others moved on. When it
-// was not, the cursor is cur, and the pass is not through.
+// read and an enrollment of it could not move on, the cursor returned is
+// past the page: the error names those enrollments, and the others moved on.
+// When the page was not read, or failed for a reason not its own (see
+// postgres.RowFault), the cursor is cur, and the pass is not through.
 func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit int) (next StalledCursor, n int, through bool, err error) {
 	var page []struct {
 		ID       int64 `db:"id"`
@@ -681,6 +682,11 @@ func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit 
 	}
 	if n, err = e.advanceInTx(ctx, ids); err == nil {
 		return next, n, through, nil
+	} else if !postgres.RowFault(err) {
+		// Not about one enrollment (the connection lost, the server
+		// shutting down, the context cancelled): the page is read again
+		// at the next sweep.
+		return cur, 0, false, fmt.Errorf("campaign: advance stalled enrollments: %w", err)
 	}
 	// One enrollment that cannot move on must hold up neither the others
 	// of its page nor the pass: each goes on its own, and the failures are
@@ -702,8 +708,10 @@ func (e *Enroller) AdvanceStalled(ctx context.Context, cur StalledCursor, limit 
 	return next, n, through, errors.Join(failed...)
 }
 
+// advanceInTx runs advance on ids in a transaction of its own, run again
+// when PostgreSQL aborts it to break a deadlock.
 func (e *Enroller) advanceInTx(ctx context.Context, ids []int64) (advanced int, err error) {
-	err = postgres.InTx(ctx, e.db, func(tx *sqlx.Tx) (err error) {
+	err = postgres.InTxRetry(ctx, e.db, func(tx *sqlx.Tx) (err error) {
 		advanced, err = e.advance(ctx, tx, ids)
 		return err
 	})

@@ -60,6 +60,9 @@ func newHeader(e Composed, id int64, test bool, date time.Time, messageIDDomain,
 	// Q-encoding leaves printable ASCII as it is and splits what it
 	// encodes into encoded-words of at most 75 bytes, between spaces.
 	h.subject = mime.QEncoding.Encode("UTF-8", e.Subject)
+	if messageIDDomain == "" {
+		return header{}, errors.New("no Message-ID domain")
+	}
 	if err := checkToken("message-id", h.messageID); err != nil {
 		return header{}, err
 	}

@@ -14,7 +14,7 @@ import (
 // sealer is a Sender that seals emails dated date, with Message-IDs in
 // domain.
 func sealer(date time.Time, domain string) *Sender {
-	return &Sender{clock: clock.NewManual(date), opts: SenderOptions{MessageIDDomain: domain}}
+	return NewSender(nil, clock.NewManual(date), nil, nil, nil, nil, nil, SenderOptions{MessageIDDomain: domain})
 }
 
 // TestAppendField holds folding to its rules: within headerLine bytes where
@@ -159,6 +159,7 @@ func TestHeaderRefuses(t *testing.T) {
 		"space in URL":         {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/a b"; return e }, "x.example"},
 		"bracket in URL":       {func(e Composed) Composed { e.UnsubscribeURL = "https://x.example/u/a>,<mailto:e@x"; return e }, "x.example"},
 		"line break in domain": {func(e Composed) Composed { return e }, "x.example\r\nBcc:e@x"},
+		"no domain":            {func(e Composed) Composed { return e }, ""},
 		"a subject line a byte too long": {func(e Composed) Composed {
 			e.Subject = "Hi " + strings.Repeat("x", maxLine-1) + "  y" // " x…x " on a line
 			return e
@@ -174,6 +175,14 @@ func TestHeaderRefuses(t *testing.T) {
 				t.Fatalf("seal accepted it:\n%s", out.data)
 			}
 		})
+	}
+	// An IPv6 address is a literal in Message-IDs.
+	out, err := sealer(time.Now(), "::1").seal(ok, 1, false)
+	if err != nil {
+		t.Fatalf("an IPv6 Message-ID domain: %v", err)
+	}
+	if !bytes.Contains(out.data, []byte("\r\nMessage-ID: <tend.1@[::1]>\r\n")) {
+		t.Fatalf("an IPv6 Message-ID domain:\n%s", out.data)
 	}
 	// The longest lines seal allows.
 	for name, e := range map[string]Composed{

@@ -27,12 +27,12 @@ import (
 	"github.com/tendhq/tend/internal/render"
 )
 
-// Transport hands messages to SMTP (the Mailer, in production): a go-mail
-// Msg, or one already serialised (and DKIM-signed) with its envelope; one at
-// a time, or a round at once over connections reserved for it.
+// Transport hands messages to SMTP (the Mailer, in production): campaign
+// emails, sealed by the Sender, a round at once over connections reserved
+// for it (Reservation.SendRaw); forwarded replies one at a time, as go-mail
+// Msgs.
 type Transport interface {
 	Send(ctx context.Context, msg *gomail.Msg) error
-	SendRaw(ctx context.Context, from string, to []string, data []byte) error
 	Reserve(ctx context.Context, n int) (*Reservation, error)
 }
 
@@ -46,7 +46,8 @@ type SenderOptions struct {
 	// InboundDomain, when set, gives CSM-signed mail a Reply-To of
 	// reply+TOKEN@InboundDomain so replies come back through the webhook.
 	InboundDomain string
-	// MessageIDDomain is the right-hand side of Message-IDs.
+	// MessageIDDomain is the right-hand side of Message-IDs: a host name
+	// or an IP address.
 	MessageIDDomain string
 	// MaxAttempts bounds retries of temporary (4xx) failures.
 	MaxAttempts int
@@ -82,6 +83,10 @@ func NewSender(db *sqlx.DB, clk clock.Clock, log *slog.Logger, outbox *Outbox, e
 	renderer *render.Renderer, transport Transport, opts SenderOptions) *Sender {
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = 5
+	}
+	if strings.Contains(opts.MessageIDDomain, ":") && !strings.HasPrefix(opts.MessageIDDomain, "[") {
+		// An IPv6 address: a literal in a Message-ID (RFC 5322 3.6.4).
+		opts.MessageIDDomain = "[" + opts.MessageIDDomain + "]"
 	}
 	if opts.Backoff == nil {
 		opts.Backoff = func(n int) time.Duration { return time.Duration(1<<min(n, 10)) * 30 * time.Second }
@@ -496,7 +501,8 @@ func (s *Sender) loadEngagement(ctx context.Context, msgs []claimed) (map[engage
 }
 
 // batch carries a batch's claim token and the outcomes not yet written:
-// they go out with the next hand-over, or with Settle at the end.
+// they go out with the next hand-over, or with Settle at the end; a round's
+// retries and bounces are written by refused as the round ends.
 type batch struct {
 	token      string
 	done       []Outcome
@@ -789,8 +795,9 @@ func (s *Sender) outcome(e *email, sendErr error, b *batch) {
 	case se.Uncertain():
 		b.record(m.ID, StatusUncertain, "the SMTP server did not confirm the message: "+se.Error())
 	case IsHardBounce(se):
-		b.record(m.ID, StatusFailed, "hard bounce: "+se.Error())
-		b.bounced = append(b.bounced, bounce{id: m.ID, email: e.to, reason: "hard bounce: " + se.Error()})
+		reason := "hard bounce: " + se.Error()
+		b.record(m.ID, StatusFailed, reason)
+		b.bounced = append(b.bounced, bounce{id: m.ID, email: e.to, reason: reason})
 	case se.Temporary && m.Attempts+1 < s.opts.MaxAttempts:
 		b.retries = append(b.retries, Deferral{ID: m.ID, At: s.clock.Now().Add(s.opts.Backoff(m.Attempts + 1)), Reason: se.Error()})
 	default:

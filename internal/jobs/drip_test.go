@@ -355,6 +355,33 @@ func TestStalledDripsRetryAPageNotRead(t *testing.T) {
 	}
 }
 
+// A page whose advance fails for a reason that is no enrollment's own (here
+// the server, as when shutting down) is not stepped past: the next sweep,
+// within Every, moves it on.
+func TestStalledDripsRetryAPageTheDatabaseFailed(t *testing.T) {
+	r := newDripRig(t)
+	ctx := context.Background()
+	r.enrollFourMore(ctx)
+	r.exec(`UPDATE message SET status = 'failed', reason = 'test'`)
+	r.exec(`CREATE FUNCTION shut_down() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'shutting down for the test' USING ERRCODE = 'admin_shutdown'; END $$`)
+	r.exec(`CREATE TRIGGER shut_down BEFORE INSERT ON message FOR EACH ROW EXECUTE FUNCTION shut_down()`)
+	if err := r.stalled.Run(ctx); err == nil || strings.Contains(err.Error(), "enrollment ") {
+		t.Fatalf("first sweep: err %v, want the server's failure, no enrollment named", err)
+	}
+	r.exec(`DROP TRIGGER shut_down ON message`)
+	if err := r.stalled.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := r.db.Get(&n, `SELECT count(*) FROM enrollment WHERE step = 1`); err != nil {
+		t.Fatal(err)
+	}
+	if n != 5 {
+		t.Fatalf("%d enrollments on step two after the next sweep, want all 5", n)
+	}
+}
+
 // The pass reads the active enrollments a page at a time, over as many
 // sweeps as its budget needs, and starts again only after Every: an
 // enrollment stalled behind the cursor waits for the next pass.

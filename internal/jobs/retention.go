@@ -41,9 +41,8 @@ func (e *EventRetention) Run(ctx context.Context) error {
 // PruneRollups), run by the Scheduler every sweep: Batch accounts and at
 // most Rows rows of each table a statement, for about Budget of a sweep (a
 // batch at least), going on where it stopped at the next sweep; once through
-// every account, again after Every. Every
-// scheduler process prunes; deleting what another already deleted deletes
-// nothing.
+// every account, again after Every. Every scheduler process prunes;
+// deleting what another already deleted deletes nothing.
 type RollupRetention struct {
 	Accounts  *account.Store
 	Clock     clock.Clock

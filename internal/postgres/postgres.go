@@ -183,6 +183,23 @@ func RetryDeadlock(fn func() error) error {
 	}
 }
 
+// RowFault tells whether err is one PostgreSQL raised about what a
+// statement wrote or read (a constraint, a value, a trigger refusing it),
+// which one row can cause, rather than a failure of the connection, the
+// server or the transaction (classes 08, 40, 53, 57, 58), or of the client
+// (a cancelled context, a broken connection), which any statement would meet.
+func RowFault(err error) bool {
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) {
+		return false
+	}
+	switch pqErr.Code.Class() {
+	case "08", "40", "53", "57", "58":
+		return false
+	}
+	return true
+}
+
 // redact hides the password of a connection URL for messages.
 func redact(raw string) string {
 	u, err := url.Parse(raw)

@@ -239,3 +239,39 @@ func TestPrepared(t *testing.T) {
 		t.Error("no prepared statement on a connection of the pool")
 	}
 }
+
+// RowFault tells errors PostgreSQL raised about a statement's data from
+// failures any statement would meet, as PostgreSQL and the client raise
+// them.
+func TestRowFault(t *testing.T) {
+	t.Parallel()
+	db := testsvc.NewDB(t)
+	raise := func(code string) string {
+		return `DO $$ BEGIN RAISE EXCEPTION 'for the test' USING ERRCODE = '` + code + `'; END $$`
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		sql  string
+		want bool
+	}{
+		{"division by zero", context.Background(), `SELECT 1/0`, true},
+		{"a not-null column", context.Background(), `CREATE TEMP TABLE t (x int NOT NULL); INSERT INTO t VALUES (NULL)`, true},
+		{"a trigger's exception", context.Background(), raise("P0001"), true},
+		{"the server shutting down", context.Background(), raise("57P01"), false},
+		{"a deadlock", context.Background(), raise("40P01"), false},
+		{"out of memory", context.Background(), raise("53200"), false},
+		{"a connection failure", context.Background(), raise("08006"), false},
+		{"a cancelled context", cancelled, `SELECT 1`, false},
+	} {
+		_, err := db.ExecContext(tc.ctx, tc.sql)
+		if err == nil {
+			t.Fatalf("%s: no error", tc.name)
+		}
+		if got := postgres.RowFault(err); got != tc.want {
+			t.Errorf("%s (%v): RowFault = %v, want %v", tc.name, err, got, tc.want)
+		}
+	}
+}

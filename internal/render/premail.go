@@ -639,16 +639,15 @@ func rawAttrs(tag string, attrs []rawAttr) (nameEnd int, _ []rawAttr, end int) {
 			}
 			a.end = i
 		}
-		if a.start < a.end {
-			a.first = true
-			for _, b := range attrs[base:] {
-				if b.key == a.key {
-					a.first = false // few attributes: a look back costs less than a map
-					break
-				}
+		// A name is never empty: its first byte is taken above.
+		a.first = true
+		for _, b := range attrs[base:] {
+			if b.key == a.key {
+				a.first = false // few attributes: a look back costs less than a map
+				break
 			}
-			attrs = append(attrs, a)
 		}
+		attrs = append(attrs, a)
 	}
 }
 

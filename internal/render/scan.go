@@ -101,7 +101,7 @@ func (z *scanner) Text() string {
 // in quotes.
 func (z *scanner) startTag(start int) (html.TokenType, bool) {
 	rest := z.page[start:]
-	nameEnd, attrs, end := rawAttrs(rest, z.attrs[:0])
+	nameEnd, attrs, end := rawAttrs(rest, z.attrs) // empty: next reset it
 	z.attrs = attrs
 	if end == len(rest) || alnumLen(rest[1:nameEnd]) != nameEnd-1 {
 		return 0, false // no ">", or an odd name
