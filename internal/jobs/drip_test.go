@@ -343,16 +343,7 @@ func TestStalledDripsRetryAPageNotRead(t *testing.T) {
 	if err := r.stalled.Run(cancelled); err == nil {
 		t.Fatal("a sweep with a cancelled context: no error")
 	}
-	if err := r.stalled.Run(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	if err := r.db.Get(&n, `SELECT count(*) FROM enrollment WHERE step = 1`); err != nil {
-		t.Fatal(err)
-	}
-	if n != 5 {
-		t.Fatalf("%d enrollments on step two after the next sweep, want all 5", n)
-	}
+	r.nextSweepMovesAll(t)
 }
 
 // A page whose advance fails for a reason that is no enrollment's own (here
@@ -370,7 +361,14 @@ func TestStalledDripsRetryAPageTheDatabaseFailed(t *testing.T) {
 		t.Fatalf("first sweep: err %v, want the server's failure, no enrollment named", err)
 	}
 	r.exec(`DROP TRIGGER shut_down ON message`)
-	if err := r.stalled.Run(ctx); err != nil {
+	r.nextSweepMovesAll(t)
+}
+
+// nextSweepMovesAll runs a sweep and checks it moved all five enrollments
+// of the rig (after enrollFourMore) on to step two.
+func (r *dripRig) nextSweepMovesAll(t *testing.T) {
+	t.Helper()
+	if err := r.stalled.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	var n int
