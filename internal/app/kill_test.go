@@ -126,7 +126,7 @@ func killMidBatch(t *testing.T, connections, concurrency int) {
 	p.kill()
 	before := sink.Count()
 	var inFlight int
-	db.Get(&inFlight, `SELECT count(*) FROM message WHERE status IN ('claimed', 'sending')`)
+	db.Get(&inFlight, `SELECT count(*) FROM message WHERE status = 'claimed'`)
 	if before >= n || inFlight == 0 {
 		t.Fatalf("the kill came too late to test anything: %d sent, %d in flight", before, inFlight)
 	}
@@ -144,7 +144,7 @@ func killMidBatch(t *testing.T, connections, concurrency int) {
 	// dead worker held once their lease has.
 	api.eventually("every message settled", 3*time.Minute, func() bool {
 		var open int
-		db.Get(&open, `SELECT count(*) FROM message WHERE status IN ('scheduled', 'claimed', 'sending')`)
+		db.Get(&open, `SELECT count(*) FROM message WHERE status IN ('scheduled', 'claimed')`)
 		return open == 0
 	})
 	time.Sleep(time.Second) // a few sweeps: nothing more may go out
@@ -254,7 +254,7 @@ func TestRedisRestartsMidSend(t *testing.T) {
 			Open  int `db:"open"`
 			Total int `db:"total"`
 		}
-		tn.db.Get(&c, `SELECT count(*) FILTER (WHERE status IN ('scheduled', 'claimed', 'sending')) AS open, count(*) AS total
+		tn.db.Get(&c, `SELECT count(*) FILTER (WHERE status IN ('scheduled', 'claimed')) AS open, count(*) AS total
 			FROM message WHERE step_id = 'checkin'`)
 		return c.Open == 0 && c.Total == n
 	})

@@ -234,7 +234,7 @@ func TestSendingNeverExceedsConnections(t *testing.T) {
 	o.exec(`INSERT INTO most_sending VALUES (0)`)
 	o.exec(`CREATE FUNCTION note_sending() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
-			UPDATE most_sending SET n = greatest(n, (SELECT count(*) FROM message WHERE status = 'sending'));
+			UPDATE most_sending SET n = greatest(n, (SELECT count(*) FROM message WHERE status = 'claimed' AND handed_at IS NOT NULL));
 			RETURN NULL;
 		END $$`)
 	o.exec(`CREATE TRIGGER note_sending AFTER UPDATE ON message FOR EACH STATEMENT EXECUTE FUNCTION note_sending()`)
@@ -265,7 +265,7 @@ func TestSendingNeverExceedsConnections(t *testing.T) {
 		case <-time.After(20 * time.Millisecond):
 		}
 		var sending int
-		o.db.Get(&sending, `SELECT count(*) FROM message WHERE status = 'sending'`)
+		o.db.Get(&sending, `SELECT count(*) FROM message WHERE status = 'claimed' AND handed_at IS NOT NULL`)
 		most = max(most, sending)
 		for ; held > 0; held-- {
 			g.pass <- struct{}{}
@@ -475,7 +475,7 @@ func TestOutboxGauges(t *testing.T) {
 		t.Errorf("on hold: oldest due %s, want 0 (held back on purpose)", g.OldestDue)
 	}
 	o.exec(`UPDATE account_hold SET released_at = $1`, t0)
-	o.exec(`UPDATE message SET status = 'sending', claim_token = 'x', claimed_at = now() WHERE id = $1`, ids[0])
+	o.exec(`UPDATE message SET status = 'claimed', claim_token = 'x', claimed_at = now(), handed_at = now() WHERE id = $1`, ids[0])
 	o.exec(`UPDATE message SET status = 'uncertain' WHERE id = $1`, ids[1])
 	if g := gauges(); g != (delivery.Gauges{OldestDue: 10 * time.Minute, InFlight: 1, Uncertain: 1}) {
 		t.Errorf("one sending, one uncertain, one due: %+v", g)
@@ -654,7 +654,7 @@ func TestAFailedHandOverThatCannotBeWithdrawnIsLoggedTruthfully(t *testing.T) {
 	o := newOutbox(t, 1)
 	ids := o.due(2)
 	o.exec(`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$`)
-	o.exec(`CREATE TRIGGER refuse BEFORE UPDATE ON message FOR EACH ROW WHEN (NEW.status IN ('sending', 'scheduled')) EXECUTE FUNCTION refuse()`)
+	o.exec(`CREATE TRIGGER refuse BEFORE UPDATE ON message FOR EACH ROW WHEN (NEW.handed_at IS NOT NULL OR NEW.status = 'scheduled') EXECUTE FUNCTION refuse()`)
 	sender, log := o.withLog()
 	if _, err := sender.SendBatch(t.Context(), ids); err == nil {
 		t.Fatal("the batch succeeded, want the hand-over's error")
@@ -681,7 +681,8 @@ func TestOutcomesOfReapedMessagesAreReturned(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The first two outlive their lease while being handed over.
-	o.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour' WHERE id = ANY($1)`, pq.Array(ids[:2]))
+	o.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour', handed_at = handed_at - interval '1 hour'
+		WHERE id = ANY($1)`, pq.Array(ids[:2]))
 	if _, uncertain, err := o.outbox.Reap(t.Context(), time.Minute); err != nil || uncertain != 2 {
 		t.Fatalf("reaped %d uncertain (%v), want 2", uncertain, err)
 	}
@@ -723,7 +724,7 @@ func TestASendThatOutlastedItsLeaseIsLogged(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the message did not reach the server")
 	}
-	o.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour'`)
+	o.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour', handed_at = handed_at - interval '1 hour'`)
 	if _, uncertain, err := o.outbox.Reap(t.Context(), time.Minute); err != nil || uncertain != 1 {
 		t.Fatalf("reaped %d uncertain (%v), want 1", uncertain, err)
 	}
@@ -738,5 +739,90 @@ func TestASendThatOutlastedItsLeaseIsLogged(t *testing.T) {
 		"(released it, or made it uncertain if it was being handed to SMTP)\" message=%d outcome=sent", ids[0])
 	if !strings.Contains(log.String(), want) {
 		t.Fatalf("log:\n%s\nwant: %s", log, want)
+	}
+}
+
+// A message being handed over is stored claimed, with when its hand-over
+// began, and people see it as sending: listed under sending, not claimed;
+// never released as if it had not reached SMTP; made uncertain once its
+// lease, counted from the hand-over, ends.
+func TestAMessageBeingHandedOverIsSending(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(3)
+	ctx := t.Context()
+	tok := delivery.NewToken()
+	o.exec(`UPDATE message SET status = 'claimed', claim_token = $1, claimed_at = now() - interval '10 minutes'`, tok)
+	marked, _, err := o.outbox.HandOver(ctx, tok, nil, ids[:1])
+	if err != nil || !marked[ids[0]] {
+		t.Fatalf("hand-over marked %v (%v), want %d", marked, err, ids[0])
+	}
+	listed := func(status string) []string {
+		t.Helper()
+		views, err := o.outbox.ByStatus(ctx, status, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, v := range views {
+			out = append(out, fmt.Sprintf("%d %s", v.ID, v.Status))
+		}
+		return out
+	}
+	if got, want := listed("sending"), []string{fmt.Sprintf("%d sending", ids[0])}; !slices.Equal(got, want) {
+		t.Errorf("sending: %v, want %v", got, want)
+	}
+	if got, want := listed("claimed"), []string{fmt.Sprintf("%d claimed", ids[1]), fmt.Sprintf("%d claimed", ids[2])}; !slices.Equal(got, want) {
+		t.Errorf("claimed: %v, want %v", got, want)
+	}
+	// A release (of messages never handed over) leaves it alone.
+	if err := o.outbox.Release(ctx, ids[:2], tok); err != nil {
+		t.Fatal(err)
+	}
+	// Claimed ten minutes ago, handed over just now: under a five-minute
+	// lease the reaper releases the last one, and leaves the one sending.
+	released, uncertain, err := o.outbox.Reap(ctx, 5*time.Minute)
+	if err != nil || released != 1 || uncertain != 0 {
+		t.Fatalf("reaped %d released, %d uncertain (%v), want 1 and 0", released, uncertain, err)
+	}
+	var stored []string
+	if err := o.db.Select(&stored, `SELECT status || ' ' || (handed_at IS NOT NULL) FROM message ORDER BY id`); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"claimed true", "scheduled false", "scheduled false"}; !slices.Equal(stored, want) {
+		t.Errorf("stored (status, handed over): %v, want %v", stored, want)
+	}
+	o.exec(`UPDATE message SET handed_at = handed_at - interval '10 minutes' WHERE id = $1`, ids[0])
+	if _, uncertain, err := o.outbox.Reap(ctx, 5*time.Minute); err != nil || uncertain != 1 {
+		t.Fatalf("reaped %d uncertain (%v), want 1", uncertain, err)
+	}
+	// A hand-over as a version before migration 00023 wrote it (status
+	// sending, claimed_at restarted), its lease ended: uncertain too.
+	o.exec(`UPDATE message SET status = 'sending', claim_token = 'old', claimed_at = now() - interval '10 minutes' WHERE id = $1`, ids[1])
+	if released, uncertain, err := o.outbox.Reap(ctx, 5*time.Minute); err != nil || released != 0 || uncertain != 1 {
+		t.Fatalf("reaped %d released, %d uncertain (%v), want the old hand-over uncertain", released, uncertain, err)
+	}
+	if got, want := listed("uncertain"), []string{fmt.Sprintf("%d uncertain", ids[0]), fmt.Sprintf("%d uncertain", ids[1])}; !slices.Equal(got, want) {
+		t.Errorf("uncertain: %v, want %v", got, want)
+	}
+}
+
+// The hand-over's mark, in the commit every round waits for, writes
+// handed_at, attempts and updated_at: no index of message may read them,
+// or PostgreSQL can no longer make the mark in place (migration 00023).
+func TestNoIndexReadsWhatAHandOverWrites(t *testing.T) {
+	db := testsvc.NewDB(t)
+	var defs []string
+	if err := db.Select(&defs, `SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'message'::regclass`); err != nil {
+		t.Fatal(err)
+	}
+	if len(defs) < 5 {
+		t.Fatalf("message has %d indexes, want its usual ones: %v", len(defs), defs)
+	}
+	for _, d := range defs {
+		for _, col := range []string{"handed_at", "attempts", "updated_at"} {
+			if strings.Contains(d, col) {
+				t.Errorf("index reads %s: %s", col, d)
+			}
+		}
 	}
 }

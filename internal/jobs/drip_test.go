@@ -128,7 +128,8 @@ func (r *dripRig) state() string {
 		r.t.Fatal(err)
 	}
 	var msgs []string
-	if err := r.db.Select(&msgs, `SELECT m.step_id || '/' || c.external_id || ' ' || m.status
+	if err := r.db.Select(&msgs, `SELECT m.step_id || '/' || c.external_id || ' ' ||
+		       CASE WHEN m.status = 'claimed' AND m.handed_at IS NOT NULL THEN 'sending' ELSE m.status END
 		FROM message m JOIN contact c ON c.id = m.contact_id ORDER BY m.id`); err != nil {
 		r.t.Fatal(err)
 	}
@@ -180,7 +181,8 @@ func TestADripGoesOnAfterAWorkerDiedMidSend(t *testing.T) {
 		t.Fatalf("after the batch: %s", got)
 	}
 	// The dead worker's lease ends.
-	r.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour' WHERE status = 'sending'`)
+	r.exec(`UPDATE message SET claimed_at = claimed_at - interval '1 hour', handed_at = handed_at - interval '1 hour'
+		WHERE status = 'claimed' AND handed_at IS NOT NULL`)
 	r.runSweeps()
 	if got := r.state(); got != "active at 1: one/c1 uncertain, one/c2 sent, two/c1 scheduled, two/c2 scheduled" {
 		t.Fatalf("after the sweep: %s", got)
