@@ -58,7 +58,7 @@ type Config struct {
 	// message per connection the batch holds, so a process sends at most
 	// about SMTPConnections / (commit + SMTP round trip) messages a second,
 	// and a crash can leave at most this many messages uncertain. 32
-	// reached 5,200–5,850 msgs/s on the 2-core benchmark machine, where 8
+	// reached 5,336–5,851 msgs/s on the 2-core benchmark machine, where 8
 	// stayed near 4,000, waiting on commits (see README).
 	SMTPConnections int `env:"TEND_SMTP_CONNECTIONS" envDefault:"32"`
 	// SMTPTimeout bounds each step of an SMTP connection's dial, each

@@ -45,21 +45,22 @@ const (
 	StatusUncertain = "uncertain"
 )
 
-// sendingSQL is true of a message m being handed to SMTP. (Versions before
-// migration 00023 stored status 'sending'; the migration converted those
-// rows, and Reap still takes any such a version writes.)
+// sendingSQL is true of a message m being handed to SMTP. handed_at is set
+// only then: every statement putting a message back to scheduled clears it
+// (migration 00024 guards against earlier versions' reapers). Versions
+// before migration 00023 stored status 'sending'; the migration converted
+// those rows, and Reap and ByStatus still take any such a version writes.
 const sendingSQL = `(m.status = 'claimed' AND m.handed_at IS NOT NULL)`
 
 // statusSQL is a message m's status as people see it.
 const statusSQL = `CASE WHEN ` + sendingSQL + ` THEN 'sending' ELSE m.status END`
 
 // statusIs returns the condition that a message m is in status as people
-// see it (statusSQL), on the stored status given as stored: the
-// conditions match the partial indexes of migrations 00005 and 00013.
+// see it (statusSQL), on the stored status given as stored ($2).
 func statusIs(status string) (cond, stored string) {
 	switch status {
 	case StatusSending:
-		return `m.status = $2 AND m.handed_at IS NOT NULL`, StatusClaimed
+		return `(m.status = $2 AND m.handed_at IS NOT NULL OR m.status = 'sending')`, StatusClaimed
 	case StatusClaimed:
 		return `m.status = $2 AND m.handed_at IS NULL`, StatusClaimed
 	}
@@ -462,7 +463,7 @@ func (o *Outbox) Retry(ctx context.Context, token string, ds []Deferral) error {
 	ids, ats, causes := deferralArrays(ds)
 	_, err := o.db.ExecContext(ctx, `
 		UPDATE message m SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL,
-			due_at = x.at, last_error = x.cause, reason = 'retrying: ' || x.cause, updated_at = $5
+			due_at = x.at, last_error = x.cause, reason = 'retrying: ' || x.cause, updated_at = $5, handed_at = NULL
 		FROM unnest($1::bigint[], $3::timestamptz[], $4::text[]) AS x(id, at, cause)
 		WHERE m.id = x.id AND m.claim_token = $2 AND m.status = 'claimed'`, ids, token, ats, causes, o.clock.Now())
 	if err != nil {
@@ -597,7 +598,7 @@ func (o *Outbox) Resolve(ctx context.Context, id int64, action string) (MessageV
 	switch action {
 	case "resend":
 		q = `UPDATE message SET status = 'scheduled', due_at = $2, claim_token = NULL, claimed_at = NULL,
-			enqueued_at = NULL, reason = 'resent by an operator', updated_at = $2
+			enqueued_at = NULL, handed_at = NULL, reason = 'resent by an operator', updated_at = $2
 			WHERE id = $1 AND status = 'uncertain' RETURNING id`
 	case "drop":
 		q = `UPDATE message SET status = 'failed', reason = 'dropped by an operator after an uncertain send', updated_at = $2

@@ -826,3 +826,26 @@ func TestNoIndexReadsWhatAHandOverWrites(t *testing.T) {
 		}
 	}
 }
+
+// A version before migration 00023 does not know handed_at: its reaper
+// would release a message this version handed over, to be sent again.
+// The guard of migration 00024 makes it uncertain instead.
+func TestAnEarlierReaperCannotReleaseAHandOver(t *testing.T) {
+	o := newOutbox(t, 1)
+	ids := o.due(2)
+	tok := delivery.NewToken()
+	o.exec(`UPDATE message SET status = 'claimed', claim_token = $1, claimed_at = now() - interval '1 hour'`, tok)
+	if _, _, err := o.outbox.HandOver(t.Context(), tok, nil, ids[:1]); err != nil {
+		t.Fatal(err)
+	}
+	// The earlier reaper's release, as it was written.
+	o.exec(`UPDATE message SET status = 'scheduled', claim_token = NULL, claimed_at = NULL, enqueued_at = NULL, updated_at = now()
+		WHERE status = 'claimed' AND claimed_at < now() - interval '5 minutes'`)
+	var got []string
+	if err := o.db.Select(&got, `SELECT status || ' ' || (claim_token IS NOT NULL) FROM message ORDER BY id`); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"uncertain true", "scheduled false"}; !slices.Equal(got, want) {
+		t.Errorf("after an earlier version's reaper (status, claimed): %v, want the one handed over uncertain, the other released", got)
+	}
+}
